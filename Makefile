@@ -1,0 +1,57 @@
+# Every target only calls the voc-pipeline CLI (or pytest); the stages live in the package.
+# Variables: DATA (data root), PROFILE (smoke, cpu, kaggle or a .toml), RUN (run folder name), SET (extra --set).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CLI := $(BIN)/voc-pipeline
+DATA ?= data/demo
+PROFILE ?= cpu
+RUN ?= default
+SET ?=
+DEMO_DATA := data/demo
+# The TensorFlow build: the CUDA one where an NVIDIA driver answers, else the CPU one.
+TF_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+STAGE_ARGS = --data $(DATA) --profile $(PROFILE) --run $(RUN) $(foreach assignment,$(SET),--set $(assignment))
+
+.PHONY: help install test test-fast lint demo demo-data data-check bench-submission clean
+
+help:
+	@echo "make demo        synthetic data -> trained models -> submissions/submission.csv"
+	@echo "make test        the test suite (creates $(VENV) if needed)"
+	@echo "make data-check  DATA=... RUN=...   load, validate and split the data"
+	@echo "make lint        ruff"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,$(TF_EXTRA)]"
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check voc_pipeline tests kaggle
+
+$(DEMO_DATA)/train/train_set.csv: | install
+	$(CLI) data demo $(DEMO_DATA) --force
+
+demo-data: $(DEMO_DATA)/train/train_set.csv
+
+demo: demo-data
+	$(CLI) data check --data $(DEMO_DATA) --profile smoke --run demo
+
+data-check: install
+	$(CLI) data check $(STAGE_ARGS)
+
+bench-submission: install
+	$(CLI) bench submission
+
+clean:
+	rm -rf runs $(DEMO_DATA)

@@ -1,0 +1,57 @@
+import subprocess
+import sys
+
+import numpy as np
+
+from voc_pipeline.cli import main
+from voc_pipeline.demo_data import write_demo_data
+from voc_pipeline.submission import make_test_frame, write_submission
+
+
+def test_module_help_lists_the_commands():
+    result = subprocess.run([sys.executable, "-m", "voc_pipeline", "--help"], capture_output=True, text=True, check=True)
+    for command in ("data", "score", "validate", "prune", "bench", "config"):
+        assert command in result.stdout
+
+
+def test_data_demo_then_check_writes_splits_and_config(tmp_path, capsys):
+    assert main(["data", "demo", str(tmp_path / "demo"), "--n-train", "12", "--n-test", "4"]) == 0
+    assert main(["data", "check", "--data", str(tmp_path / "demo"), "--runs-dir", str(tmp_path / "runs"),
+                 "--run", "trial", "--profile", "smoke", "--set", "seed=4"]) == 0
+    run_dir = tmp_path / "runs" / "trial"
+    assert {"config.toml", "run_info.json", "splits.json", "data_summary.json"} <= {p.name for p in run_dir.iterdir()}
+    assert "seed = 4" in (run_dir / "config.toml").read_text()
+    assert '"train_split"' in capsys.readouterr().out
+
+
+def test_score_prints_the_score_last(tmp_path, capsys):
+    root = write_demo_data(tmp_path / "demo", num_train=4, num_test=3)
+    empty = make_test_frame(np.arange(3), np.zeros((3, 20), int), [np.zeros((2, 2), np.uint8)] * 3)
+    write_submission(empty, tmp_path / "empty.csv")
+    assert main(["score", str(root / "solution.csv"), str(root / "solution.csv")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "score: 1.0000"
+    assert main(["score", str(root / "solution.csv"), str(tmp_path / "empty.csv")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "score: 0.0000"
+
+
+def test_validate_exits_non_zero_on_problems(tmp_path, capsys):
+    root = write_demo_data(tmp_path / "demo", num_train=4, num_test=2)
+    assert main(["validate", str(root / "solution.csv"), "--data", str(root)]) == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Id,Predicted\n0_classification,1\n")
+    assert main(["validate", str(bad), "--data", str(root)]) == 1
+    output = capsys.readouterr().out
+    assert "odd number" in output and "missing ids" in output
+
+
+def test_user_errors_are_one_line_messages(tmp_path, capsys):
+    assert main(["config", "--set", "data.bogus=1"]) == 2
+    assert "error: unknown configuration key 'data.bogus'" in capsys.readouterr().err
+    assert main(["data", "check", "--data", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_submission_runs_and_prints_both_writers(capsys):
+    assert main(["bench", "submission", "--images", "5", "--repeats", "1"]) == 0
+    output = capsys.readouterr().out
+    assert "run-based" in output and "reference" in output and "identical" in output

@@ -1,0 +1,197 @@
+"""The `voc-pipeline` command line. It only parses arguments and calls the stage functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from voc_pipeline import __version__
+from voc_pipeline.config import (
+    ConfigError,
+    apply_overrides,
+    available_profiles,
+    build_config,
+    config_to_toml,
+    validate_config,
+)
+from voc_pipeline.data import DataError
+from voc_pipeline.rle import RleError
+from voc_pipeline.run_folder import MissingArtifactError
+from voc_pipeline.submission import SubmissionError
+
+logger = logging.getLogger("voc_pipeline")
+
+# Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback.
+USER_ERRORS = (ConfigError, DataError, RleError, SubmissionError, MissingArtifactError, FileExistsError, ValueError)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data, --run, --runs-dir, --profile and --set, shared by every stage."""
+    parser.add_argument("--data", help="data root in the competition layout (default: found under /kaggle/input, else ./data)")
+    parser.add_argument("--run", help="run folder name under --runs-dir (default: 'default')")
+    parser.add_argument("--runs-dir", help="parent folder of run folders (default: runs)")
+    parser.add_argument("--profile", help=f"configuration profile: {', '.join(available_profiles())}, or a .toml path")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one configuration key, e.g. --set data.validation_fraction=0.25 (repeatable)")
+
+
+def config_from_arguments(arguments: argparse.Namespace):
+    """Resolve the configuration: profile, then --set, then the --data/--run/--runs-dir shortcuts."""
+    config = build_config(arguments.profile, arguments.assignments)
+    shortcuts = {}
+    if arguments.data:
+        shortcuts["data"] = {"root": str(arguments.data)}
+    if arguments.run:
+        shortcuts["run_name"] = arguments.run
+    if arguments.runs_dir:
+        shortcuts["runs_dir"] = str(arguments.runs_dir)
+    config = apply_overrides(config, shortcuts)
+    validate_config(config)
+    return config
+
+
+def command_data_demo(arguments) -> int:
+    from voc_pipeline.demo_data import write_demo_data
+
+    write_demo_data(arguments.output, arguments.n_train, arguments.n_test, arguments.seed, arguments.force)
+    print(f"demo data written to {arguments.output}")
+    return 0
+
+
+def command_data_from_voc(arguments) -> int:
+    from voc_pipeline.voc_devkit import convert_devkit
+
+    convert_devkit(arguments.voc_root, arguments.output, arguments.ids, arguments.test_fraction,
+                   arguments.keep_void, arguments.seed, arguments.force)
+    print(f"competition layout written to {arguments.output}")
+    return 0
+
+
+def command_data_check(arguments) -> int:
+    import json
+
+    from voc_pipeline.data import run_data
+
+    summary = run_data(config_from_arguments(arguments))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def command_config(arguments) -> int:
+    print(config_to_toml(config_from_arguments(arguments)), end="")
+    return 0
+
+
+def command_score(arguments) -> int:
+    from voc_pipeline.submission import score_submission
+
+    result = score_submission(arguments.solution, arguments.submission)
+    print(f"rows: {result['rows']}")
+    print(f"classification: {result['classification']:.4f}")
+    print(f"segmentation: {result['segmentation']:.4f}")
+    print(f"score: {result['score']:.4f}")
+    return 0
+
+
+def command_validate(arguments) -> int:
+    from voc_pipeline.data import find_data_root
+    from voc_pipeline.submission import validate_submission
+
+    report = validate_submission(arguments.submission, find_data_root(arguments.data))
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print(f"{report.path}: {report.rows} rows, {'valid' if report.valid else f'{len(report.problems)} problems'}")
+    return 0 if report.valid else 1
+
+
+def command_prune(arguments) -> int:
+    from voc_pipeline.output_hygiene import count_files, prune_working_folder
+
+    deleted = prune_working_folder(arguments.folder, tuple(arguments.keep))
+    print(f"deleted {len(deleted)} entries; {count_files(Path(arguments.folder))} files remain in {arguments.folder}")
+    return 0
+
+
+def command_bench(arguments) -> int:
+    from voc_pipeline import bench
+
+    if arguments.target == "submission":
+        bench.bench_submission(arguments.images, arguments.repeats)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voc-pipeline",
+        description="Staged pipeline for the KU Leuven PASCAL VOC Kaggle competition "
+                    "(20-class multi-label classification + semantic segmentation).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="make or check data sets in the competition layout")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    demo = data_commands.add_parser("demo", help="generate the synthetic demo data set")
+    demo.add_argument("output", type=Path)
+    demo.add_argument("--n-train", type=int, default=80)
+    demo.add_argument("--n-test", type=int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--force", action="store_true", help="replace an existing output folder")
+    demo.set_defaults(handler=command_data_demo)
+    from_voc = data_commands.add_parser("from-voc", help="convert a PASCAL VOC devkit folder")
+    from_voc.add_argument("voc_root", type=Path)
+    from_voc.add_argument("output", type=Path)
+    from_voc.add_argument("--ids", type=Path, help="file of devkit ids to convert (default: ImageSets/Segmentation lists)")
+    from_voc.add_argument("--test-fraction", type=float, default=0.0,
+                          help="share held out as the test split, with solution.csv for local scoring")
+    from_voc.add_argument("--keep-void", action="store_true", help="keep 255 on object borders")
+    from_voc.add_argument("--seed", type=int, default=0)
+    from_voc.add_argument("--force", action="store_true", help="replace an existing output folder")
+    from_voc.set_defaults(handler=command_data_from_voc)
+    check = data_commands.add_parser("check", help="stage data: load, validate, write splits and a summary")
+    add_config_arguments(check)
+    check.set_defaults(handler=command_data_check)
+
+    config = commands.add_parser("config", help="print the resolved configuration as TOML")
+    add_config_arguments(config)
+    config.set_defaults(handler=command_config)
+
+    score = commands.add_parser("score", help="score a submission against a solution CSV")
+    score.add_argument("solution", type=Path)
+    score.add_argument("submission", type=Path)
+    score.set_defaults(handler=command_score)
+
+    validate = commands.add_parser("validate", help="check a submission against the test set; non-zero exit on any problem")
+    validate.add_argument("submission", type=Path)
+    validate.add_argument("--data", help="data root holding test/ (default: found as for the stages)")
+    validate.set_defaults(handler=command_validate)
+
+    prune = commands.add_parser("prune", help="delete all but kept entries of a folder (Kaggle's 500-file limit)")
+    prune.add_argument("folder", type=Path)
+    prune.add_argument("--keep", action="append", default=[], metavar="PATTERN", help="glob of entries to keep")
+    prune.set_defaults(handler=command_prune)
+
+    bench = commands.add_parser("bench", help="print speed figures measured on this machine")
+    bench.add_argument("target", choices=["submission"])
+    bench.add_argument("--images", type=int, default=750)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.set_defaults(handler=command_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    arguments = build_parser().parse_args(argv)
+    logging.basicConfig(level=arguments.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return arguments.handler(arguments)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""One typed, frozen configuration: dataclass defaults, then a TOML profile, then `--set` overrides.
+
+The defaults are the baseline. A profile (`voc_pipeline/profiles/<name>.toml`) only overrides, and
+`--set section.key=value` comes last. An unknown key or a value of the wrong type is an error that
+names the key. Each stage saves the resolved configuration into its run folder before doing work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that the pipeline cannot use."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Empty means: find the folder holding train/train_set.csv under /kaggle/input, else ./data.
+    root: str = ""
+    # Share of the labelled images held out for early stopping, threshold tuning and reports.
+    validation_fraction: float = 0.2
+    # Folds for optional K-fold training and out-of-fold probabilities.
+    num_folds: int = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    # One seed for splits, augmentation and weight initialisation, so runs repeat.
+    seed: int = 0
+    # Name of the run folder under runs_dir; every stage reads and writes there.
+    run_name: str = "default"
+    # Parent folder of all run folders.
+    runs_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder this run's stages hand their files through."""
+        return Path(self.runs_dir) / self.run_name
+
+
+def available_profiles() -> list[str]:
+    """Names of the TOML profiles shipped with the package."""
+    return sorted(path.stem for path in PROFILES_DIR.glob("*.toml"))
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """Read a shipped profile by name, or a TOML file by path."""
+    path = Path(name)
+    if path.suffix != ".toml":
+        path = PROFILES_DIR / f"{name}.toml"
+        if not path.exists():
+            raise ConfigError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
+    if not path.exists():
+        raise ConfigError(f"profile file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"profile {path} is not valid TOML: {error}") from None
+
+
+def _coerce(key: str, value: Any, expected: Any) -> Any:
+    """Check `value` against the field type `expected`; lists become tuples, ints may become floats."""
+    origin = typing.get_origin(expected)
+    if origin is tuple:
+        item_type = typing.get_args(expected)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(f"{key}[{index}]", item, item_type) for index, item in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(expected)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError("; ".join(errors))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if expected in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of a config dataclass with nested `overrides` applied, checking keys and types."""
+    hints = typing.get_type_hints(type(config))
+    known = {item.name for item in dataclasses.fields(config)}
+    changes = {}
+    for name, value in overrides.items():
+        key = f"{prefix}{name}"
+        if name not in known:
+            raise ConfigError(f"unknown configuration key {key!r}; known keys here: {', '.join(sorted(known))}")
+        current = getattr(config, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: is a section; set its keys as {key}.<name>=value")
+            changes[name] = apply_overrides(current, value, prefix=f"{key}.")
+        else:
+            changes[name] = _coerce(key, value, hints[name])
+    return dataclasses.replace(config, **changes)
+
+
+def parse_assignment(assignment: str) -> dict[str, Any]:
+    """Turn `section.key=value` into a nested override dict; the value is read as TOML, else a string."""
+    key, separator, raw_value = assignment.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    try:
+        value = tomllib.loads(f"value = {raw_value.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw_value.strip()
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def build_config(profile: str | None = None, assignments: list[str] | tuple[str, ...] = (),
+                 base: Config | None = None) -> Config:
+    """Resolve the configuration: defaults (or `base`), then the profile, then each assignment in order."""
+    config = base or Config()
+    if profile:
+        config = apply_overrides(config, load_profile(profile))
+    for assignment in assignments:
+        config = apply_overrides(config, parse_assignment(assignment))
+    validate_config(config)
+    return config
+
+
+def validate_config(config: Config) -> None:
+    """Range checks that types alone cannot express."""
+    if not 0.0 < config.data.validation_fraction < 1.0:
+        raise ConfigError(f"data.validation_fraction must be between 0 and 1, got {config.data.validation_fraction}")
+    if config.data.num_folds < 2:
+        raise ConfigError(f"data.num_folds must be at least 2, got {config.data.num_folds}")
+    if not config.run_name or "/" in config.run_name:
+        raise ConfigError(f"run_name must be a plain folder name, got {config.run_name!r}")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The configuration as nested plain dicts, tuples as lists (TOML- and JSON-ready)."""
+    result = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            result[item.name] = config_to_dict(value)
+        elif isinstance(value, tuple):
+            result[item.name] = list(value)
+        else:
+            result[item.name] = value
+    return result
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def config_to_toml(config: Config) -> str:
+    """Serialise the resolved configuration as TOML that `load_profile` reads back to the same config."""
+    plain = config_to_dict(config)
+    lines = [f"{key} = {_toml_value(value)}" for key, value in plain.items() if not isinstance(value, dict)]
+    for section, values in plain.items():
+        if isinstance(values, dict):
+            lines.append("")
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None)
+    return "\n".join(lines) + "\n"
