@@ -53,3 +53,63 @@ def bench_submission(num_images: int = 750, repeats: int = 3, seed: int = 0) -> 
     print(f"  {'per-image, per-class reference':<34}{reference_seconds:>10.3f}{num_images / reference_seconds:>12.0f}")
     print(f"  speed-up: {figures['speedup']:.1f}x; outputs identical byte for byte")
     return figures
+
+
+def timed_fit(model, dataset, steps: int) -> float:
+    """Images per second of `steps` training steps after one warm-up epoch of the same length."""
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    return time.perf_counter() - start
+
+
+def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str, float]:
+    """Classifier throughput at the configuration's backbone, image size and batch size, on VOC-sized images.
+
+    Prints training images/s through the real input pipeline and on one batch already in memory (the
+    model alone), the input pipeline alone, and prediction images/s; weights are random (speed does not
+    depend on them).
+    """
+    import keras
+    import tensorflow as tf
+
+    from voc_pipeline.classifier import build_classifier, predict_probabilities
+    from voc_pipeline.input_pipeline import classification_dataset
+    from voc_pipeline.losses import classifier_loss
+
+    settings = config.classifier
+    rng = np.random.default_rng(config.seed)
+    images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(num_images)]
+    labels = (rng.random((num_images, NUM_CLASSES)) < 0.1).astype(np.float32)
+    model = build_classifier(settings.backbone, settings.image_size, NUM_CLASSES, "none", settings.dropout,
+                             settings.width_multiplier)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=classifier_loss(settings.loss))
+    pipeline = classification_dataset(images, labels, np.arange(num_images), settings.image_size, settings.batch_size,
+                                      training=True, seed=config.seed).repeat()
+    batch = next(iter(pipeline))
+    in_memory = tf.data.Dataset.from_tensors(batch).repeat()
+    batch_size = settings.batch_size
+    pipeline_seconds = timed_fit(model, pipeline, steps)
+    memory_seconds = timed_fit(model, in_memory, steps)
+    start = time.perf_counter()
+    for _ in pipeline.take(steps):
+        pass
+    input_only_seconds = time.perf_counter() - start
+    predict_probabilities([model], images[:batch_size], batch_size, flip_tta=False)
+    start = time.perf_counter()
+    predict_probabilities([model], images, batch_size, flip_tta=False)
+    predict_seconds = time.perf_counter() - start
+    figures = {
+        "train_pipeline_images_per_second": steps * batch_size / pipeline_seconds,
+        "train_in_memory_images_per_second": steps * batch_size / memory_seconds,
+        "input_pipeline_alone_images_per_second": steps * batch_size / input_only_seconds,
+        "predict_images_per_second": num_images / predict_seconds,
+    }
+    figures["pipeline_overhead_fraction"] = 1.0 - figures["train_pipeline_images_per_second"] / figures["train_in_memory_images_per_second"]
+    print(f"classifier {settings.backbone} at {settings.image_size} px, batch {batch_size}, "
+          f"source images 375 x 500, {steps} steps after a warm-up:")
+    for name, value in figures.items():
+        unit = "" if name.endswith("fraction") else " images/s"
+        print(f"  {name.replace('_', ' '):<42}{value:>10.3f}{unit}" if name.endswith("fraction") else
+              f"  {name.replace('_', ' '):<42}{value:>10.1f}{unit}")
+    return figures

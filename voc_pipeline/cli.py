@@ -17,6 +17,7 @@ from voc_pipeline.config import (
     validate_config,
 )
 from voc_pipeline.data import DataError
+from voc_pipeline.errors import TrainingDivergedError
 from voc_pipeline.rle import RleError
 from voc_pipeline.run_folder import MissingArtifactError
 from voc_pipeline.submission import SubmissionError
@@ -24,7 +25,8 @@ from voc_pipeline.submission import SubmissionError
 logger = logging.getLogger("voc_pipeline")
 
 # Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback.
-USER_ERRORS = (ConfigError, DataError, RleError, SubmissionError, MissingArtifactError, FileExistsError, ValueError)
+USER_ERRORS = (ConfigError, DataError, RleError, SubmissionError, MissingArtifactError, FileExistsError, ValueError,
+               TrainingDivergedError)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +81,20 @@ def command_data_check(arguments) -> int:
     return 0
 
 
+def command_train_classifier(arguments) -> int:
+    from voc_pipeline.classifier_training import run_train_classifier
+
+    run_train_classifier(config_from_arguments(arguments))
+    return 0
+
+
+def command_tune(arguments) -> int:
+    from voc_pipeline.tuning import run_tune
+
+    run_tune(config_from_arguments(arguments))
+    return 0
+
+
 def command_config(arguments) -> int:
     print(config_to_toml(config_from_arguments(arguments)), end="")
     return 0
@@ -118,7 +134,9 @@ def command_bench(arguments) -> int:
     from voc_pipeline import bench
 
     if arguments.target == "submission":
-        bench.bench_submission(arguments.images, arguments.repeats)
+        bench.bench_submission(arguments.images or 750, arguments.repeats)
+    elif arguments.target == "classifier":
+        bench.bench_classifier(config_from_arguments(arguments), arguments.images or 128)
     return 0
 
 
@@ -155,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(check)
     check.set_defaults(handler=command_data_check)
 
+    train_classifier = commands.add_parser("train-cls", help="stage train-cls: train the multi-label classifier")
+    add_config_arguments(train_classifier)
+    train_classifier.set_defaults(handler=command_train_classifier)
+
+    tune = commands.add_parser("tune", help="stage tune: per-class thresholds for the classification score")
+    add_config_arguments(tune)
+    tune.set_defaults(handler=command_tune)
+
     config = commands.add_parser("config", help="print the resolved configuration as TOML")
     add_config_arguments(config)
     config.set_defaults(handler=command_config)
@@ -175,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(handler=command_prune)
 
     bench = commands.add_parser("bench", help="print speed figures measured on this machine")
-    bench.add_argument("target", choices=["submission"])
-    bench.add_argument("--images", type=int, default=750)
+    bench.add_argument("target", choices=["submission", "classifier"])
+    bench.add_argument("--images", type=int, default=None, help="images to process (default: 750 for submission, 128 otherwise)")
+    add_config_arguments(bench)
     bench.add_argument("--repeats", type=int, default=3)
     bench.set_defaults(handler=command_bench)
     return parser

@@ -33,6 +33,50 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    # mobilenet_v2 is the product's default; vgg16, resnet50v2, simple_cnn are baselines; efficientnetv2_s
+    # is the stronger option for a GPU budget.
+    backbone: str = "mobilenet_v2"
+    # Square input side; MobileNetV2's ImageNet weights exist for 96, 128, 160, 192 and 224.
+    image_size: int = 224
+    # "imagenet", "none", or the path of the backbone's no-top weights file (offline Kaggle kernels).
+    weights: str = "imagenet"
+    # MobileNet alpha; smaller is faster and weaker.
+    width_multiplier: float = 1.0
+    # Dropout before the logits: the head overfits 600 images quickly otherwise.
+    dropout: float = 0.2
+    # bce, focal or asymmetric (down-weights the 19-to-1 negatives).
+    loss: str = "bce"
+    batch_size: int = 32
+    # Epochs with the backbone frozen (pretrained weights), to fit the new head before touching the backbone.
+    head_epochs: int = 5
+    # Epochs fine-tuning the top of the backbone at a lower rate.
+    finetune_epochs: int = 25
+    head_learning_rate: float = 1e-3
+    finetune_learning_rate: float = 1e-4
+    # Linear warm-up at the start of fine-tuning, so the unfrozen layers are not shocked by the head's gradients.
+    warmup_epochs: int = 1
+    # Share of the backbone's layers (from the top) that fine-tuning unfreezes; batch norm stays frozen.
+    unfreeze_fraction: float = 0.5
+    # AdamW weight decay.
+    weight_decay: float = 1e-4
+    # Epochs without validation improvement before stopping.
+    patience: int = 6
+    # Train one model per fold of data.num_folds and tune on out-of-fold probabilities (ensembled at prediction).
+    kfold: bool = False
+    # Average the probabilities of each image and its mirror image at prediction.
+    flip_tta: bool = True
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    # Step of the candidate threshold grid.
+    grid_step: float = 0.01
+    # Coordinate-ascent passes over the classes (it stops early when a pass changes nothing).
+    rounds: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     # One seed for splits, augmentation and weight initialisation, so runs repeat.
     seed: int = 0
@@ -40,7 +84,11 @@ class Config:
     run_name: str = "default"
     # Parent folder of all run folders.
     runs_dir: str = "runs"
+    # Mixed float16 precision: auto (on GPU only), on or off.
+    mixed_precision: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -156,6 +204,15 @@ def validate_config(config: Config) -> None:
         raise ConfigError(f"data.validation_fraction must be between 0 and 1, got {config.data.validation_fraction}")
     if config.data.num_folds < 2:
         raise ConfigError(f"data.num_folds must be at least 2, got {config.data.num_folds}")
+    if config.mixed_precision not in ("auto", "on", "off"):
+        raise ConfigError(f"mixed_precision must be auto, on or off, got {config.mixed_precision!r}")
+    if not 0.0 < config.thresholds.grid_step < 0.5:
+        raise ConfigError(f"thresholds.grid_step must be between 0 and 0.5, got {config.thresholds.grid_step}")
+    if not 0.0 <= config.classifier.unfreeze_fraction <= 1.0:
+        raise ConfigError(f"classifier.unfreeze_fraction must be between 0 and 1, got {config.classifier.unfreeze_fraction}")
+    for key in ("image_size", "batch_size"):
+        if getattr(config.classifier, key) < 1:
+            raise ConfigError(f"classifier.{key} must be positive, got {getattr(config.classifier, key)}")
     if not config.run_name or "/" in config.run_name:
         raise ConfigError(f"run_name must be a plain folder name, got {config.run_name!r}")
 

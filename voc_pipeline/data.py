@@ -23,7 +23,7 @@ from voc_pipeline.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
 from voc_pipeline.config import Config
 from voc_pipeline.files import write_json_atomic
 from voc_pipeline.run_folder import prepare_run_folder
-from voc_pipeline.splits import SPLITS_FILE, make_splits, save_splits
+from voc_pipeline.splits import SPLITS_FILE, Splits, load_splits, make_splits, save_splits
 
 logger = logging.getLogger(__name__)
 
@@ -296,3 +296,16 @@ def run_data(config: Config) -> dict:
     logger.info("data: %d train (%d fit, %d validation), %d test images from %s",
                 len(train), len(splits.train_ids), len(splits.validation_ids), len(test), root)
     return summary
+
+
+def load_train_and_splits(config: Config) -> tuple[ImageSet, Splits]:
+    """The training split and the run's splits (made and saved now if the data stage has not run)."""
+    train = load_split(find_data_root(config.data.root), "train")
+    path = config.run_dir / SPLITS_FILE
+    if path.exists():
+        splits = load_splits(path)
+    else:
+        splits = make_splits(train.ids, train.labels, config.data.validation_fraction, config.data.num_folds, config.seed)
+        save_splits(splits, path)
+        logger.info("wrote %s (the data stage had not run)", path)
+    return train, splits

@@ -72,3 +72,20 @@ def require_artifact(config: Config, name: str, produced_by: str) -> Path:
             f"run that stage for run {config.run_name!r} first"
         )
     return path
+
+
+METRICS_FILE = "metrics.json"
+
+
+def update_metrics(config: Config, section: str, values: dict) -> Path:
+    """Replace one stage's section of the run's metrics.json, keeping the other stages' sections."""
+    path = config.run_dir / METRICS_FILE
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics[section] = values
+    return write_json_atomic(path, metrics)
+
+
+def read_metrics(config: Config) -> dict:
+    """The run's metrics.json (empty if no stage wrote one yet)."""
+    path = config.run_dir / METRICS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,76 @@
+"""End to end: stages train-cls and tune on the demo data with the smoke profile (weights none)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from voc_pipeline.baseline import baseline_flags
+from voc_pipeline.classifier_training import load_classifiers, run_train_classifier
+from voc_pipeline.cli import main
+from voc_pipeline.config import build_config
+from voc_pipeline.data import load_split, run_data
+from voc_pipeline.demo_data import write_demo_data
+from voc_pipeline.scoring import classification_row_scores
+from voc_pipeline.splits import load_splits, positions_of
+from voc_pipeline.tuning import run_tune
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = write_demo_data(tmp_path_factory.mktemp("data") / "demo", num_train=160, num_test=8, seed=0)
+    config = build_config("smoke", [f'data.root="{root}"', f'runs_dir="{tmp_path_factory.mktemp("runs")}"',
+                                    "run_name='smoke'"])
+    run_data(config)
+    training_metrics = run_train_classifier(config)
+    tuning_metrics = run_tune(config)
+    return config, training_metrics, tuning_metrics
+
+
+def test_stage_writes_its_artifacts(trained_run):
+    config, _, _ = trained_run
+    names = {path.name for path in config.run_dir.iterdir()}
+    expected = {"classifier.keras", "classifier.json", "classifier_validation.npz", "classifier_history.csv",
+                "classifier_curves.png", "thresholds.json", "threshold_comparison.md", "classifier_per_class.png",
+                "metrics.json", "config.toml", "run_info.json"}
+    assert expected <= names, expected - names
+    assert not list(config.run_dir.glob(".*.tmp")), "no temporary files are left behind"
+    thresholds = json.loads((config.run_dir / "thresholds.json").read_text())
+    assert len(thresholds["thresholds"]) == 20 and all(0 < t < 1 for t in thresholds["thresholds"].values())
+    metrics = json.loads((config.run_dir / "metrics.json").read_text())
+    assert {"classifier", "thresholds"} <= set(metrics)
+
+
+def test_classifier_learns_beyond_the_most_frequent_class_baseline(trained_run):
+    config, _, tuning = trained_run
+    train = load_split(config.data.root, "train", show_progress=False)
+    splits = load_splits(config.run_dir / "splits.json")
+    fit_labels = train.labels[positions_of(train.ids, splits.train_ids)]
+    validation_labels = train.labels[positions_of(train.ids, splits.validation_ids)]
+    baseline = classification_row_scores(baseline_flags(fit_labels, len(validation_labels)), validation_labels).mean()
+    assert tuning["flip_tta"]["global"] > baseline + 0.1, (tuning["flip_tta"], baseline)
+    # Tuning per class can only match or beat one global threshold on the images it was tuned on.
+    for row in (tuning["plain"], tuning["flip_tta"]):
+        assert row["per_class"] >= row["global"] >= row["threshold_0.5"] - 1e-9
+
+
+def test_saved_models_reload_and_reproduce_the_validation_probabilities(trained_run):
+    config, _, _ = trained_run
+    models, manifest = load_classifiers(config)
+    assert manifest["models"] == ["classifier.keras"] and manifest["image_size"] == 96
+    assert isinstance(models[0], keras.Model)
+    from voc_pipeline.classifier import predict_probabilities
+
+    train = load_split(config.data.root, "train", show_progress=False)
+    with np.load(config.run_dir / "classifier_validation.npz") as saved:
+        positions = positions_of(train.ids, saved["ids"])
+        np.testing.assert_allclose(predict_probabilities(models, [train.images[p] for p in positions], flip_tta=True),
+                                   saved["probabilities_flip_tta"], atol=1e-5)
+
+
+def test_tune_without_a_trained_classifier_names_the_stage(tmp_path, capsys):
+    assert main(["tune", "--runs-dir", str(tmp_path), "--run", "empty"]) == 2
+    assert "written by `voc-pipeline train-cls`" in capsys.readouterr().err

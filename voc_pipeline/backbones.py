@@ -1,0 +1,166 @@
+"""Backbones shared by the classifier and the segmenter: construction, weights and preprocessing.
+
+Every backbone comes from `keras.applications` (or is the small from-scratch CNN) without its top.
+Weights are `imagenet` (downloaded by Keras), `none` (random initialisation) or the path of a weights
+file (how Kaggle users without internet attach them). The preprocessing a backbone expects is a layer
+placed in front of it inside the model, so a saved model takes raw uint8 RGB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+from keras import layers
+
+
+class BackboneError(ValueError):
+    """An unknown backbone, an unsupported image size or weights that cannot be had."""
+
+
+WEIGHTS_HELP = (
+    "Choose one of the three weight options: (1) weights=imagenet with internet access (Keras downloads "
+    "the file into ~/.keras/models/, or copy it there beforehand); (2) weights=<path to the backbone's "
+    "no-top .h5 weights file>, e.g. a file attached to a Kaggle notebook as a dataset under /kaggle/input/; "
+    "(3) weights=none to train from random initialisation (no download, much weaker)."
+)
+
+
+class WeightsUnavailableError(BackboneError):
+    """ImageNet weights could not be downloaded."""
+
+
+@keras.saving.register_keras_serializable(package="voc_pipeline")
+class CaffePreprocessing(layers.Layer):
+    """RGB uint8 to the 'caffe' input of VGG16: BGR channel order minus the ImageNet channel means."""
+
+    IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+    def call(self, inputs):
+        bgr = keras.ops.flip(keras.ops.cast(inputs, self.compute_dtype), axis=-1)
+        return bgr - keras.ops.convert_to_tensor(self.IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
+
+
+def simple_cnn(include_top: bool = False, weights=None, input_shape=(224, 224, 3), **_) -> keras.Model:
+    """A small from-scratch CNN (four conv-BN-ReLU blocks): the baseline users compare against."""
+    if weights is not None:
+        raise BackboneError("simple_cnn has no pretrained weights; use weights=none")
+    inputs = keras.Input(input_shape)
+    features = inputs
+    for block, filters in enumerate((32, 64, 128, 256), start=1):
+        for repeat in (1, 2):
+            features = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv{repeat}")(features)
+            features = layers.BatchNormalization(name=f"block{block}_bn{repeat}")(features)
+            features = layers.ReLU(name=f"block{block}_relu{repeat}")(features)
+        features = layers.MaxPooling2D(name=f"block{block}_pool")(features)
+    return keras.Model(inputs, features, name="simple_cnn")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone and feed it.
+
+    Attributes:
+        constructor: the keras.applications function (include_top, weights, input_shape, ...).
+        preprocessing: "tf" (-1..1), "caffe" (BGR minus means), "unit" (0..1) or "raw" (0..255; the
+            backbone preprocesses itself).
+        imagenet_sizes: square input sizes with ImageNet weights; None means any size from min_size.
+        min_size: the smallest input size the architecture accepts.
+        taps: layer names of the feature maps at output strides 4, 8, 16 and 32 (for the segmenter).
+        has_width_multiplier: accepts `alpha` (the MobileNets).
+    """
+
+    constructor: Callable[..., keras.Model]
+    preprocessing: str
+    imagenet_sizes: tuple[int, ...] | None
+    min_size: int = 32
+    taps: dict[int, str] = field(default_factory=dict)
+    has_width_multiplier: bool = False
+    extra_arguments: dict = field(default_factory=dict)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "mobilenet_v2": BackboneSpec(
+        keras.applications.MobileNetV2, "tf", (96, 128, 160, 192, 224),
+        taps={4: "block_3_expand_relu", 8: "block_6_expand_relu", 16: "block_13_expand_relu", 32: "out_relu"},
+        has_width_multiplier=True,
+    ),
+    "mobilenet": BackboneSpec(
+        keras.applications.MobileNet, "tf", (128, 160, 192, 224),
+        taps={4: "conv_pw_3_relu", 8: "conv_pw_5_relu", 16: "conv_pw_11_relu", 32: "conv_pw_13_relu"},
+        has_width_multiplier=True,
+    ),
+    "vgg16": BackboneSpec(keras.applications.VGG16, "caffe", None),
+    "resnet50v2": BackboneSpec(keras.applications.ResNet50V2, "tf", None),
+    "efficientnetv2_s": BackboneSpec(keras.applications.EfficientNetV2S, "raw", None,
+                                     extra_arguments={"include_preprocessing": True}),
+    "simple_cnn": BackboneSpec(simple_cnn, "unit", None),
+}
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of a backbone by name, or an error listing the valid names."""
+    if name not in BACKBONES:
+        raise BackboneError(f"unknown backbone {name!r}; expected one of: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def resolve_weights(weights: str) -> str | None:
+    """'imagenet' -> 'imagenet', 'none' -> None, anything else must be an existing weights file."""
+    if weights == "imagenet":
+        return "imagenet"
+    if weights.lower() == "none":
+        return None
+    path = Path(weights)
+    if not path.is_file():
+        raise BackboneError(f"weights file {path} does not exist. {WEIGHTS_HELP}")
+    return str(path)
+
+
+def check_image_size(name: str, image_size: int, weights: str | None) -> None:
+    """Raise a BackboneError naming the supported sizes when `image_size` does not fit the backbone."""
+    spec = backbone_spec(name)
+    if image_size < spec.min_size:
+        raise BackboneError(f"{name} needs an image size of at least {spec.min_size}, got {image_size}")
+    if weights == "imagenet" and spec.imagenet_sizes and image_size not in spec.imagenet_sizes:
+        raise BackboneError(f"{name} has ImageNet weights for image sizes {', '.join(map(str, spec.imagenet_sizes))}, "
+                            f"got {image_size}; pick one of those or use weights=none")
+
+
+def build_backbone(name: str, image_size: int, weights: str = "imagenet", width_multiplier: float = 1.0) -> keras.Model:
+    """The headless backbone as a keras.Model named 'backbone', taking preprocessed float input.
+
+    Raises:
+        BackboneError: unknown name, unsupported size or missing weights file.
+        WeightsUnavailableError: the ImageNet download failed; the message names the three options.
+    """
+    spec = backbone_spec(name)
+    resolved = resolve_weights(weights)
+    check_image_size(name, image_size, resolved)
+    arguments = dict(include_top=False, weights=resolved, input_shape=(image_size, image_size, 3), **spec.extra_arguments)
+    if spec.has_width_multiplier:
+        arguments["alpha"] = width_multiplier
+    elif width_multiplier != 1.0:
+        raise BackboneError(f"{name} has no width multiplier; leave it at 1.0")
+    try:
+        backbone = spec.constructor(**arguments)
+    except Exception as error:  # Keras raises a bare Exception for a failed download.
+        if resolved == "imagenet" and ("URL fetch failure" in str(error) or isinstance(error, OSError)):
+            raise WeightsUnavailableError(f"could not download ImageNet weights for {name}: {error}. {WEIGHTS_HELP}") from None
+        raise
+    # A stable name, so the training stage can find the backbone inside the model.
+    return keras.Model(backbone.input, backbone.output, name="backbone")
+
+
+def preprocessing_layer(name: str) -> layers.Layer:
+    """The layer that maps raw uint8 RGB to what the backbone expects (it also casts to float)."""
+    kind = backbone_spec(name).preprocessing
+    if kind == "tf":
+        return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
+    if kind == "caffe":
+        return CaffePreprocessing(name="preprocess")
+    if kind == "unit":
+        return layers.Rescaling(1.0 / 255.0, name="preprocess")
+    return layers.Rescaling(1.0, name="preprocess")

@@ -1,0 +1,213 @@
+"""tf.data pipelines from the in-memory uint8 arrays: load -> resize/augment -> batch -> prefetch.
+
+The arrays stay at native size in memory; `load` only looks one up by position. Every other step is
+TensorFlow, runs with `num_parallel_calls=AUTOTUNE`, and draws its randomness from per-example seeds
+(`tf.data.Dataset.random`), so augmentation repeats for a given seed. Only training sets are shuffled
+and augmented. Masks are only ever resized with nearest neighbour and padded with the ignore value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from voc_pipeline.classes import VOID_LABEL
+
+AUTOTUNE = tf.data.AUTOTUNE
+IGNORE_LABEL = VOID_LABEL
+
+
+def object_box(mask: np.ndarray) -> np.ndarray:
+    """[ymin, xmin, ymax, xmax] (fractions) of the union of a mask's objects; the whole image if none."""
+    rows = np.flatnonzero(((mask > 0) & (mask != IGNORE_LABEL)).any(1))
+    columns = np.flatnonzero(((mask > 0) & (mask != IGNORE_LABEL)).any(0))
+    if rows.size == 0:
+        return np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)
+    height, width = mask.shape
+    return np.array([rows[0] / height, columns[0] / width, (rows[-1] + 1) / height, (columns[-1] + 1) / width], np.float32)
+
+
+def with_example_seeds(dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    """Pair each element with a fresh stateless seed (shape [2]) that changes every epoch."""
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+    return tf.data.Dataset.zip((dataset, seeds))
+
+
+# ---------------------------------------------------------------- classification
+
+
+def random_resized_crop(image, box, seed, image_size: int):
+    """A random crop (30-100% of the area, aspect 3:4 to 4:3) covering most of the objects, resized."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.reshape(box, [1, 1, 4]), seed=seed,
+        min_object_covered=0.75, aspect_ratio_range=(0.75, 1.33), area_range=(0.3, 1.0),
+        max_attempts=20, use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.slice(image, begin, size)
+    return tf.image.resize(crop, (image_size, image_size), antialias=True)
+
+
+def colour_jitter(image, seed):
+    """Mild brightness, contrast, saturation and hue changes on a float 0..255 image."""
+    seeds = tf.random.experimental.stateless_split(seed, num=4)
+    image = image / 255.0
+    image = tf.image.stateless_random_brightness(image, 0.1, seeds[0])
+    image = tf.image.stateless_random_contrast(image, 0.85, 1.15, seeds[1])
+    image = tf.image.stateless_random_saturation(image, 0.85, 1.15, seeds[2])
+    image = tf.image.stateless_random_hue(image, 0.03, seeds[3])
+    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+
+
+def to_model_input(image):
+    """Round a float 0..255 image to the uint8 the models take."""
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def classification_dataset(images: Sequence[np.ndarray], labels: np.ndarray, positions: np.ndarray,
+                           image_size: int, batch_size: int, training: bool, seed: int = 0,
+                           boxes: np.ndarray | None = None) -> tf.data.Dataset:
+    """Batches of (uint8 image_size x image_size x 3 images, float32 label vectors).
+
+    Args:
+        images: all images (native sizes); `positions` picks the ones in this set.
+        labels: (N, C) 0/1 labels for all images.
+        positions: which images, in order (shuffled each epoch when training).
+        training: shuffle, random resized crop that keeps the objects, flip and colour jitter.
+        boxes: (N, 4) object union boxes (see `object_box`) used by the crop; whole images if None.
+    """
+    labels = np.asarray(labels, dtype=np.float32)
+    boxes = np.tile([[0.0, 0.0, 1.0, 1.0]], (len(images), 1)).astype(np.float32) if boxes is None else boxes
+
+    def load(position):
+        image, label, box = tf.numpy_function(
+            lambda index: (images[index], labels[index], boxes[index]), [position], [tf.uint8, tf.float32, tf.float32])
+        image.set_shape([None, None, 3])
+        label.set_shape([labels.shape[1]])
+        box.set_shape([4])
+        return image, label, box
+
+    def augment(example, seed_pair):
+        image, label, box = example
+        seeds = tf.random.experimental.stateless_split(seed_pair, num=3)
+        image = random_resized_crop(image, box, seeds[0], image_size)
+        image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+        image = colour_jitter(image, seeds[2])
+        return to_model_input(image), label
+
+    def resize_for_evaluation(image, label, box):
+        return to_model_input(tf.image.resize(image, (image_size, image_size), antialias=True)), label
+
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(positions, dtype=np.int64))
+    if training:
+        dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
+        dataset = with_example_seeds(dataset.map(load, num_parallel_calls=AUTOTUNE), seed)
+        dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE)
+    else:
+        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE).map(resize_for_evaluation, num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def prediction_dataset(images: Sequence[np.ndarray], image_size: int, batch_size: int, flip: bool = False) -> tf.data.Dataset:
+    """Batches of uint8 images resized to image_size (mirrored when `flip`), in order, for prediction."""
+
+    def load(position):
+        image = tf.numpy_function(lambda index: images[index], [position], tf.uint8)
+        image.set_shape([None, None, 3])
+        return image
+
+    def resize(image):
+        image = tf.image.resize(image, (image_size, image_size), antialias=True)
+        return to_model_input(tf.image.flip_left_right(image) if flip else image)
+
+    dataset = tf.data.Dataset.from_tensor_slices(np.arange(len(images), dtype=np.int64))
+    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE).map(resize, num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+
+
+# ---------------------------------------------------------------- segmentation
+
+
+def letterbox_size(height, width, image_size: int):
+    """(new_height, new_width) that fit the long side to image_size, keeping the aspect ratio."""
+    scale = tf.cast(image_size, tf.float32) / tf.cast(tf.maximum(height, width), tf.float32)
+    new_height = tf.maximum(1, tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32))
+    new_width = tf.maximum(1, tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32))
+    return new_height, new_width
+
+
+def pad_image_and_mask(image, mask, target_height, target_width):
+    """Pad at the bottom and right to at least the target size: the image with its mean, the mask with ignore."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    pad_height, pad_width = tf.maximum(target_height - height, 0), tf.maximum(target_width - width, 0)
+    padding = [[0, pad_height], [0, pad_width]]
+    mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
+    image = tf.pad(image - mean, padding + [[0, 0]]) + mean
+    mask = tf.pad(mask - IGNORE_LABEL, padding + [[0, 0]]) + IGNORE_LABEL
+    return image, mask
+
+
+def resize_image_and_mask(image, mask, height, width):
+    """Resize the image bilinearly and the mask with nearest neighbour to the same size."""
+    image = tf.image.resize(image, (height, width), antialias=True)
+    mask = tf.image.resize(mask, (height, width), method="nearest")
+    return image, mask
+
+
+def letterbox(image, mask, image_size: int):
+    """Fit the long side to image_size, then pad to a square (image with its mean, mask with ignore)."""
+    new_height, new_width = letterbox_size(tf.shape(image)[0], tf.shape(image)[1], image_size)
+    image, mask = resize_image_and_mask(image, mask, new_height, new_width)
+    return pad_image_and_mask(image, mask, image_size, image_size)
+
+
+def random_scale_crop_flip(image, mask, seed, image_size: int, scale_range: tuple[float, float]):
+    """Joint augmentation: random scale around the letterbox size, pad, random crop, horizontal flip."""
+    seeds = tf.random.experimental.stateless_split(seed, num=4)
+    scale = tf.random.stateless_uniform([], seeds[0], scale_range[0], scale_range[1])
+    base_height, base_width = letterbox_size(tf.shape(image)[0], tf.shape(image)[1], image_size)
+    height = tf.maximum(1, tf.cast(tf.cast(base_height, tf.float32) * scale, tf.int32))
+    width = tf.maximum(1, tf.cast(tf.cast(base_width, tf.float32) * scale, tf.int32))
+    image, mask = resize_image_and_mask(image, mask, height, width)
+    image, mask = pad_image_and_mask(image, mask, image_size, image_size)
+    # Crop image and mask together: stack them so one random offset serves both.
+    stacked = tf.concat([image, tf.cast(mask, tf.float32)], axis=-1)
+    stacked = tf.image.stateless_random_crop(stacked, [image_size, image_size, 4], seeds[1])
+    stacked = tf.image.stateless_random_flip_left_right(stacked, seeds[2])
+    return stacked[..., :3], tf.cast(stacked[..., 3:], tf.int32), seeds[3]
+
+
+def segmentation_dataset(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], positions: np.ndarray,
+                         image_size: int, batch_size: int, training: bool, seed: int = 0,
+                         scale_range: tuple[float, float] = (0.5, 1.5)) -> tf.data.Dataset:
+    """Batches of (uint8 image_size x image_size x 3 images, int32 image_size x image_size masks).
+
+    Evaluation letterboxes (long side to image_size, padded; the same geometry as prediction); training
+    adds a random scale, a random crop and a flip applied identically to image and mask, and colour jitter
+    to the image. Padding is labelled IGNORE_LABEL, which the loss and the metrics skip.
+    """
+
+    def load(position):
+        image, mask = tf.numpy_function(lambda index: (images[index], masks[index]), [position], [tf.uint8, tf.uint8])
+        image.set_shape([None, None, 3])
+        mask.set_shape([None, None])
+        return tf.cast(image, tf.float32), tf.cast(mask[..., None], tf.int32)
+
+    def augment(example, seed_pair):
+        image, mask = example
+        image, mask, jitter_seed = random_scale_crop_flip(image, mask, seed_pair, image_size, scale_range)
+        return to_model_input(colour_jitter(image, jitter_seed)), mask[..., 0]
+
+    def letterbox_for_evaluation(image, mask):
+        image, mask = letterbox(image, mask, image_size)
+        return to_model_input(image), mask[..., 0]
+
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(positions, dtype=np.int64))
+    if training:
+        dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
+        dataset = with_example_seeds(dataset.map(load, num_parallel_calls=AUTOTUNE), seed)
+        dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE)
+    else:
+        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE).map(letterbox_for_evaluation, num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)

@@ -1,0 +1,201 @@
+"""What the classifier and segmenter training stages share: devices, phases, callbacks, checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from voc_pipeline.errors import TrainingDivergedError
+from voc_pipeline.files import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def choose_strategy() -> tf.distribute.Strategy:
+    """TPU if one is attached, MirroredStrategy over several GPUs, else the default (one device) strategy."""
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        logger.info("training on TPU %s", resolver.master())
+        return tf.distribute.TPUStrategy(resolver)
+    except (ValueError, RuntimeError, tf.errors.NotFoundError):
+        pass
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        logger.info("training on %d GPUs with MirroredStrategy", len(gpus))
+        return tf.distribute.MirroredStrategy()
+    logger.info("training on %s", gpus[0].name if gpus else "the CPU")
+    return tf.distribute.get_strategy()
+
+
+def configure_precision(mode: str) -> str:
+    """Set Keras's global dtype policy: mixed_float16 on GPU when mode is 'auto' or 'on', else float32."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"mixed_precision must be auto, on or off, got {mode!r}")
+    use_mixed = mode == "on" or (mode == "auto" and bool(tf.config.list_logical_devices("GPU")))
+    policy = "mixed_float16" if use_mixed else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow so that initialisation and shuffles repeat."""
+    keras.utils.set_random_seed(seed)
+
+
+def set_backbone_trainable(model: keras.Model, trainable_fraction: float) -> int:
+    """Unfreeze the top `trainable_fraction` of the backbone's layers; batch norm always stays frozen.
+
+    Frozen batch-norm layers run in inference mode in Keras 3, so their ImageNet statistics are kept
+    while the convolutions around them adapt (small batches would otherwise wreck them).
+
+    Returns:
+        The number of backbone layers left trainable.
+    """
+    backbone = model.get_layer("backbone")
+    backbone.trainable = True
+    backbone_layers = backbone.layers
+    first_trainable = int(round(len(backbone_layers) * (1.0 - trainable_fraction)))
+    for position, layer in enumerate(backbone_layers):
+        layer.trainable = position >= first_trainable and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(layer.trainable for layer in backbone_layers)
+
+
+# Batch-norm momentum when training from random initialisation. Keras's MobileNets use 0.999, whose
+# moving statistics need thousands of steps to leave their initial values; a few hundred steps on a small
+# data set would then be evaluated with statistics that never saw the data.
+FROM_SCRATCH_BATCH_NORM_MOMENTUM = 0.9
+
+
+def set_all_trainable(model: keras.Model) -> None:
+    """Everything trainable, batch norm included (training from random initialisation)."""
+    model.trainable = True
+    for layer in model.get_layer("backbone").layers:
+        layer.trainable = True
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, FROM_SCRATCH_BATCH_NORM_MOMENTUM)
+
+
+def warmup_cosine(learning_rate: float, total_steps: int, warmup_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up from 1% to `learning_rate` over `warmup_steps`, then cosine decay to 1% of it."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate * 0.01, decay_steps=max(total_steps - warmup_steps, 1), alpha=0.01,
+        warmup_target=learning_rate, warmup_steps=warmup_steps,
+    )
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.where: tuple[int, int, float] | None = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.where = (self.epoch + 1, batch + 1, float(loss))
+            self.model.stop_training = True
+
+
+@dataclass
+class Phase:
+    """One call to fit: which layers train, at what learning rate, for how many epochs."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+    warmup_epochs: int
+    trainable_fraction: float | None  # None: everything trainable (random initialisation)
+
+
+def plan_phases(weights: str, head_epochs: int, finetune_epochs: int, head_learning_rate: float,
+                finetune_learning_rate: float, warmup_epochs: int, unfreeze_fraction: float) -> list[Phase]:
+    """Two phases for pretrained weights (frozen backbone, then fine-tune the top); one for random weights."""
+    if weights.lower() == "none":
+        return [Phase("full", head_epochs + finetune_epochs, head_learning_rate, warmup_epochs, None)]
+    phases = [Phase("head", head_epochs, head_learning_rate, 0, 0.0)]
+    if finetune_epochs > 0:
+        phases.append(Phase("finetune", finetune_epochs, finetune_learning_rate, warmup_epochs, unfreeze_fraction))
+    return phases
+
+
+def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_data: tf.data.Dataset,
+                  validation_data: tf.data.Dataset, steps_per_epoch: int, checkpoint_path: Path,
+                  history_path: Path, monitor: str, mode: str, patience: int) -> list[dict]:
+    """Train through `phases`, keeping the best epoch (by `monitor`) at `checkpoint_path`.
+
+    Args:
+        compile_model: called as compile_model(model, learning_rate_schedule) after each phase's freezing.
+        monitor, mode: the validation quantity that picks the best checkpoint and stops early.
+
+    Returns:
+        One history dict per epoch, with its phase name.
+
+    Raises:
+        TrainingDivergedError: the loss became non-finite; the best checkpoint so far is kept.
+    """
+    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor=monitor, mode=mode, save_best_only=True)
+    guard = StopOnNonFiniteLoss()
+    records: list[dict] = []
+    epoch = 0
+    for phase in phases:
+        if phase.epochs <= 0:
+            continue
+        if phase.trainable_fraction is None:
+            set_all_trainable(model)
+        else:
+            trainable = set_backbone_trainable(model, phase.trainable_fraction)
+            logger.info("phase %s: %d backbone layers trainable, batch norm frozen", phase.name, trainable)
+        schedule = warmup_cosine(phase.learning_rate, phase.epochs * steps_per_epoch, phase.warmup_epochs * steps_per_epoch)
+        compile_model(model, schedule)
+        stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience)
+        history = model.fit(train_data, validation_data=validation_data, initial_epoch=epoch, epochs=epoch + phase.epochs,
+                            callbacks=[guard, checkpoint, stopper], verbose=2)
+        for index, epoch_number in enumerate(history.epoch):
+            records.append({"epoch": epoch_number + 1, "phase": phase.name,
+                            **{key: float(values[index]) for key, values in history.history.items()}})
+        epoch = epoch + len(history.epoch)
+        write_history(records, history_path)
+        if guard.where:
+            where = f"epoch {guard.where[0]}, batch {guard.where[1]}"
+            kept = f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path.exists() else "no epoch finished cleanly, so there is no checkpoint"
+            raise TrainingDivergedError(f"training stopped: the loss became {guard.where[2]} at {where} of phase "
+                                        f"{phase.name}; {kept}. Lower the learning rate or check the data.")
+    if not checkpoint_path.exists():
+        raise TrainingDivergedError(f"no checkpoint was written to {checkpoint_path}: did any epoch run?")
+    return records
+
+
+def write_history(records: list[dict], path: Path) -> None:
+    """The per-epoch history as CSV, written atomically."""
+    write_text_atomic(path, pd.DataFrame(records).to_csv(index=False))
+
+
+def promote_checkpoint(checkpoint_path: Path, final_path: Path) -> Path:
+    """Copy the best checkpoint to its final name atomically (a temporary copy renamed over the target)."""
+    temporary = final_path.with_name(f".{final_path.name}.tmp")
+    shutil.copyfile(checkpoint_path, temporary)
+    os.replace(temporary, final_path)
+    return final_path
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Batches per epoch (the last one may be smaller)."""
+    return max(1, int(np.ceil(num_examples / batch_size)))
