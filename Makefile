@@ -14,13 +14,14 @@ DEMO_DATA := data/demo
 TF_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 STAGE_ARGS = --data $(DATA) --profile $(PROFILE) --run $(RUN) $(foreach assignment,$(SET),--set $(assignment))
 
-.PHONY: help install test test-fast lint demo demo-data data-check train-cls tune bench-submission bench-classifier clean
+.PHONY: help install test test-fast lint demo demo-data data-check train-cls tune train-seg bench-submission bench-classifier bench-segmenter clean
 
 help:
 	@echo "make demo        synthetic data -> trained models -> submissions/submission.csv"
 	@echo "make test        the test suite (creates $(VENV) if needed)"
 	@echo "make data-check  DATA=... RUN=...   load, validate and split the data"
 	@echo "make train-cls tune DATA=... PROFILE=... RUN=...   classifier and its thresholds"
+	@echo "make train-seg DATA=... PROFILE=... RUN=...        segmenter"
 	@echo "make lint        ruff"
 
 $(BIN)/.installed: pyproject.toml
@@ -57,11 +58,17 @@ train-cls: install
 tune: install
 	$(CLI) tune $(STAGE_ARGS)
 
+train-seg: install
+	$(CLI) train-seg $(STAGE_ARGS)
+
 bench-submission: install
 	$(CLI) bench submission
 
 bench-classifier: install
 	$(CLI) bench classifier --profile $(PROFILE)
+
+bench-segmenter: install
+	$(CLI) bench segmenter --profile $(PROFILE)
 
 clean:
 	rm -rf runs $(DEMO_DATA)

@@ -119,17 +119,22 @@ def resolve_weights(weights: str) -> str | None:
     return str(path)
 
 
-def check_image_size(name: str, image_size: int, weights: str | None) -> None:
-    """Raise a BackboneError naming the supported sizes when `image_size` does not fit the backbone."""
+def check_image_size(name: str, image_size: int, weights: str | None, pretrained_size_only: bool = True) -> None:
+    """Raise a BackboneError naming the supported sizes when `image_size` does not fit the backbone.
+
+    With `pretrained_size_only` false (dense prediction), ImageNet weights of a MobileNet are accepted at
+    any size: its convolutions do not depend on the input size, and Keras then loads the 224 px weights.
+    """
     spec = backbone_spec(name)
     if image_size < spec.min_size:
         raise BackboneError(f"{name} needs an image size of at least {spec.min_size}, got {image_size}")
-    if weights == "imagenet" and spec.imagenet_sizes and image_size not in spec.imagenet_sizes:
+    if pretrained_size_only and weights == "imagenet" and spec.imagenet_sizes and image_size not in spec.imagenet_sizes:
         raise BackboneError(f"{name} has ImageNet weights for image sizes {', '.join(map(str, spec.imagenet_sizes))}, "
                             f"got {image_size}; pick one of those or use weights=none")
 
 
-def build_backbone(name: str, image_size: int, weights: str = "imagenet", width_multiplier: float = 1.0) -> keras.Model:
+def build_backbone(name: str, image_size: int, weights: str = "imagenet", width_multiplier: float = 1.0,
+                   pretrained_size_only: bool = True) -> keras.Model:
     """The headless backbone as a keras.Model named 'backbone', taking preprocessed float input.
 
     Raises:
@@ -138,7 +143,7 @@ def build_backbone(name: str, image_size: int, weights: str = "imagenet", width_
     """
     spec = backbone_spec(name)
     resolved = resolve_weights(weights)
-    check_image_size(name, image_size, resolved)
+    check_image_size(name, image_size, resolved, pretrained_size_only)
     arguments = dict(include_top=False, weights=resolved, input_shape=(image_size, image_size, 3), **spec.extra_arguments)
     if spec.has_width_multiplier:
         arguments["alpha"] = width_multiplier

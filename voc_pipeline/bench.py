@@ -106,10 +106,54 @@ def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str,
         "predict_images_per_second": num_images / predict_seconds,
     }
     figures["pipeline_overhead_fraction"] = 1.0 - figures["train_pipeline_images_per_second"] / figures["train_in_memory_images_per_second"]
-    print(f"classifier {settings.backbone} at {settings.image_size} px, batch {batch_size}, "
-          f"source images 375 x 500, {steps} steps after a warm-up:")
-    for name, value in figures.items():
-        unit = "" if name.endswith("fraction") else " images/s"
-        print(f"  {name.replace('_', ' '):<42}{value:>10.3f}{unit}" if name.endswith("fraction") else
-              f"  {name.replace('_', ' '):<42}{value:>10.1f}{unit}")
+    print_figures(f"classifier {settings.backbone} at {settings.image_size} px, batch {batch_size}, "
+                  f"source images 375 x 500, {steps} steps after a warm-up:", figures)
     return figures
+
+
+def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, float]:
+    """Segmenter throughput at the configuration's size on VOC-sized images: training through the input
+    pipeline and on one in-memory batch, and prediction including the resize back to original sizes."""
+    import keras
+    import tensorflow as tf
+
+    from voc_pipeline.input_pipeline import IGNORE_LABEL, segmentation_dataset
+    from voc_pipeline.losses import SegmentationLoss
+    from voc_pipeline.segmenter import build_segmenter, predict_label_maps
+
+    settings = config.segmenter
+    rng = np.random.default_rng(config.seed)
+    images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(num_images)]
+    masks = voc_like_label_maps(num_images, config.seed)
+    model = build_segmenter(settings.backbone, settings.image_size, NUM_CLASSES + 1, settings.output_stride, "none",
+                            settings.width_multiplier, settings.aspp_filters, settings.decoder_filters)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=SegmentationLoss(NUM_CLASSES + 1, IGNORE_LABEL))
+    pipeline = segmentation_dataset(images, masks, np.arange(num_images), settings.image_size, settings.batch_size,
+                                    training=True, seed=config.seed).repeat()
+    in_memory = tf.data.Dataset.from_tensors(next(iter(pipeline))).repeat()
+    batch_size = settings.batch_size
+    pipeline_seconds = timed_fit(model, pipeline, steps)
+    memory_seconds = timed_fit(model, in_memory, steps)
+    predict_label_maps([model], images[:batch_size], batch_size, flip_tta=False)
+    start = time.perf_counter()
+    predict_label_maps([model], images, batch_size, flip_tta=False)
+    predict_seconds = time.perf_counter() - start
+    figures = {
+        "train_pipeline_images_per_second": steps * batch_size / pipeline_seconds,
+        "train_in_memory_images_per_second": steps * batch_size / memory_seconds,
+        "predict_with_resize_back_images_per_second": num_images / predict_seconds,
+    }
+    figures["pipeline_overhead_fraction"] = 1.0 - figures["train_pipeline_images_per_second"] / figures["train_in_memory_images_per_second"]
+    print_figures(f"segmenter DeepLabV3+ {settings.backbone} (output stride {settings.output_stride}) at "
+                  f"{settings.image_size} px, batch {batch_size}, source images 375 x 500, {steps} steps after a warm-up:", figures)
+    return figures
+
+
+def print_figures(title: str, figures: dict[str, float]) -> None:
+    """Print named figures under a title: rates as images/s, fractions as plain numbers."""
+    print(title)
+    for name, value in figures.items():
+        if name.endswith("fraction"):
+            print(f"  {name.replace('_', ' '):<46}{value:>10.3f}")
+        else:
+            print(f"  {name.replace('_', ' '):<46}{value:>10.1f} images/s")

@@ -95,6 +95,13 @@ def command_tune(arguments) -> int:
     return 0
 
 
+def command_train_segmenter(arguments) -> int:
+    from voc_pipeline.segmenter_training import run_train_segmenter
+
+    run_train_segmenter(config_from_arguments(arguments))
+    return 0
+
+
 def command_config(arguments) -> int:
     print(config_to_toml(config_from_arguments(arguments)), end="")
     return 0
@@ -137,6 +144,8 @@ def command_bench(arguments) -> int:
         bench.bench_submission(arguments.images or 750, arguments.repeats)
     elif arguments.target == "classifier":
         bench.bench_classifier(config_from_arguments(arguments), arguments.images or 128)
+    elif arguments.target == "segmenter":
+        bench.bench_segmenter(config_from_arguments(arguments), arguments.images or 64)
     return 0
 
 
@@ -181,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(tune)
     tune.set_defaults(handler=command_tune)
 
+    train_segmenter = commands.add_parser("train-seg", help="stage train-seg: train the DeepLabV3+ segmenter")
+    add_config_arguments(train_segmenter)
+    train_segmenter.set_defaults(handler=command_train_segmenter)
+
     config = commands.add_parser("config", help="print the resolved configuration as TOML")
     add_config_arguments(config)
     config.set_defaults(handler=command_config)
@@ -201,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(handler=command_prune)
 
     bench = commands.add_parser("bench", help="print speed figures measured on this machine")
-    bench.add_argument("target", choices=["submission", "classifier"])
+    bench.add_argument("target", choices=["submission", "classifier", "segmenter"])
     bench.add_argument("--images", type=int, default=None, help="images to process (default: 750 for submission, 128 otherwise)")
     add_config_arguments(bench)
     bench.add_argument("--repeats", type=int, default=3)

@@ -69,6 +69,42 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class SegmenterConfig:
+    # mobilenet (MobileNet v1, the product's default) or mobilenet_v2.
+    backbone: str = "mobilenet"
+    # Square input side; images are letterboxed into it. Must be divisible by the output stride.
+    image_size: int = 320
+    # Input size over ASPP's feature size: 16 (faster) or 8 (finer, heavier).
+    output_stride: int = 16
+    # "imagenet", "none", or the path of the backbone's no-top weights file.
+    weights: str = "imagenet"
+    # MobileNet alpha.
+    width_multiplier: float = 1.0
+    # Channels of the ASPP branches and of the decoder's 3x3 convolutions.
+    aspp_filters: int = 256
+    decoder_filters: int = 256
+    # Small batches; batch norm in the pretrained backbone stays frozen, the head's learns from many pixels.
+    batch_size: int = 8
+    head_epochs: int = 5
+    finetune_epochs: int = 30
+    head_learning_rate: float = 1e-3
+    finetune_learning_rate: float = 2e-4
+    warmup_epochs: int = 1
+    # Share of backbone layers (from the top) unfrozen for fine-tuning; dense prediction benefits from all.
+    unfreeze_fraction: float = 1.0
+    weight_decay: float = 1e-4
+    # Weight of the soft Dice term added to the cross-entropy (0 = cross-entropy only).
+    dice_weight: float = 0.0
+    # Random scale range of the training augmentation, relative to the letterboxed size.
+    scale_range: tuple[float, ...] = (0.5, 1.5)
+    patience: int = 8
+    # Average the class probabilities of each image and its mirror image at prediction.
+    flip_tta: bool = True
+    # Validation images drawn as image / truth / prediction panels.
+    overlay_images: int = 6
+
+
+@dataclass(frozen=True)
 class ThresholdConfig:
     # Step of the candidate threshold grid.
     grid_step: float = 0.01
@@ -89,6 +125,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -210,9 +247,16 @@ def validate_config(config: Config) -> None:
         raise ConfigError(f"thresholds.grid_step must be between 0 and 0.5, got {config.thresholds.grid_step}")
     if not 0.0 <= config.classifier.unfreeze_fraction <= 1.0:
         raise ConfigError(f"classifier.unfreeze_fraction must be between 0 and 1, got {config.classifier.unfreeze_fraction}")
-    for key in ("image_size", "batch_size"):
-        if getattr(config.classifier, key) < 1:
-            raise ConfigError(f"classifier.{key} must be positive, got {getattr(config.classifier, key)}")
+    for section in ("classifier", "segmenter"):
+        for key in ("image_size", "batch_size"):
+            if getattr(getattr(config, section), key) < 1:
+                raise ConfigError(f"{section}.{key} must be positive, got {getattr(getattr(config, section), key)}")
+    segmenter = config.segmenter
+    if segmenter.image_size % segmenter.output_stride:
+        raise ConfigError(f"segmenter.image_size {segmenter.image_size} is not divisible by segmenter.output_stride "
+                          f"{segmenter.output_stride}")
+    if len(segmenter.scale_range) != 2 or not 0 < segmenter.scale_range[0] <= segmenter.scale_range[1]:
+        raise ConfigError(f"segmenter.scale_range must be [low, high] with 0 < low <= high, got {list(segmenter.scale_range)}")
     if not config.run_name or "/" in config.run_name:
         raise ConfigError(f"run_name must be a plain folder name, got {config.run_name!r}")
 

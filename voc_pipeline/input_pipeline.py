@@ -137,15 +137,18 @@ def letterbox_size(height, width, image_size: int):
     return new_height, new_width
 
 
+def pad_bottom_right(tensor, target_height, target_width, fill):
+    """Pad a H x W x C tensor at the bottom and right to at least the target size with `fill`."""
+    height, width = tf.shape(tensor)[0], tf.shape(tensor)[1]
+    padding = [[0, tf.maximum(target_height - height, 0)], [0, tf.maximum(target_width - width, 0)], [0, 0]]
+    return tf.pad(tensor - fill, padding) + fill
+
+
 def pad_image_and_mask(image, mask, target_height, target_width):
-    """Pad at the bottom and right to at least the target size: the image with its mean, the mask with ignore."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    pad_height, pad_width = tf.maximum(target_height - height, 0), tf.maximum(target_width - width, 0)
-    padding = [[0, pad_height], [0, pad_width]]
+    """Pad to at least the target size: the image with its mean colour, the mask with the ignore label."""
     mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
-    image = tf.pad(image - mean, padding + [[0, 0]]) + mean
-    mask = tf.pad(mask - IGNORE_LABEL, padding + [[0, 0]]) + IGNORE_LABEL
-    return image, mask
+    return (pad_bottom_right(image, target_height, target_width, mean),
+            pad_bottom_right(mask, target_height, target_width, IGNORE_LABEL))
 
 
 def resize_image_and_mask(image, mask, height, width):
@@ -160,6 +163,16 @@ def letterbox(image, mask, image_size: int):
     new_height, new_width = letterbox_size(tf.shape(image)[0], tf.shape(image)[1], image_size)
     image, mask = resize_image_and_mask(image, mask, new_height, new_width)
     return pad_image_and_mask(image, mask, image_size, image_size)
+
+
+@tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32)])
+def letterbox_for_prediction(image, image_size):
+    """(uint8 image_size square image, valid height, valid width) for one image of any size."""
+    image = tf.cast(image, tf.float32)
+    height, width = letterbox_size(tf.shape(image)[0], tf.shape(image)[1], image_size)
+    image = tf.image.resize(image, (height, width), antialias=True)
+    image = pad_bottom_right(image, image_size, image_size, tf.reduce_mean(image, axis=[0, 1], keepdims=True))
+    return to_model_input(image), height, width
 
 
 def random_scale_crop_flip(image, mask, seed, image_size: int, scale_range: tuple[float, float]):

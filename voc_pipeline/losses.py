@@ -47,3 +47,41 @@ def classifier_loss(name: str) -> keras.losses.Loss:
     if name == "asymmetric":
         return AsymmetricLoss()
     raise ValueError(f"unknown classifier loss {name!r}; expected one of: {', '.join(CLASSIFIER_LOSSES)}")
+
+
+@keras.saving.register_keras_serializable(package="voc_pipeline")
+class SegmentationLoss(keras.losses.Loss):
+    """Pixel cross-entropy from logits that skips `ignore_label` pixels, plus an optional soft Dice term.
+
+    The cross-entropy is averaged over the pixels that are not ignored (padding, and VOC's void borders
+    when the data keeps them), so ignored pixels change neither the loss nor its gradient. The Dice term
+    (weight `dice_weight`) is one minus the soft Dice of the foreground classes over the batch, which
+    pushes directly on the competition's segmentation score.
+    """
+
+    def __init__(self, num_classes: int, ignore_label: int = 255, dice_weight: float = 0.0,
+                 name: str = "segmentation_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.dice_weight = dice_weight
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(y_true, "int32")
+        logits = ops.cast(y_pred, "float32")
+        valid = ops.cast(ops.not_equal(labels, self.ignore_label), "float32")
+        safe_labels = ops.where(ops.equal(labels, self.ignore_label), 0, labels)
+        pixel_losses = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True) * valid
+        loss = ops.sum(pixel_losses) / ops.maximum(ops.sum(valid), 1.0)
+        if self.dice_weight:
+            probabilities = ops.softmax(logits, axis=-1)[..., 1:] * valid[..., None]
+            targets = ops.one_hot(safe_labels, self.num_classes)[..., 1:] * valid[..., None]
+            intersection = ops.sum(probabilities * targets)
+            dice = (2.0 * intersection + 1.0) / (ops.sum(probabilities) + ops.sum(targets) + 1.0)
+            loss = loss + self.dice_weight * (1.0 - dice)
+        # One value per batch: Keras's reduction then leaves it unchanged.
+        return ops.broadcast_to(loss, ops.shape(labels)[:1])
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "ignore_label": self.ignore_label,
+                "dice_weight": self.dice_weight}

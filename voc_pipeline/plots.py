@@ -56,3 +56,39 @@ def plot_per_class_bars(values: dict[str, np.ndarray], class_names, path: Path, 
     axis.grid(axis="y", alpha=0.3)
     axis.legend()
     return save_figure(figure, path)
+
+
+def voc_palette() -> np.ndarray:
+    """The PASCAL VOC colour map: (256, 3) uint8, label k -> colour; 255 (void) is near-white."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for label in range(256):
+        value, colour = label, [0, 0, 0]
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                colour[channel] |= ((value >> channel) & 1) << shift
+            value >>= 3
+        palette[label] = colour
+    palette[255] = (224, 224, 192)
+    return palette
+
+
+def overlay(image: np.ndarray, label_map: np.ndarray, opacity: float = 0.55) -> np.ndarray:
+    """The image with its labelled pixels tinted by the VOC colour of their class."""
+    colours = voc_palette()[label_map]
+    tinted = image.astype(np.float32) * (1 - opacity) + colours.astype(np.float32) * opacity
+    return np.where((label_map > 0)[..., None], tinted, image).astype(np.uint8)
+
+
+def plot_mask_overlays(images, true_maps, predicted_maps, titles, class_names, path: Path) -> Path:
+    """One row per image: the image, the truth and the prediction overlaid, with class names listed."""
+    figure, axes = plt.subplots(len(images), 3, figsize=(10, 3.2 * len(images)), squeeze=False)
+    for row, (image, truth, predicted, title) in enumerate(zip(images, true_maps, predicted_maps, titles)):
+        names = lambda label_map: ", ".join(class_names[k - 1] for k in np.unique(label_map) if 0 < k <= len(class_names))  # noqa: E731
+        panels = [(image, title), (overlay(image, truth), f"truth: {names(truth)}"),
+                  (overlay(image, predicted), f"prediction: {names(predicted)}")]
+        for axis, (picture, label) in zip(axes[row], panels):
+            axis.imshow(picture)
+            axis.set_title(label, fontsize=8)
+            axis.axis("off")
+    figure.tight_layout()
+    return save_figure(figure, path)

@@ -130,3 +130,18 @@ def iou_per_class(confusion: np.ndarray) -> np.ndarray:
 def mean_iou(confusion: np.ndarray) -> float:
     """Mean of iou_per_class over the labels present in the prediction or the truth."""
     return float(np.nanmean(iou_per_class(confusion)))
+
+
+def segmentation_report(predicted_maps: Sequence[np.ndarray], true_maps: Sequence[np.ndarray]) -> dict:
+    """IoU per label and mean IoU (void skipped), and the competition's segmentation-row Dice.
+
+    Also gives the Dice of an all-background answer on the same images, the floor a model must beat.
+    """
+    confusion = sum(confusion_matrix(predicted, truth) for predicted, truth in zip(predicted_maps, true_maps))
+    empty_maps = [np.zeros_like(truth) for truth in true_maps]
+    return {
+        "mean_iou": mean_iou(confusion),
+        "iou_per_label": iou_per_class(confusion),
+        "segmentation_dice": float(segmentation_row_scores(predicted_maps, true_maps).mean()),
+        "all_background_dice": float(segmentation_row_scores(empty_maps, true_maps).mean()),
+    }
