@@ -12,12 +12,18 @@ SET ?=
 DEMO_DATA := data/demo
 # The TensorFlow build: the CUDA one where an NVIDIA driver answers, else the CPU one.
 TF_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
-STAGE_ARGS = --data $(DATA) --profile $(PROFILE) --run $(RUN) $(foreach assignment,$(SET),--set $(assignment))
+FORCE ?=
+STAGE_ARGS = --data $(DATA) --profile $(PROFILE) --run $(RUN) $(foreach assignment,$(SET),--set $(assignment)) $(if $(FORCE),--force)
+DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 
-.PHONY: help install test test-fast lint demo demo-data data-check train-cls tune train-seg bench-submission bench-classifier bench-segmenter clean
+.PHONY: help install test test-fast lint demo demo-data data-check train train-cls tune train-seg submit predict \
+	evaluate bench-submission bench-classifier bench-segmenter bench-predict clean
 
 help:
 	@echo "make demo        synthetic data -> trained models -> submissions/submission.csv"
+	@echo "make train       DATA=... PROFILE=... RUN=...   data check, classifier, thresholds, segmenter"
+	@echo "make submit      DATA=... PROFILE=... RUN=...   predict the test set, write submissions/submission.csv"
+	@echo "make evaluate    DATA=... PROFILE=... RUN=...   validation scores and runs/RUN/report.md"
 	@echo "make test        the test suite (creates $(VENV) if needed)"
 	@echo "make data-check  DATA=... RUN=...   load, validate and split the data"
 	@echo "make train-cls tune DATA=... PROFILE=... RUN=...   classifier and its thresholds"
@@ -42,15 +48,33 @@ lint: install
 	$(BIN)/ruff check voc_pipeline tests kaggle
 
 $(DEMO_DATA)/train/train_set.csv: | install
-	$(CLI) data demo $(DEMO_DATA) --force
+	$(CLI) data demo $(DEMO_DATA) --n-train 160 --n-test 40 --force
 
 demo-data: $(DEMO_DATA)/train/train_set.csv
 
 demo: demo-data
-	$(CLI) data check --data $(DEMO_DATA) --profile smoke --run demo
+	$(CLI) data check $(DEMO_ARGS)
+	$(CLI) train-cls $(DEMO_ARGS)
+	$(CLI) tune $(DEMO_ARGS)
+	$(CLI) train-seg $(DEMO_ARGS)
+	$(CLI) predict $(DEMO_ARGS)
+	$(CLI) submit $(DEMO_ARGS)
+	$(CLI) evaluate $(DEMO_ARGS)
+	$(CLI) score $(DEMO_DATA)/solution.csv submissions/submission.csv
 
 data-check: install
 	$(CLI) data check $(STAGE_ARGS)
+
+train: data-check train-cls tune train-seg
+
+submit: predict
+	$(CLI) submit $(STAGE_ARGS)
+
+predict: install
+	$(CLI) predict $(STAGE_ARGS)
+
+evaluate: install
+	$(CLI) evaluate $(STAGE_ARGS)
 
 train-cls: install
 	$(CLI) train-cls $(STAGE_ARGS)

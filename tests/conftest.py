@@ -23,3 +23,24 @@ def voc_sample() -> Path:
     if not (VOC_SAMPLE / "VOC2012" / "JPEGImages").is_dir():
         pytest.skip(f"{VOC_SAMPLE} is absent")
     return VOC_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The whole pipeline through the command line on demo data with the smoke profile (weights none).
+
+    Returns the resolved configuration of the run; the stages' files are in config.run_dir and the
+    final submission in config.submit.output_dir.
+    """
+    from voc_pipeline.cli import main
+    from voc_pipeline.config import build_config
+
+    root = write_demo_data(tmp_path_factory.mktemp("smoke-data") / "demo", num_train=160, num_test=12, seed=0)
+    runs = tmp_path_factory.mktemp("smoke-runs")
+    output = tmp_path_factory.mktemp("smoke-output")
+    arguments = ["--data", str(root), "--profile", "smoke", "--runs-dir", str(runs), "--run", "smoke",
+                 "--set", f'submit.output_dir="{output}"']
+    for stage in ("train-cls", "tune", "train-seg", "predict", "submit", "evaluate"):
+        assert main([stage, *arguments]) == 0, stage
+    return build_config("smoke", [f'data.root="{root}"', f'runs_dir="{runs}"', "run_name='smoke'",
+                                  f'submit.output_dir="{output}"'])

@@ -7,27 +7,20 @@ import numpy as np
 import pytest
 
 from voc_pipeline.baseline import baseline_flags
-from voc_pipeline.classifier_training import load_classifiers, run_train_classifier
+from voc_pipeline.classifier import predict_probabilities
+from voc_pipeline.classifier_training import load_classifiers
 from voc_pipeline.cli import main
-from voc_pipeline.config import build_config
-from voc_pipeline.data import load_split, run_data
-from voc_pipeline.demo_data import write_demo_data
+from voc_pipeline.data import load_split
 from voc_pipeline.scoring import classification_row_scores
 from voc_pipeline.splits import load_splits, positions_of
-from voc_pipeline.tuning import run_tune
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    root = write_demo_data(tmp_path_factory.mktemp("data") / "demo", num_train=160, num_test=8, seed=0)
-    config = build_config("smoke", [f'data.root="{root}"', f'runs_dir="{tmp_path_factory.mktemp("runs")}"',
-                                    "run_name='smoke'"])
-    run_data(config)
-    training_metrics = run_train_classifier(config)
-    tuning_metrics = run_tune(config)
-    return config, training_metrics, tuning_metrics
+def trained_run(smoke_run):
+    metrics = json.loads((smoke_run.run_dir / "metrics.json").read_text())
+    return smoke_run, metrics["classifier"], metrics["thresholds"]
 
 
 def test_stage_writes_its_artifacts(trained_run):
@@ -62,8 +55,6 @@ def test_saved_models_reload_and_reproduce_the_validation_probabilities(trained_
     models, manifest = load_classifiers(config)
     assert manifest["models"] == ["classifier.keras"] and manifest["image_size"] == 96
     assert isinstance(models[0], keras.Model)
-    from voc_pipeline.classifier import predict_probabilities
-
     train = load_split(config.data.root, "train", show_progress=False)
     with np.load(config.run_dir / "classifier_validation.npz") as saved:
         positions = positions_of(train.ids, saved["ids"])

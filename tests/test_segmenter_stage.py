@@ -7,18 +7,15 @@ import pytest
 
 from voc_pipeline.cli import main
 from voc_pipeline.config import build_config
-from voc_pipeline.demo_data import write_demo_data
-from voc_pipeline.segmenter_training import load_segmenter, run_train_segmenter
+from voc_pipeline.run_folder import MissingArtifactError
+from voc_pipeline.segmenter_training import load_segmenter
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    root = write_demo_data(tmp_path_factory.mktemp("data") / "demo", num_train=120, num_test=4, seed=1)
-    config = build_config("smoke", [f'data.root="{root}"', f'runs_dir="{tmp_path_factory.mktemp("runs")}"',
-                                    "run_name='seg'"])
-    return config, run_train_segmenter(config)
+def trained_run(smoke_run):
+    return smoke_run, json.loads((smoke_run.run_dir / "metrics.json").read_text())["segmenter"]
 
 
 def test_stage_writes_its_artifacts(trained_run):
@@ -44,8 +41,6 @@ def test_saved_segmenter_reloads(trained_run):
 
 
 def test_missing_segmenter_names_the_stage(tmp_path, capsys):
-    from voc_pipeline.run_folder import MissingArtifactError
-
     config = build_config(assignments=[f'runs_dir="{tmp_path}"'])
     with pytest.raises(MissingArtifactError, match="train-seg"):
         load_segmenter(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help=f"configuration profile: {', '.join(available_profiles())}, or a .toml path")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override one configuration key, e.g. --set data.validation_fraction=0.25 (repeatable)")
+    parser.add_argument("--force", action="store_true", help="rerun the stage even if it already finished")
 
 
 def config_from_arguments(arguments: argparse.Namespace):
@@ -71,35 +73,62 @@ def command_data_from_voc(arguments) -> int:
     return 0
 
 
-def command_data_check(arguments) -> int:
-    import json
+def run_stage(stage: str, function, arguments) -> int:
+    """Run one stage unless it already finished with the same configuration (and --force is not given)."""
+    from voc_pipeline.run_folder import mark_stage_finished, stage_is_finished
 
+    config = config_from_arguments(arguments)
+    if not arguments.force and stage_is_finished(config, stage):
+        logger.info("stage %s already finished in %s with this configuration; nothing to do (--force reruns it)",
+                    stage, config.run_dir)
+        return 0
+    result = function(config)
+    mark_stage_finished(config, stage)
+    if stage in ("data", "submit"):
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def command_data_check(arguments) -> int:
     from voc_pipeline.data import run_data
 
-    summary = run_data(config_from_arguments(arguments))
-    print(json.dumps(summary, indent=2))
-    return 0
+    return run_stage("data", run_data, arguments)
 
 
 def command_train_classifier(arguments) -> int:
     from voc_pipeline.classifier_training import run_train_classifier
 
-    run_train_classifier(config_from_arguments(arguments))
-    return 0
+    return run_stage("train-cls", run_train_classifier, arguments)
 
 
 def command_tune(arguments) -> int:
     from voc_pipeline.tuning import run_tune
 
-    run_tune(config_from_arguments(arguments))
-    return 0
+    return run_stage("tune", run_tune, arguments)
 
 
 def command_train_segmenter(arguments) -> int:
     from voc_pipeline.segmenter_training import run_train_segmenter
 
-    run_train_segmenter(config_from_arguments(arguments))
-    return 0
+    return run_stage("train-seg", run_train_segmenter, arguments)
+
+
+def command_predict(arguments) -> int:
+    from voc_pipeline.prediction import run_predict
+
+    return run_stage("predict", run_predict, arguments)
+
+
+def command_submit(arguments) -> int:
+    from voc_pipeline.submit import run_submit
+
+    return run_stage("submit", run_submit, arguments)
+
+
+def command_evaluate(arguments) -> int:
+    from voc_pipeline.evaluation import run_evaluate
+
+    return run_stage("evaluate", run_evaluate, arguments)
 
 
 def command_config(arguments) -> int:
@@ -193,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     train_segmenter = commands.add_parser("train-seg", help="stage train-seg: train the DeepLabV3+ segmenter")
     add_config_arguments(train_segmenter)
     train_segmenter.set_defaults(handler=command_train_segmenter)
+
+    predict = commands.add_parser("predict", help="stage predict: classify and segment the test set")
+    add_config_arguments(predict)
+    predict.set_defaults(handler=command_predict)
+
+    submit = commands.add_parser("submit", help="stage submit: write and validate submission.csv")
+    add_config_arguments(submit)
+    submit.set_defaults(handler=command_submit)
+
+    evaluate = commands.add_parser("evaluate", help="stage evaluate: validation scores and report.md")
+    add_config_arguments(evaluate)
+    evaluate.set_defaults(handler=command_evaluate)
 
     config = commands.add_parser("config", help="print the resolved configuration as TOML")
     add_config_arguments(config)

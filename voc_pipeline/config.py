@@ -113,6 +113,24 @@ class ThresholdConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    # Images per prediction batch; memory stays bounded by one batch whatever the number of test images.
+    batch_size: int = 16
+    # Mask-area shares tried by the joint rule that adds a class the segmenter paints (chosen on validation).
+    joint_area_grid: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    # Where the final submission.csv is copied (Kaggle: /kaggle/working).
+    output_dir: str = "submissions"
+    # Delete everything in output_dir except submission.csv and the `keep` patterns (Kaggle's 500-file limit).
+    prune_output: bool = False
+    # Glob patterns of output_dir entries kept by pruning.
+    keep: tuple[str, ...] = ("runs", "*.md", "*.png")
+
+
+@dataclass(frozen=True)
 class Config:
     # One seed for splits, augmentation and weight initialisation, so runs repeat.
     seed: int = 0
@@ -126,6 +144,8 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
 
     @property
     def run_dir(self) -> Path:

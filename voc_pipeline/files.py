@@ -81,3 +81,26 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
+
+
+def save_label_maps_atomic(target: str | os.PathLike, ids: np.ndarray, label_maps: list[np.ndarray], **arrays) -> Path:
+    """Save label maps of different sizes (with their ids and any extra arrays) in one compressed .npz.
+
+    The maps are stored flat, one after another, with their heights and widths: no object arrays, so
+    the file loads without pickle.
+    """
+    heights = np.array([label_map.shape[0] for label_map in label_maps], dtype=np.int64)
+    widths = np.array([label_map.shape[1] for label_map in label_maps], dtype=np.int64)
+    flat = np.concatenate([label_map.ravel() for label_map in label_maps]) if label_maps else np.zeros(0, np.uint8)
+    return save_npz_atomic(target, ids=np.asarray(ids), label_maps_flat=flat.astype(np.uint8), heights=heights,
+                           widths=widths, **arrays)
+
+
+def load_label_maps(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The arrays and the label maps saved by save_label_maps_atomic."""
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    offsets = np.concatenate([[0], np.cumsum(arrays["heights"] * arrays["widths"])])
+    label_maps = [arrays["label_maps_flat"][offsets[index]:offsets[index + 1]].reshape(height, width)
+                  for index, (height, width) in enumerate(zip(arrays["heights"], arrays["widths"]))]
+    return arrays, label_maps

@@ -51,16 +51,63 @@ def prepare_run_folder(config: Config, stage: str) -> Path:
             logger.warning("  %s %s", "-" if line in old_lines else "+", line)
     write_text_atomic(config_path, new_text)
 
-    info_path = run_dir / RUN_INFO_FILE
-    info = json.loads(info_path.read_text()) if info_path.exists() else {"stages": {}}
+    info = read_run_info(config)
     info["stages"][stage] = {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "version": __version__,
         "git_commit": git_commit(),
         "config": config_to_dict(config),
     }
-    write_json_atomic(info_path, info)
+    write_json_atomic(run_dir / RUN_INFO_FILE, info)
     return run_dir
+
+
+# Which configuration sections each stage depends on: a finished stage reruns only when one of them changed.
+STAGE_SECTIONS = {
+    "data": ("seed", "data"),
+    "train-cls": ("seed", "mixed_precision", "data", "classifier"),
+    "tune": ("seed", "data", "classifier", "thresholds"),
+    "train-seg": ("seed", "mixed_precision", "data", "segmenter"),
+    "predict": ("seed", "data", "classifier", "thresholds", "segmenter", "predict"),
+    "submit": ("seed", "data", "classifier", "thresholds", "segmenter", "predict", "submit"),
+    "evaluate": ("seed", "data", "classifier", "thresholds", "segmenter", "predict"),
+}
+# Stages whose results depend on a stage's outputs, and so become stale when it runs again.
+DOWNSTREAM = {
+    "data": ("train-cls", "tune", "train-seg", "predict", "submit", "evaluate"),
+    "train-cls": ("tune", "predict", "submit", "evaluate"),
+    "tune": ("predict", "submit", "evaluate"),
+    "train-seg": ("predict", "submit", "evaluate"),
+    "predict": ("submit",),
+}
+
+
+def relevant_config(config: Config, stage: str) -> dict:
+    """The parts of the configuration a stage depends on."""
+    plain = config_to_dict(config)
+    return {key: plain[key] for key in STAGE_SECTIONS.get(stage, tuple(plain))}
+
+
+def read_run_info(config: Config) -> dict:
+    path = config.run_dir / RUN_INFO_FILE
+    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def stage_is_finished(config: Config, stage: str) -> bool:
+    """True when `stage` finished in this run folder with the same relevant configuration."""
+    record = read_run_info(config)["stages"].get(stage, {})
+    return bool(record.get("finished")) and record.get("relevant_config") == relevant_config(config, stage)
+
+
+def mark_stage_finished(config: Config, stage: str) -> None:
+    """Record that `stage` finished, and mark the stages that use its outputs as needing a rerun."""
+    info = read_run_info(config)
+    record = info["stages"].setdefault(stage, {})
+    record["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    record["relevant_config"] = relevant_config(config, stage)
+    for later in DOWNSTREAM.get(stage, ()):
+        info["stages"].get(later, {}).pop("finished", None)
+    write_json_atomic(config.run_dir / RUN_INFO_FILE, info)
 
 
 def require_artifact(config: Config, name: str, produced_by: str) -> Path:

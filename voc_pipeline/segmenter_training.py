@@ -12,7 +12,7 @@ import pandas as pd
 from voc_pipeline.classes import CLASS_NAMES, NUM_CLASSES
 from voc_pipeline.config import Config
 from voc_pipeline.data import load_train_and_splits
-from voc_pipeline.files import write_json_atomic
+from voc_pipeline.files import save_label_maps_atomic, write_json_atomic
 from voc_pipeline.input_pipeline import IGNORE_LABEL, segmentation_dataset
 from voc_pipeline.losses import SegmentationLoss
 from voc_pipeline.plots import plot_learning_curves, plot_mask_overlays, plot_per_class_bars
@@ -33,6 +33,7 @@ from voc_pipeline.training import (
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "segmenter.keras"
+VALIDATION_FILE = "segmenter_validation.npz"
 MANIFEST_FILE = "segmenter.json"
 NUM_LABELS = NUM_CLASSES + 1
 
@@ -88,6 +89,7 @@ def run_train_segmenter(config: Config) -> dict:
     validation_images = [train.images[position] for position in validation_positions]
     validation_masks = [train.masks[position] for position in validation_positions]
     predicted = predict_label_maps([model], validation_images, settings.batch_size, settings.flip_tta)
+    save_label_maps_atomic(run_dir / VALIDATION_FILE, train.ids[validation_positions], predicted)
     report = segmentation_report(predicted, validation_masks)
     plain = predict_label_maps([model], validation_images, settings.batch_size, flip_tta=False) if settings.flip_tta else predicted
     report_plain = segmentation_report(plain, validation_masks)

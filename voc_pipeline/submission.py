@@ -218,3 +218,4 @@ def score_submission(solution_path: str | Path, submission_path: str | Path) -> 
     result = competition_score(np.array(scores["classification"]), np.array(scores["segmentation"]))
     result["rows"] = len(solution)
     return result
+

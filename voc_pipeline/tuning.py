@@ -3,8 +3,8 @@
 Reads the validation (or out-of-fold) probabilities of `train-cls`, chooses thresholds with the pure
 NumPy tuner, and reports side by side: threshold 0.5, the best single global threshold, and per-class
 thresholds, with and without flip test-time augmentation. Because thresholds tuned on the same images
-look better than they are, the per-class score is also given cross-validated (tuned on one half,
-scored on the other, and the other way round).
+look better than they are, both tuned strategies are also scored cross-validated (tuned on one half,
+scored on the other, and the other way round), and the better of the two there is the one saved.
 """
 
 from __future__ import annotations
@@ -34,42 +34,55 @@ logger = logging.getLogger(__name__)
 THRESHOLDS_FILE = "thresholds.json"
 
 
-def cross_validated_tuned_score(probabilities: np.ndarray, labels: np.ndarray, grid: np.ndarray, rounds: int,
-                                seed: int) -> float:
-    """Mean per-image F1 of per-class thresholds scored on images they were not tuned on (two halves)."""
+def cross_validated_score(probabilities: np.ndarray, labels: np.ndarray, choose_thresholds, seed: int) -> float:
+    """Mean per-image F1 of thresholds scored on images they were not chosen on.
+
+    The images are split in two halves; thresholds chosen by `choose_thresholds(probabilities, labels)`
+    on one half are scored on the other, and the other way round.
+    """
     order = np.random.default_rng(seed).permutation(len(labels))
     halves = (order[: len(order) // 2], order[len(order) // 2:])
     if min(len(half) for half in halves) == 0:
         return float("nan")
-    scores = []
+    total = 0.0
     for tune_half, score_half in (halves, halves[::-1]):
-        thresholds, _ = tune_thresholds(probabilities[tune_half], labels[tune_half], grid, rounds)
-        scores.append(mean_image_f1(probabilities[score_half], labels[score_half], thresholds) * len(score_half))
-    return float(sum(scores) / len(labels))
+        thresholds = choose_thresholds(probabilities[tune_half], labels[tune_half])
+        total += mean_image_f1(probabilities[score_half], labels[score_half], thresholds) * len(score_half)
+    return float(total / len(labels))
 
 
 def compare_strategies(probabilities: np.ndarray, labels: np.ndarray, grid: np.ndarray, rounds: int, seed: int) -> dict:
-    """Classification score at 0.5, at the best global threshold and at tuned per-class thresholds."""
+    """Classification score at 0.5, at the best global threshold and at tuned per-class thresholds.
+
+    The tuned strategies are also scored cross-validated; `chosen` is the one (global or per-class) that
+    does better there, so per-class thresholds are used only where the validation set supports them.
+    """
     global_threshold, global_score = best_global_threshold(probabilities, labels, grid)
-    thresholds, untuned = tune_thresholds(probabilities, labels, grid, rounds)
+    per_class_thresholds, untuned = tune_thresholds(probabilities, labels, grid, rounds)
+    per_class_cv = cross_validated_score(probabilities, labels, lambda p, y: tune_thresholds(p, y, grid, rounds)[0], seed)
+    global_cv = cross_validated_score(probabilities, labels, lambda p, y: best_global_threshold(p, y, grid)[0], seed)
+    use_per_class = not per_class_cv < global_cv
     return {
         "threshold_0.5": mean_image_f1(probabilities, labels, 0.5),
         "global_threshold": global_threshold,
         "global": global_score,
-        "per_class": mean_image_f1(probabilities, labels, thresholds),
-        "per_class_cross_validated": cross_validated_tuned_score(probabilities, labels, grid, rounds, seed),
-        "thresholds": thresholds,
-        "untuned": untuned,
+        "global_cross_validated": global_cv,
+        "per_class": mean_image_f1(probabilities, labels, per_class_thresholds),
+        "per_class_cross_validated": per_class_cv,
+        "chosen_strategy": "per-class" if use_per_class else "global",
+        "thresholds": per_class_thresholds if use_per_class else np.full(labels.shape[1], global_threshold),
+        "untuned": untuned if use_per_class else [],
     }
 
 
 def markdown_table(rows: dict[str, dict]) -> str:
     """The comparison as a markdown table, one row per probability source."""
-    lines = ["| probabilities | 0.5 | best global (t) | per-class (same images) | per-class (cross-validated) |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| probabilities | 0.5 | best global (t) | global, cross-validated | per-class | per-class, cross-validated | chosen |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in rows.items():
         lines.append(f"| {name} | {row['threshold_0.5']:.4f} | {row['global']:.4f} ({row['global_threshold']:.2f}) | "
-                     f"{row['per_class']:.4f} | {row['per_class_cross_validated']:.4f} |")
+                     f"{row['global_cross_validated']:.4f} | {row['per_class']:.4f} | "
+                     f"{row['per_class_cross_validated']:.4f} | {row['chosen_strategy']} |")
     return "\n".join(lines)
 
 
@@ -91,6 +104,7 @@ def run_tune(config: Config) -> dict:
         logger.warning("no validation positive for %s: their thresholds stay at the default %.2f",
                        ", ".join(untuned_names), DEFAULT_THRESHOLD)
     write_json_atomic(run_dir / THRESHOLDS_FILE, {
+        "strategy": chosen["chosen_strategy"],
         "thresholds": dict(zip(CLASS_NAMES, chosen["thresholds"].round(4).tolist())),
         "flip_tta": config.classifier.flip_tta,
         "default_threshold": DEFAULT_THRESHOLD,

@@ -1,0 +1,84 @@
+"""End to end: predict, submit and evaluate after training, and how reruns behave."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from voc_pipeline.cli import main
+from voc_pipeline.config import build_config
+from voc_pipeline.data import load_split
+from voc_pipeline.files import load_label_maps
+from voc_pipeline.prediction import load_thresholds
+from voc_pipeline.run_folder import MissingArtifactError
+from voc_pipeline.submission import read_submission, validate_submission
+
+pytestmark = pytest.mark.slow
+
+
+def stage_arguments(config):
+    return ["--data", config.data.root, "--profile", "smoke", "--runs-dir", config.runs_dir, "--run", config.run_name,
+            "--set", f'submit.output_dir="{config.submit.output_dir}"']
+
+
+def test_submission_is_valid_and_beats_the_trivial_answer(smoke_run):
+    submission = smoke_run.run_dir / "submission.csv"
+    copied = smoke_run.submit.output_dir + "/submission.csv"
+    assert submission.read_bytes() == open(copied, "rb").read()
+    assert validate_submission(submission, smoke_run.data.root).valid
+    metrics = json.loads((smoke_run.run_dir / "metrics.json").read_text())
+    local = metrics["submit"]["local_score"]
+    assert local["rows"] == 24 and local["score"] > 0.3, local
+    scores = metrics["evaluate"]["scores"]
+    baseline = scores["most frequent class + centre box"]["score"]
+    assert scores["independent heads"]["score"] > baseline + 0.15, scores
+
+
+def test_predictions_hold_maps_at_each_test_size(smoke_run):
+    arrays, label_maps = load_label_maps(smoke_run.run_dir / "test_predictions.npz")
+    test = load_split(smoke_run.data.root, "test", show_progress=False)
+    np.testing.assert_array_equal(arrays["ids"], test.ids)
+    assert [m.shape for m in label_maps] == [image.shape[:2] for image in test.images]
+    assert arrays["flags"].shape == (12, 20) and (arrays["flags"].sum(1) >= 1).all()
+    assert arrays["probabilities"].min() >= 0 and arrays["probabilities"].max() <= 1
+
+
+def test_joint_rule_is_chosen_and_never_worse_than_independent_heads(smoke_run):
+    joint = json.loads((smoke_run.run_dir / "joint_rule.json").read_text())
+    candidates = {row["name"]: row["score"] for row in joint["candidates"]}
+    assert candidates[joint["rule"]["name"]] >= candidates["independent heads"]
+
+
+def test_report_links_the_figures_that_exist(smoke_run):
+    report = (smoke_run.run_dir / "report.md").read_text()
+    for figure in ("classifier_curves.png", "segmenter_overlays.png", "score_comparison.png"):
+        assert f"]({figure})" in report and (smoke_run.run_dir / figure).exists()
+    assert "| most frequent class + centre box |" in report
+
+
+def test_finished_stages_are_skipped_unless_forced(smoke_run, caplog):
+    before = (smoke_run.run_dir / "submission.csv").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        assert main(["submit", *stage_arguments(smoke_run)]) == 0
+    assert "already finished" in caplog.text
+    assert (smoke_run.run_dir / "submission.csv").stat().st_mtime_ns == before
+    assert main(["submit", *stage_arguments(smoke_run), "--force"]) == 0
+    assert (smoke_run.run_dir / "submission.csv").stat().st_mtime_ns != before
+
+
+def test_submission_can_be_rebuilt_from_saved_predictions_alone(smoke_run, tmp_path):
+    rebuilt = tmp_path / "rebuilt"
+    assert main(["submit", *stage_arguments(smoke_run), "--force", "--set", f'submit.output_dir="{rebuilt}"']) == 0
+    assert (rebuilt / "submission.csv").read_bytes() == (smoke_run.run_dir / "submission.csv").read_bytes()
+    assert len(read_submission(rebuilt / "submission.csv")) == 24
+
+
+def test_stage_without_its_inputs_names_the_producing_stage(tmp_path, smoke_run, capsys):
+    arguments = ["--data", smoke_run.data.root, "--runs-dir", str(tmp_path), "--run", "empty"]
+    assert main(["predict", *arguments]) == 2
+    assert "voc-pipeline train-cls" in capsys.readouterr().err
+    assert main(["submit", *arguments]) == 2
+    assert "voc-pipeline predict" in capsys.readouterr().err
+    with pytest.raises(MissingArtifactError, match="voc-pipeline tune"):
+        load_thresholds(build_config(assignments=[f'runs_dir="{tmp_path}"']))
