@@ -17,7 +17,7 @@ STAGE_ARGS = --data $(DATA) --profile $(PROFILE) --run $(RUN) $(foreach assignme
 DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 
 .PHONY: help install test test-fast lint demo demo-data data-check train train-cls tune train-seg submit predict \
-	evaluate bench-submission bench-classifier bench-segmenter bench-predict clean
+	evaluate kernel-build kernel-check kaggle-push bench-submission bench-classifier bench-segmenter bench-predict clean
 
 help:
 	@echo "make demo        synthetic data -> trained models -> submissions/submission.csv"
@@ -28,6 +28,8 @@ help:
 	@echo "make data-check  DATA=... RUN=...   load, validate and split the data"
 	@echo "make train-cls tune DATA=... PROFILE=... RUN=...   classifier and its thresholds"
 	@echo "make train-seg DATA=... PROFILE=... RUN=...        segmenter"
+	@echo "make kernel-check                  build the Kaggle bundle and run it on a simulated /kaggle tree"
+	@echo "make kaggle-push KAGGLE_USER=...   upload the bundle with the kaggle CLI (needs your API token)"
 	@echo "make lint        ruff"
 
 $(BIN)/.installed: pyproject.toml
@@ -84,6 +86,23 @@ tune: install
 
 train-seg: install
 	$(CLI) train-seg $(STAGE_ARGS)
+
+KAGGLE_USER ?= local-check
+BUNDLE ?= kaggle/bundle
+QUICK := --set classifier.head_epochs=1 --set classifier.finetune_epochs=1 --set segmenter.head_epochs=1 \
+	--set segmenter.finetune_epochs=1
+
+kernel-build: install
+	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER)
+
+kernel-check: kernel-build demo-data
+	$(CLI) kernel check --bundle $(BUNDLE) --data $(DEMO_DATA) $(QUICK)
+
+kaggle-push: install
+	@test "$(KAGGLE_USER)" != local-check || { echo "make kaggle-push needs KAGGLE_USER=<your Kaggle user name>"; exit 2; }
+	$(BIN)/python -m pip install --quiet "kaggle>=1.6"
+	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER)
+	$(CLI) kernel push --bundle $(BUNDLE)
 
 bench-submission: install
 	$(CLI) bench submission

@@ -18,7 +18,7 @@ from voc_pipeline.config import (
     validate_config,
 )
 from voc_pipeline.data import DataError
-from voc_pipeline.errors import TrainingDivergedError
+from voc_pipeline.errors import KernelError, TrainingDivergedError
 from voc_pipeline.rle import RleError
 from voc_pipeline.run_folder import MissingArtifactError
 from voc_pipeline.submission import SubmissionError
@@ -27,7 +27,7 @@ logger = logging.getLogger("voc_pipeline")
 
 # Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback.
 USER_ERRORS = (ConfigError, DataError, RleError, SubmissionError, MissingArtifactError, FileExistsError, ValueError,
-               TrainingDivergedError)
+               TrainingDivergedError, KernelError)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +129,19 @@ def command_evaluate(arguments) -> int:
     from voc_pipeline.evaluation import run_evaluate
 
     return run_stage("evaluate", run_evaluate, arguments)
+
+
+def command_kernel(arguments) -> int:
+    from voc_pipeline import kernel
+
+    if arguments.kernel_command == "build":
+        kernel.build_bundle(arguments.output, arguments.username, arguments.competition, tuple(arguments.weights_dataset),
+                            not arguments.no_gpu, arguments.internet)
+    elif arguments.kernel_command == "push":
+        kernel.push_bundle(arguments.bundle)
+    else:
+        kernel.check_kernel(arguments.bundle, arguments.data, tuple(arguments.assignments), arguments.profile)
+    return 0
 
 
 def command_config(arguments) -> int:
@@ -234,6 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="stage evaluate: validation scores and report.md")
     add_config_arguments(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
+
+    kernel = commands.add_parser("kernel", help="build, check or push the Kaggle notebook kernel")
+    kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
+    build = kernel_commands.add_parser("build", help="write the wheel dataset and the notebook kernel into a folder")
+    build.add_argument("--output", type=Path, default=Path("kaggle/bundle"))
+    build.add_argument("--username", required=True, help="your Kaggle user name (owner of the dataset and kernel)")
+    build.add_argument("--competition", default="kul-h02a5a-computer-vision-ga2-2022", help="competition slug")
+    build.add_argument("--weights-dataset", action="append", default=[], metavar="OWNER/NAME",
+                       help="a dataset with Keras ImageNet weight files to attach (repeatable)")
+    build.add_argument("--no-gpu", action="store_true", help="run the kernel without a GPU")
+    build.add_argument("--internet", action="store_true", help="enable internet in the kernel")
+    build.set_defaults(handler=command_kernel)
+    push = kernel_commands.add_parser("push", help="upload the bundle with the official kaggle CLI")
+    push.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
+    push.set_defaults(handler=command_kernel)
+    check = kernel_commands.add_parser("check", help="run the bundle's kernel against a simulated /kaggle tree")
+    check.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
+    check.add_argument("--data", type=Path, required=True, help="data root to mount as the competition input")
+    check.add_argument("--profile", default="smoke")
+    check.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
+    check.set_defaults(handler=command_kernel)
 
     config = commands.add_parser("config", help="print the resolved configuration as TOML")
     add_config_arguments(config)

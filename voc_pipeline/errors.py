@@ -3,3 +3,7 @@
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+class KernelError(RuntimeError):
+    """The Kaggle bundle cannot be built, checked or pushed; the message says what to do."""
