@@ -17,13 +17,14 @@ STAGE_ARGS = --data $(DATA) --profile $(PROFILE) --run $(RUN) $(foreach assignme
 DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 
 .PHONY: help install test test-fast lint demo demo-data data-check train train-cls tune train-seg submit predict \
-	evaluate kernel-build kernel-check kaggle-push bench-submission bench-classifier bench-segmenter bench-predict clean
+	evaluate attack kernel-build kernel-check kaggle-push bench-submission bench-classifier bench-segmenter bench-predict clean
 
 help:
 	@echo "make demo        synthetic data -> trained models -> submissions/submission.csv"
 	@echo "make train       DATA=... PROFILE=... RUN=...   data check, classifier, thresholds, segmenter"
 	@echo "make submit      DATA=... PROFILE=... RUN=...   predict the test set, write submissions/submission.csv"
 	@echo "make evaluate    DATA=... PROFILE=... RUN=...   validation scores and runs/RUN/report.md"
+	@echo "make attack      DATA=... PROFILE=... RUN=...   adversarial examples, runs/RUN/attack/attack.md"
 	@echo "make test        the test suite (creates $(VENV) if needed)"
 	@echo "make data-check  DATA=... RUN=...   load, validate and split the data"
 	@echo "make train-cls tune DATA=... PROFILE=... RUN=...   classifier and its thresholds"
@@ -78,6 +79,9 @@ predict: install
 evaluate: install
 	$(CLI) evaluate $(STAGE_ARGS)
 
+attack: install
+	$(CLI) attack $(STAGE_ARGS)
+
 train-cls: install
 	$(CLI) train-cls $(STAGE_ARGS)
 
@@ -112,6 +116,9 @@ bench-classifier: install
 
 bench-segmenter: install
 	$(CLI) bench segmenter --profile $(PROFILE)
+
+bench-predict: install
+	$(CLI) bench predict --profile $(PROFILE)
 
 clean:
 	rm -rf runs $(DEMO_DATA)

@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 import textwrap
@@ -203,3 +204,45 @@ def test_training_pipeline_keeps_labels_and_shapes():
     assert sorted(np.argmax(batch_labels.numpy(), 1).tolist()) == list(range(6))
     again = next(iter(classification_dataset(images, labels, np.arange(6), 32, 6, training=True, seed=1)))
     np.testing.assert_array_equal(batch_images.numpy(), again[0].numpy())
+
+
+def test_interrupted_training_resumes_where_it_stopped(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labels = (rng.random((8, 20)) < 0.3).astype(np.float32)
+    epochs_started = []
+
+    def batches(fail_at_epoch):
+        def generate():
+            epochs_started.append(1)
+            if len(epochs_started) == fail_at_epoch:
+                raise RuntimeError("simulated interruption")
+            for start in (0, 4):
+                yield images[start:start + 4], labels[start:start + 4]
+        return generate
+
+    signature = (tf.TensorSpec((None, 32, 32, 3), tf.uint8), tf.TensorSpec((None, 20), tf.float32))
+    validation = tf.data.Dataset.from_tensors((images, labels))
+    phases = [Phase("head", 2, 1e-3, 0, 0.0), Phase("finetune", 2, 1e-4, 0, 0.5)]
+    checkpoint, history = tmp_path / "checkpoints" / "model.keras", tmp_path / "history.csv"
+
+    def compile_model(model, schedule):
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=classifier_loss("bce"))
+
+    def train(fail_at_epoch):
+        model = build_classifier("simple_cnn", 32, weights="none")
+        data = tf.data.Dataset.from_generator(batches(fail_at_epoch), output_signature=signature)
+        return fit_in_phases(model, compile_model, phases, data, validation, 2, checkpoint, history,
+                             monitor="val_loss", mode="min", patience=10, identity={"run": 1})
+
+    # Interrupted in the first epoch of fine-tuning (the third epoch overall).
+    with pytest.raises(Exception, match="simulated interruption"):
+        train(fail_at_epoch=3)
+    assert (tmp_path / "checkpoints" / "model_state" / "phase0_head.weights.h5").exists()
+    epochs_started.clear()
+    with caplog.at_level(logging.INFO):
+        records = train(fail_at_epoch=None)
+    assert "resuming an interrupted training" in caplog.text and "phase head already finished" in caplog.text
+    assert [(record["epoch"], record["phase"]) for record in records] == [(1, "head"), (2, "head"), (3, "finetune"), (4, "finetune")]
+    assert len(epochs_started) == 2, "only the fine-tuning epochs ran again"
+    assert not (tmp_path / "checkpoints" / "model_state").exists(), "state is removed once training completes"

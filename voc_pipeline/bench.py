@@ -153,7 +153,67 @@ def print_figures(title: str, figures: dict[str, float]) -> None:
     """Print named figures under a title: rates as images/s, fractions as plain numbers."""
     print(title)
     for name, value in figures.items():
-        if name.endswith("fraction"):
+        if name.endswith("speedup_fraction"):
+            print(f"  {'speed-up (batched / one at a time)':<46}{value:>10.1f}x")
+        elif name.endswith("fraction"):
             print(f"  {name.replace('_', ' '):<46}{value:>10.3f}")
         else:
             print(f"  {name.replace('_', ' '):<46}{value:>10.1f} images/s")
+
+
+def bench_predict(config, num_images: int = 48) -> dict[str, float]:
+    """Test images/s of the batched predict + submit path next to the same models driven one image at a
+    time (a batch of one, resize, per-class encode), as a notebook loop would do it.
+
+    Models are freshly built at the configuration's sizes (random weights: speed does not depend on them).
+    """
+    import cv2
+
+    from voc_pipeline.classifier import build_classifier, predict_probabilities, sigmoid
+    from voc_pipeline.segmenter import build_segmenter, predict_label_maps, softmax
+    from voc_pipeline.thresholds import apply_thresholds
+
+    rng = np.random.default_rng(config.seed)
+    images = [rng.integers(0, 256, size=(int(rng.integers(300, 501)), int(rng.integers(300, 501)), 3), dtype=np.uint8)
+              for _ in range(num_images)]
+    ids = np.arange(num_images)
+    classifier_settings, segmenter_settings = config.classifier, config.segmenter
+    classifier = build_classifier(classifier_settings.backbone, classifier_settings.image_size, NUM_CLASSES, "none",
+                                  classifier_settings.dropout, classifier_settings.width_multiplier)
+    segmenter = build_segmenter(segmenter_settings.backbone, segmenter_settings.image_size, NUM_CLASSES + 1,
+                                segmenter_settings.output_stride, "none", segmenter_settings.width_multiplier,
+                                segmenter_settings.aspp_filters, segmenter_settings.decoder_filters)
+    thresholds = np.full(NUM_CLASSES, 0.5)
+    batch_size = config.predict.batch_size
+
+    def batched():
+        flags = apply_thresholds(predict_probabilities([classifier], images, batch_size, flip_tta=False), thresholds)
+        maps = predict_label_maps([segmenter], images, batch_size, flip_tta=False)
+        return submission_text(make_test_frame(ids, flags, maps))
+
+    def one_at_a_time():
+        flags, maps = [], []
+        for image in images:
+            resized = cv2.resize(image, (classifier_settings.image_size,) * 2, interpolation=cv2.INTER_AREA)
+            probabilities = sigmoid(classifier.predict(resized[None], verbose=0))
+            flags.append(apply_thresholds(probabilities, thresholds)[0])
+            size = segmenter_settings.image_size
+            scale = size / max(image.shape[:2])
+            height, width = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+            letterboxed = np.zeros((size, size, 3), np.uint8)
+            letterboxed[:height, :width] = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            logits = segmenter.predict(letterboxed[None], verbose=0)[0, :height, :width]
+            probabilities_map = cv2.resize(softmax(logits), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+            maps.append(probabilities_map.argmax(-1).astype(np.uint8))
+        return reference_submission_csv(make_test_frame(ids, np.array(flags), maps))
+
+    batched()  # warm-up: traces and compiles
+    one_at_a_time_seconds, _ = best_time(one_at_a_time, 1)
+    batched_seconds, _ = best_time(batched, 1)
+    figures = {"batched_images_per_second": num_images / batched_seconds,
+               "one_at_a_time_images_per_second": num_images / one_at_a_time_seconds}
+    figures["speedup_fraction"] = figures["batched_images_per_second"] / figures["one_at_a_time_images_per_second"]
+    print_figures(f"predict + submit, {num_images} test images of 300-500 px, classifier {classifier_settings.backbone} "
+                  f"at {classifier_settings.image_size} px, segmenter {segmenter_settings.backbone} at "
+                  f"{segmenter_settings.image_size} px, batch {batch_size}, no TTA:", figures)
+    return figures

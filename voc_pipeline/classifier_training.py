@@ -25,7 +25,7 @@ from voc_pipeline.files import save_npz_atomic, write_json_atomic
 from voc_pipeline.input_pipeline import classification_dataset, object_box
 from voc_pipeline.losses import classifier_loss
 from voc_pipeline.plots import plot_learning_curves
-from voc_pipeline.run_folder import prepare_run_folder, require_artifact, update_metrics
+from voc_pipeline.run_folder import prepare_run_folder, relevant_config, require_artifact, update_metrics
 from voc_pipeline.splits import Splits, positions_of
 from voc_pipeline.training import (
     choose_strategy,
@@ -101,7 +101,7 @@ def train_one_classifier(config: Config, train: ImageSet, part: TrainingPart, bo
     fit_in_phases(model, compile_model, phases, train_data, validation_data,
                   steps_per_epoch(len(part.fit_positions), settings.batch_size), checkpoint,
                   run_dir / f"classifier_history{part.tag}.csv", monitor="val_pr_auc", mode="max",
-                  patience=settings.patience)
+                  patience=settings.patience, identity={"config": relevant_config(config, "train-cls"), "part": part.tag})
     final = promote_checkpoint(checkpoint, run_dir / f"classifier{part.tag}.keras")
     plot_learning_curves(pd.read_csv(run_dir / f"classifier_history{part.tag}.csv"),
                          run_dir / f"classifier_curves{part.tag}.png", f"classifier{part.tag} ({settings.backbone})")

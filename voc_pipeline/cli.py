@@ -131,6 +131,12 @@ def command_evaluate(arguments) -> int:
     return run_stage("evaluate", run_evaluate, arguments)
 
 
+def command_attack(arguments) -> int:
+    from voc_pipeline.attack import run_attack
+
+    return run_stage("attack", run_attack, arguments)
+
+
 def command_kernel(arguments) -> int:
     from voc_pipeline import kernel
 
@@ -188,6 +194,8 @@ def command_bench(arguments) -> int:
         bench.bench_classifier(config_from_arguments(arguments), arguments.images or 128)
     elif arguments.target == "segmenter":
         bench.bench_segmenter(config_from_arguments(arguments), arguments.images or 64)
+    elif arguments.target == "predict":
+        bench.bench_predict(config_from_arguments(arguments), arguments.images or 48)
     return 0
 
 
@@ -248,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
+    attack = commands.add_parser("attack", help="stage attack: adversarial examples against the run's models")
+    add_config_arguments(attack)
+    attack.set_defaults(handler=command_attack)
+
     kernel = commands.add_parser("kernel", help="build, check or push the Kaggle notebook kernel")
     kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
     build = kernel_commands.add_parser("build", help="write the wheel dataset and the notebook kernel into a folder")
@@ -289,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(handler=command_prune)
 
     bench = commands.add_parser("bench", help="print speed figures measured on this machine")
-    bench.add_argument("target", choices=["submission", "classifier", "segmenter"])
+    bench.add_argument("target", choices=["submission", "classifier", "segmenter", "predict"])
     bench.add_argument("--images", type=int, default=None, help="images to process (default: 750 for submission, 128 otherwise)")
     add_config_arguments(bench)
     bench.add_argument("--repeats", type=int, default=3)

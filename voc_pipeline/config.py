@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voc_pipeline.classes import CLASS_NAMES
+
 PROFILES_DIR = Path(__file__).parent / "profiles"
 
 
@@ -131,6 +133,22 @@ class SubmitConfig:
 
 
 @dataclass(frozen=True)
+class AttackConfig:
+    # L-infinity budgets in pixel levels (0..255), smallest to largest.
+    epsilons: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    # Iterations of PGD (FGSM is one step).
+    pgd_steps: int = 10
+    # Validation images attacked (one batch).
+    num_images: int = 32
+    # The class targeted attacks make appear (classifier) or paint everywhere (segmenter).
+    target_class: str = "cat"
+    # Bits per channel kept by the bit-depth-reduction defence.
+    defence_bits: int = 4
+    # Images drawn in the example panels.
+    examples: int = 4
+
+
+@dataclass(frozen=True)
 class Config:
     # One seed for splits, augmentation and weight initialisation, so runs repeat.
     seed: int = 0
@@ -146,6 +164,7 @@ class Config:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -277,6 +296,13 @@ def validate_config(config: Config) -> None:
                           f"{segmenter.output_stride}")
     if len(segmenter.scale_range) != 2 or not 0 < segmenter.scale_range[0] <= segmenter.scale_range[1]:
         raise ConfigError(f"segmenter.scale_range must be [low, high] with 0 < low <= high, got {list(segmenter.scale_range)}")
+    attack = config.attack
+    if any(not 0 <= epsilon <= 255 for epsilon in attack.epsilons) or not attack.epsilons:
+        raise ConfigError(f"attack.epsilons must be pixel levels between 0 and 255, got {list(attack.epsilons)}")
+    if attack.target_class not in CLASS_NAMES:
+        raise ConfigError(f"attack.target_class {attack.target_class!r} is not a class; expected one of: {', '.join(CLASS_NAMES)}")
+    if not 1 <= attack.defence_bits <= 8:
+        raise ConfigError(f"attack.defence_bits must be between 1 and 8, got {attack.defence_bits}")
     if not config.run_name or "/" in config.run_name:
         raise ConfigError(f"run_name must be a plain folder name, got {config.run_name!r}")
 

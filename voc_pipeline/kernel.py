@@ -149,6 +149,18 @@ def simulate_kaggle(bundle: str | Path, data_root: str | Path, simulation: str |
     return simulation
 
 
+def kernel_environment(folder: Path) -> Path:
+    """A fresh virtual environment that sees this environment's packages (TensorFlow, Keras, ...) but not
+    this package, like Kaggle's image; the kernel installs the wheel into it. Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, capture_output=True)
+    python = folder / "bin" / "python"
+    site_packages = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   check=True, capture_output=True, text=True).stdout.strip()
+    ours = [path for path in sys.path if path.endswith("site-packages")]
+    Path(site_packages, "host_packages.pth").write_text("\n".join(ours) + "\n")
+    return python
+
+
 def check_kernel(bundle: str | Path, data_root: str | Path, assignments: tuple[str, ...] = (), profile: str = "smoke") -> dict:
     """Run the bundle's kernel end to end against a simulated /kaggle tree; validate its output.
 
@@ -161,9 +173,11 @@ def check_kernel(bundle: str | Path, data_root: str | Path, assignments: tuple[s
         notebook = json.loads((Path(bundle) / "kernel" / "kernel.ipynb").read_text())
         # Run the notebook's code cells in order, as Kaggle does.
         script.write_text("\n\n".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"))
-        command = [sys.executable, str(script), "--kaggle-root", str(simulation), "--profile", profile]
+        python = kernel_environment(Path(temporary) / "environment")
+        command = [str(python), str(script), "--kaggle-root", str(simulation), "--profile", profile]
         command += [item for assignment in assignments for item in ("--set", assignment)]
-        result = subprocess.run(command, capture_output=True, text=True)
+        # Kaggle runs notebooks in /kaggle/working; here that also keeps the source checkout off sys.path.
+        result = subprocess.run(command, capture_output=True, text=True, cwd=simulation / "working")
         if result.returncode:
             raise KernelError(f"the kernel failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         working = simulation / "working"

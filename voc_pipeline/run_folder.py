@@ -71,13 +71,15 @@ STAGE_SECTIONS = {
     "predict": ("seed", "data", "classifier", "thresholds", "segmenter", "predict"),
     "submit": ("seed", "data", "classifier", "thresholds", "segmenter", "predict", "submit"),
     "evaluate": ("seed", "data", "classifier", "thresholds", "segmenter", "predict"),
+    "attack": ("seed", "data", "classifier", "thresholds", "segmenter", "attack"),
 }
 # Stages whose results depend on a stage's outputs, and so become stale when it runs again.
 DOWNSTREAM = {
-    "data": ("train-cls", "tune", "train-seg", "predict", "submit", "evaluate"),
-    "train-cls": ("tune", "predict", "submit", "evaluate"),
-    "tune": ("predict", "submit", "evaluate"),
-    "train-seg": ("predict", "submit", "evaluate"),
+    "data": ("train-cls", "tune", "train-seg", "predict", "submit", "evaluate", "attack"),
+    "train-cls": ("tune", "predict", "submit", "evaluate", "attack"),
+    "tune": ("predict", "submit", "evaluate", "attack"),
+    "train-seg": ("predict", "submit", "evaluate", "attack"),
+    "attack": ("evaluate",),
     "predict": ("submit",),
 }
 

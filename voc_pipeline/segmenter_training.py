@@ -16,7 +16,7 @@ from voc_pipeline.files import save_label_maps_atomic, write_json_atomic
 from voc_pipeline.input_pipeline import IGNORE_LABEL, segmentation_dataset
 from voc_pipeline.losses import SegmentationLoss
 from voc_pipeline.plots import plot_learning_curves, plot_mask_overlays, plot_per_class_bars
-from voc_pipeline.run_folder import prepare_run_folder, require_artifact, update_metrics
+from voc_pipeline.run_folder import prepare_run_folder, relevant_config, require_artifact, update_metrics
 from voc_pipeline.scoring import segmentation_report
 from voc_pipeline.segmenter import build_segmenter, predict_label_maps
 from voc_pipeline.splits import positions_of
@@ -63,7 +63,8 @@ def train_segmenter_model(config: Config, images, masks, fit_positions, validati
     checkpoint = run_dir / "checkpoints" / MODEL_FILE
     fit_in_phases(model, compile_model, phases, train_data, validation_data,
                   steps_per_epoch(len(fit_positions), settings.batch_size), checkpoint,
-                  run_dir / "segmenter_history.csv", monitor="val_mean_iou", mode="max", patience=settings.patience)
+                  run_dir / "segmenter_history.csv", monitor="val_mean_iou", mode="max", patience=settings.patience,
+                  identity={"config": relevant_config(config, "train-seg")})
     final = promote_checkpoint(checkpoint, run_dir / MODEL_FILE)
     plot_learning_curves(pd.read_csv(run_dir / "segmenter_history.csv"), run_dir / "segmenter_curves.png",
                          f"segmenter (DeepLabV3+ {settings.backbone}, output stride {settings.output_stride})")

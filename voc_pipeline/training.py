@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -135,14 +136,47 @@ def plan_phases(weights: str, head_epochs: int, finetune_epochs: int, head_learn
     return phases
 
 
+class RecordHistory(keras.callbacks.Callback):
+    """Appends each finished epoch to `records` and rewrites the history CSV, so an interrupted run keeps it."""
+
+    def __init__(self, records: list[dict], path: Path, phase: str):
+        super().__init__()
+        self.records, self.path, self.phase = records, path, phase
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.records[:] = [record for record in self.records if record["epoch"] != epoch + 1]
+        self.records.append({"epoch": epoch + 1, "phase": self.phase, **{key: float(value) for key, value in (logs or {}).items()}})
+        write_history(self.records, self.path)
+
+
+def resumable_state(state_dir: Path, identity: dict, history_path: Path) -> list[dict]:
+    """The history of an interrupted training with the same `identity`, or [] after clearing stale state."""
+    identity_path = state_dir / "identity.json"
+    if state_dir.exists() and identity_path.exists() and json.loads(identity_path.read_text()) == identity and history_path.exists():
+        records = pd.read_csv(history_path).to_dict("records")
+        logger.info("resuming an interrupted training from %s (%d epochs done)", state_dir, len(records))
+        return records
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True)
+    identity_path.write_text(json.dumps(identity))
+    return []
+
+
 def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_data: tf.data.Dataset,
                   validation_data: tf.data.Dataset, steps_per_epoch: int, checkpoint_path: Path,
-                  history_path: Path, monitor: str, mode: str, patience: int) -> list[dict]:
+                  history_path: Path, monitor: str, mode: str, patience: int, identity: dict | None = None) -> list[dict]:
     """Train through `phases`, keeping the best epoch (by `monitor`) at `checkpoint_path`.
+
+    An interrupted training resumes: each epoch backs up the model and optimizer (Keras BackupAndRestore)
+    and each finished phase leaves its weights, in a state folder beside the checkpoint that is removed
+    when training completes. A state folder made for another `identity` (another configuration) is
+    discarded rather than resumed.
 
     Args:
         compile_model: called as compile_model(model, learning_rate_schedule) after each phase's freezing.
         monitor, mode: the validation quantity that picks the best checkpoint and stops early.
+        identity: what must match for a resume (e.g. the configuration); None resumes any state.
 
     Returns:
         One history dict per epoch, with its phase name.
@@ -150,12 +184,15 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
     Raises:
         TrainingDivergedError: the loss became non-finite; the best checkpoint so far is kept.
     """
-    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor=monitor, mode=mode, save_best_only=True)
+    state_dir = checkpoint_path.parent / f"{checkpoint_path.stem}_state"
+    records = resumable_state(state_dir, identity or {}, history_path)
+    best = [record[monitor] for record in records if monitor in record and math.isfinite(record[monitor])]
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(checkpoint_path), monitor=monitor, mode=mode, save_best_only=True,
+        initial_value_threshold=(max(best) if mode == "max" else min(best)) if best and checkpoint_path.exists() else None)
     guard = StopOnNonFiniteLoss()
-    records: list[dict] = []
     epoch = 0
-    for phase in phases:
+    for index, phase in enumerate(phases):
         if phase.epochs <= 0:
             continue
         if phase.trainable_fraction is None:
@@ -163,23 +200,31 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
         else:
             trainable = set_backbone_trainable(model, phase.trainable_fraction)
             logger.info("phase %s: %d backbone layers trainable, batch norm frozen", phase.name, trainable)
+        finished_weights = state_dir / f"phase{index}_{phase.name}.weights.h5"
+        phase_epochs = [record["epoch"] for record in records if record["phase"] == phase.name]
+        if finished_weights.exists():
+            model.load_weights(finished_weights)
+            epoch = max(phase_epochs, default=epoch)
+            logger.info("phase %s already finished before the interruption; skipping it", phase.name)
+            continue
         schedule = warmup_cosine(phase.learning_rate, phase.epochs * steps_per_epoch, phase.warmup_epochs * steps_per_epoch)
         compile_model(model, schedule)
-        stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience)
-        history = model.fit(train_data, validation_data=validation_data, initial_epoch=epoch, epochs=epoch + phase.epochs,
-                            callbacks=[guard, checkpoint, stopper], verbose=2)
-        for index, epoch_number in enumerate(history.epoch):
-            records.append({"epoch": epoch_number + 1, "phase": phase.name,
-                            **{key: float(values[index]) for key, values in history.history.items()}})
-        epoch = epoch + len(history.epoch)
-        write_history(records, history_path)
+        callbacks = [keras.callbacks.BackupAndRestore(str(state_dir / f"phase{index}_{phase.name}_backup")), guard,
+                     checkpoint, keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience),
+                     RecordHistory(records, history_path, phase.name)]
+        model.fit(train_data, validation_data=validation_data, initial_epoch=epoch, epochs=epoch + phase.epochs,
+                  callbacks=callbacks, verbose=2)
+        model._initial_epoch = None  # BackupAndRestore's resume point must not leak into the next phase
         if guard.where:
             where = f"epoch {guard.where[0]}, batch {guard.where[1]}"
             kept = f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path.exists() else "no epoch finished cleanly, so there is no checkpoint"
             raise TrainingDivergedError(f"training stopped: the loss became {guard.where[2]} at {where} of phase "
                                         f"{phase.name}; {kept}. Lower the learning rate or check the data.")
+        model.save_weights(finished_weights)
+        epoch = max([record["epoch"] for record in records], default=epoch)
     if not checkpoint_path.exists():
         raise TrainingDivergedError(f"no checkpoint was written to {checkpoint_path}: did any epoch run?")
+    shutil.rmtree(state_dir, ignore_errors=True)
     return records
 
 
