@@ -56,11 +56,30 @@ def bench_submission(num_images: int = 750, repeats: int = 3, seed: int = 0) -> 
 
 
 def timed_fit(model, dataset, steps: int) -> float:
-    """Images per second of `steps` training steps after one warm-up epoch of the same length."""
+    """Seconds of `steps` training steps after one warm-up epoch of the same length."""
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
     start = time.perf_counter()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
     return time.perf_counter() - start
+
+
+def training_figures(model, pipeline, steps: int, batch_size: int) -> dict[str, float]:
+    """Training images/s through `pipeline` and on its first batch held in memory (the model alone)."""
+    import tensorflow as tf
+
+    in_memory = tf.data.Dataset.from_tensors(next(iter(pipeline))).repeat()
+    figures = {"train_pipeline_images_per_second": steps * batch_size / timed_fit(model, pipeline, steps),
+               "train_in_memory_images_per_second": steps * batch_size / timed_fit(model, in_memory, steps)}
+    figures["pipeline_overhead_fraction"] = 1.0 - figures["train_pipeline_images_per_second"] / figures["train_in_memory_images_per_second"]
+    return figures
+
+
+def prediction_rate(predict, images, batch_size: int) -> float:
+    """Images/s of predict(images) after a warm-up call on one batch."""
+    predict(images[:batch_size])
+    start = time.perf_counter()
+    predict(images)
+    return len(images) / (time.perf_counter() - start)
 
 
 def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str, float]:
@@ -71,7 +90,6 @@ def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str,
     depend on them).
     """
     import keras
-    import tensorflow as tf
 
     from voc_pipeline.classifier import build_classifier, predict_probabilities
     from voc_pipeline.input_pipeline import classification_dataset
@@ -86,26 +104,14 @@ def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str,
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=classifier_loss(settings.loss))
     pipeline = classification_dataset(images, labels, np.arange(num_images), settings.image_size, settings.batch_size,
                                       training=True, seed=config.seed).repeat()
-    batch = next(iter(pipeline))
-    in_memory = tf.data.Dataset.from_tensors(batch).repeat()
     batch_size = settings.batch_size
-    pipeline_seconds = timed_fit(model, pipeline, steps)
-    memory_seconds = timed_fit(model, in_memory, steps)
+    figures = training_figures(model, pipeline, steps, batch_size)
     start = time.perf_counter()
     for _ in pipeline.take(steps):
         pass
-    input_only_seconds = time.perf_counter() - start
-    predict_probabilities([model], images[:batch_size], batch_size, flip_tta=False)
-    start = time.perf_counter()
-    predict_probabilities([model], images, batch_size, flip_tta=False)
-    predict_seconds = time.perf_counter() - start
-    figures = {
-        "train_pipeline_images_per_second": steps * batch_size / pipeline_seconds,
-        "train_in_memory_images_per_second": steps * batch_size / memory_seconds,
-        "input_pipeline_alone_images_per_second": steps * batch_size / input_only_seconds,
-        "predict_images_per_second": num_images / predict_seconds,
-    }
-    figures["pipeline_overhead_fraction"] = 1.0 - figures["train_pipeline_images_per_second"] / figures["train_in_memory_images_per_second"]
+    figures["input_pipeline_alone_images_per_second"] = steps * batch_size / (time.perf_counter() - start)
+    figures["predict_images_per_second"] = prediction_rate(
+        lambda chosen: predict_probabilities([model], chosen, batch_size, flip_tta=False), images, batch_size)
     print_figures(f"classifier {settings.backbone} at {settings.image_size} px, batch {batch_size}, "
                   f"source images 375 x 500, {steps} steps after a warm-up:", figures)
     return figures
@@ -115,7 +121,6 @@ def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, f
     """Segmenter throughput at the configuration's size on VOC-sized images: training through the input
     pipeline and on one in-memory batch, and prediction including the resize back to original sizes."""
     import keras
-    import tensorflow as tf
 
     from voc_pipeline.input_pipeline import IGNORE_LABEL, segmentation_dataset
     from voc_pipeline.losses import SegmentationLoss
@@ -130,20 +135,10 @@ def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, f
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=SegmentationLoss(NUM_CLASSES + 1, IGNORE_LABEL))
     pipeline = segmentation_dataset(images, masks, np.arange(num_images), settings.image_size, settings.batch_size,
                                     training=True, seed=config.seed).repeat()
-    in_memory = tf.data.Dataset.from_tensors(next(iter(pipeline))).repeat()
     batch_size = settings.batch_size
-    pipeline_seconds = timed_fit(model, pipeline, steps)
-    memory_seconds = timed_fit(model, in_memory, steps)
-    predict_label_maps([model], images[:batch_size], batch_size, flip_tta=False)
-    start = time.perf_counter()
-    predict_label_maps([model], images, batch_size, flip_tta=False)
-    predict_seconds = time.perf_counter() - start
-    figures = {
-        "train_pipeline_images_per_second": steps * batch_size / pipeline_seconds,
-        "train_in_memory_images_per_second": steps * batch_size / memory_seconds,
-        "predict_with_resize_back_images_per_second": num_images / predict_seconds,
-    }
-    figures["pipeline_overhead_fraction"] = 1.0 - figures["train_pipeline_images_per_second"] / figures["train_in_memory_images_per_second"]
+    figures = training_figures(model, pipeline, steps, batch_size)
+    figures["predict_with_resize_back_images_per_second"] = prediction_rate(
+        lambda chosen: predict_label_maps([model], chosen, batch_size, flip_tta=False), images, batch_size)
     print_figures(f"segmenter DeepLabV3+ {settings.backbone} (output stride {settings.output_stride}) at "
                   f"{settings.image_size} px, batch {batch_size}, source images 375 x 500, {steps} steps after a warm-up:", figures)
     return figures

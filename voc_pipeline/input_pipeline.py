@@ -35,6 +35,18 @@ def with_example_seeds(dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
     return tf.data.Dataset.zip((dataset, seeds))
 
 
+def assemble(positions: np.ndarray, load, transform, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
+    """positions -> load -> transform -> batch -> prefetch; training shuffles and gives `transform`
+    (example, seed pair) with a per-example stateless seed, evaluation gives it the loaded example."""
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(positions, dtype=np.int64))
+    if training:
+        dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
+        dataset = with_example_seeds(dataset.map(load, num_parallel_calls=AUTOTUNE), seed)
+    else:
+        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE)
+    return dataset.map(transform, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+
+
 # ---------------------------------------------------------------- classification
 
 
@@ -99,14 +111,7 @@ def classification_dataset(images: Sequence[np.ndarray], labels: np.ndarray, pos
     def resize_for_evaluation(image, label, box):
         return to_model_input(tf.image.resize(image, (image_size, image_size), antialias=True)), label
 
-    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(positions, dtype=np.int64))
-    if training:
-        dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
-        dataset = with_example_seeds(dataset.map(load, num_parallel_calls=AUTOTUNE), seed)
-        dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE)
-    else:
-        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE).map(resize_for_evaluation, num_parallel_calls=AUTOTUNE)
-    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+    return assemble(positions, load, augment if training else resize_for_evaluation, batch_size, training, seed)
 
 
 def prediction_dataset(images: Sequence[np.ndarray], image_size: int, batch_size: int, flip: bool = False) -> tf.data.Dataset:
@@ -216,11 +221,4 @@ def segmentation_dataset(images: Sequence[np.ndarray], masks: Sequence[np.ndarra
         image, mask = letterbox(image, mask, image_size)
         return to_model_input(image), mask[..., 0]
 
-    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(positions, dtype=np.int64))
-    if training:
-        dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
-        dataset = with_example_seeds(dataset.map(load, num_parallel_calls=AUTOTUNE), seed)
-        dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE)
-    else:
-        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE).map(letterbox_for_evaluation, num_parallel_calls=AUTOTUNE)
-    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+    return assemble(positions, load, augment if training else letterbox_for_evaluation, batch_size, training, seed)
