@@ -8,9 +8,11 @@ import pytest
 
 from voc_pipeline.baseline import baseline_flags
 from voc_pipeline.classifier import predict_probabilities
-from voc_pipeline.classifier_training import load_classifiers
+from voc_pipeline.classifier_training import load_classifiers, run_train_classifier
 from voc_pipeline.cli import main
+from voc_pipeline.config import build_config
 from voc_pipeline.data import load_split
+from voc_pipeline.demo_data import write_demo_data
 from voc_pipeline.scoring import classification_row_scores
 from voc_pipeline.splits import load_splits, positions_of
 
@@ -65,3 +67,16 @@ def test_saved_models_reload_and_reproduce_the_validation_probabilities(trained_
 def test_tune_without_a_trained_classifier_names_the_stage(tmp_path, capsys):
     assert main(["tune", "--runs-dir", str(tmp_path), "--run", "empty"]) == 2
     assert "written by `voc-pipeline train-cls`" in capsys.readouterr().err
+
+
+def test_kfold_training_gives_out_of_fold_probabilities_for_every_image(tmp_path):
+    root = write_demo_data(tmp_path / "demo", num_train=30, num_test=2, seed=4)
+    config = build_config("smoke", [f'data.root="{root}"', f'runs_dir="{tmp_path / "runs"}"', "classifier.kfold=true",
+                                    "classifier.image_size=32", "classifier.head_epochs=1", "classifier.finetune_epochs=0"])
+    metrics = run_train_classifier(config)
+    assert metrics["validation"] == "out-of-fold" and metrics["validation_images"] == 30
+    models, manifest = load_classifiers(config)
+    assert manifest["models"] == ["classifier_fold0.keras", "classifier_fold1.keras", "classifier_fold2.keras"]
+    assert len(models) == 3
+    with np.load(config.run_dir / "classifier_validation.npz") as saved:
+        assert sorted(saved["ids"].tolist()) == list(range(30)) and not np.isnan(saved["probabilities"]).any()
