@@ -65,6 +65,10 @@ def gradient_attack(forward, loss_function, images: np.ndarray, epsilon: float, 
                     targeted: bool = False, step_size: float | None = None) -> np.ndarray:
     """FGSM (steps=1, step size epsilon) or PGD (steps > 1) on a batch of raw pixels.
 
+    PGD keeps, per image, the best iterate seen (highest loss untargeted, lowest targeted) rather than
+    the last one: with sign steps of 2.5 * epsilon / steps the iterates can overshoot and oscillate,
+    and on saturating activations a large budget would otherwise look weaker than a small one.
+
     Args:
         forward: float pixels -> model outputs (see `differentiable`).
         loss_function: outputs -> per-example loss; untargeted attacks ascend it, targeted ones descend it.
@@ -80,15 +84,31 @@ def gradient_attack(forward, loss_function, images: np.ndarray, epsilon: float, 
         return original.numpy()
     step_size = epsilon if steps == 1 else (step_size or 2.5 * epsilon / steps)
     direction = -1.0 if targeted else 1.0
+
+    def whole_levels(pixels):
+        # Whole pixel levels, as a saved image would have; rounding cannot leave the ball (its bounds are whole).
+        return project(tf.round(pixels), original, np.floor(epsilon))
+
+    def signed_loss(pixels):
+        return direction * loss_function(forward(pixels))
+
     adversarial = original
-    for _ in range(steps):
+    best, best_loss = None, None
+    for step in range(steps + 1):
+        candidate = whole_levels(adversarial)
         with tf.GradientTape() as tape:
             tape.watch(adversarial)
-            loss = tf.reduce_sum(loss_function(forward(adversarial)))
-        gradient = tape.gradient(loss, adversarial)
-        adversarial = project(adversarial + direction * step_size * tf.sign(gradient), original, epsilon)
-    # Whole pixel levels, as a saved image would have; rounding cannot leave the ball (its bounds are whole).
-    return project(tf.round(adversarial), original, np.floor(epsilon)).numpy()
+            total_loss = tf.reduce_sum(signed_loss(adversarial))
+        if step > 0:  # the original itself is never the answer of a non-zero budget
+            candidate_loss = signed_loss(candidate)
+            improved = candidate_loss > best_loss if best is not None else tf.ones_like(candidate_loss, tf.bool)
+            best = candidate if best is None else tf.where(improved[:, None, None, None], candidate, best)
+            best_loss = candidate_loss if best_loss is None else tf.where(improved, candidate_loss, best_loss)
+        if step == steps:
+            break
+        gradient = tape.gradient(total_loss, adversarial)
+        adversarial = project(adversarial + step_size * tf.sign(gradient), original, epsilon)
+    return best.numpy()
 
 
 def reduce_bit_depth(images: np.ndarray, bits: int) -> np.ndarray:
