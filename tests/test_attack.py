@@ -9,6 +9,7 @@ from voc_pipeline.attack import (
     bit_depth_bound,
     check_epsilon,
     differentiable,
+    findings,
     gradient_attack,
     reduce_bit_depth,
     single_class_loss,
@@ -112,3 +113,13 @@ def test_attack_stage_writes_table_and_panels_linked_from_the_report(smoke_run):
     assert untargeted.sort_values("epsilon")["success_rate"].iloc[-1] >= 0.5
     assert main(["evaluate", *arguments]) == 0
     assert "attack/attack.md" in (smoke_run.run_dir / "report.md").read_text()
+
+
+def test_findings_flag_success_that_falls_with_the_budget():
+    rows = [{"model": "classifier", "attack": "a", "method": "PGD", "epsilon": epsilon, "defence": defence,
+             "success_rate": rate, "clean_score": clean, "adversarial_score": 0.1}
+            for epsilon, plain_rate, defended_rate in [(1, 0.9, 0.2), (4, 1.0, 0.8), (16, 0.3, 0.3)]
+            for defence, rate, clean in (("none", plain_rate, 0.6), ("bit depth 4", defended_rate, 0.55))]
+    text = "\n".join(findings(pd.DataFrame(rows)))
+    assert "epsilon 1 succeeds on 90%" in text and "succeeds on 20% instead of 90%" in text
+    assert "gradient masking" in text and "clean score 0.600 without the defence, 0.550 with it" in text

@@ -322,6 +322,7 @@ def run_attack(config: Config) -> dict:
         f"most {bit_depth_bound(settings.defence_bits):g} levels). Success: the predicted flags change (untargeted), the "
         "target class appears or the top class disappears (targeted), or the share of pixels painted as the target "
         "(segmenter). Scores: classification rows' mean F1, segmentation rows' mean Dice.",
+        "## Findings", "\n".join(f"- {finding}" for finding in findings(frame)),
         markdown_table(frame), "![success versus epsilon](success_vs_epsilon.png)",
         "![classifier examples](classifier_examples.png)", "![segmenter examples](segmenter_examples.png)",
     ]) + "\n")
@@ -329,6 +330,35 @@ def run_attack(config: Config) -> dict:
     update_metrics(config, "attack", summary)
     print(markdown_table(frame[frame["method"] == "PGD"]))
     return summary
+
+
+def findings(frame: pd.DataFrame) -> list[str]:
+    """Plain-language observations from the PGD table: the smallest budget that succeeds on most images,
+    what the defence changes, and success that falls as the budget grows (a sign of gradient masking:
+    an adversary with the larger budget could reuse the smaller budget's perturbation)."""
+    observations = []
+    pgd = frame[frame["method"] == "PGD"]
+    for (model, attack), group in pgd.groupby(["model", "attack"], sort=False):
+        plain = group[group["defence"] == "none"].sort_values("epsilon")
+        defended = group[group["defence"] != "none"].sort_values("epsilon")
+        strong = plain[plain["success_rate"] >= 0.5]
+        budget = f"epsilon {strong['epsilon'].iloc[0]:g} succeeds on {strong['success_rate'].iloc[0]:.0%}" if len(strong) \
+            else f"no budget up to {plain['epsilon'].max():g} succeeds on half the images (best {plain['success_rate'].max():.0%})"
+        smallest = plain["epsilon"].iloc[0]
+        defence = (f"with the defence, epsilon {smallest:g} succeeds on {defended['success_rate'].iloc[0]:.0%} "
+                   f"instead of {plain['success_rate'].iloc[0]:.0%}")
+        observations.append(f"{model}, {attack}: {budget}; {defence}.")
+        rates = plain["success_rate"].to_numpy()
+        if (np.diff(rates) < -0.1).any():
+            observations.append(f"{model}, {attack}: success falls as the budget grows ({', '.join(f'{r:.0%}' for r in rates)}): "
+                                "the loss surface is not followed well by sign-gradient steps at large budgets (gradient "
+                                "masking); the true vulnerability at a budget is at least that of any smaller budget.")
+    clean = frame.groupby(["model", "defence"])["clean_score"].first()
+    for model in frame["model"].unique():
+        costs = clean[model]
+        defended_name = next(name for name in costs.index if name != "none")
+        observations.append(f"{model}: clean score {costs['none']:.3f} without the defence, {costs[defended_name]:.3f} with it.")
+    return observations
 
 
 def plot_success_curves(frame: pd.DataFrame, path) -> None:
