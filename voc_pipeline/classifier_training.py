@@ -119,7 +119,7 @@ def run_train_classifier(config: Config) -> dict:
     and the `classifier` section of metrics.json; returns that section."""
     run_dir = prepare_run_folder(config, "train-cls")
     settings = config.classifier
-    seed_everything(config.seed)
+    seed_everything(config.seed, config.deterministic)
     policy = configure_precision(config.mixed_precision)
     train, splits = load_train_and_splits(config)
     boxes = np.stack([object_box(mask) for mask in train.masks])

@@ -158,6 +158,9 @@ class Config:
     runs_dir: str = "runs"
     # Mixed float16 precision: auto (on GPU only), on or off.
     mixed_precision: str = "auto"
+    # TensorFlow op determinism: the same seed, machine and data give the same bytes out. Off on GPUs, where
+    # some kernels (depthwise convolution gradients, segment reductions) have no deterministic version.
+    deterministic: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)

@@ -65,9 +65,9 @@ def prepare_run_folder(config: Config, stage: str) -> Path:
 # Which configuration sections each stage depends on: a finished stage reruns only when one of them changed.
 STAGE_SECTIONS = {
     "data": ("seed", "data"),
-    "train-cls": ("seed", "mixed_precision", "data", "classifier"),
+    "train-cls": ("seed", "mixed_precision", "deterministic", "data", "classifier"),
     "tune": ("seed", "data", "classifier", "thresholds"),
-    "train-seg": ("seed", "mixed_precision", "data", "segmenter"),
+    "train-seg": ("seed", "mixed_precision", "deterministic", "data", "segmenter"),
     "predict": ("seed", "data", "classifier", "thresholds", "segmenter", "predict"),
     "submit": ("seed", "data", "classifier", "thresholds", "segmenter", "predict", "submit"),
     "evaluate": ("seed", "data", "classifier", "thresholds", "segmenter", "predict"),

@@ -76,7 +76,7 @@ def run_train_segmenter(config: Config) -> dict:
     validation overlays and the `segmenter` section of metrics.json; returns that section."""
     run_dir = prepare_run_folder(config, "train-seg")
     settings = config.segmenter
-    seed_everything(config.seed)
+    seed_everything(config.seed, config.deterministic)
     policy = configure_precision(config.mixed_precision)
     train, splits = load_train_and_splits(config)
     fit_positions = positions_of(train.ids, splits.train_ids)

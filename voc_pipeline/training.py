@@ -49,9 +49,12 @@ def configure_precision(mode: str) -> str:
     return policy
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow so that initialisation and shuffles repeat."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and TensorFlow so that initialisation and shuffles repeat; with `deterministic`,
+    also make TensorFlow pick deterministic kernels, so the same run gives the same bytes."""
     keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def set_backbone_trainable(model: keras.Model, trainable_fraction: float) -> int:
