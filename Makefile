@@ -1,5 +1,7 @@
-# Every target only calls the voc-pipeline CLI (or pytest); the stages live in the package.
-# Variables: DATA (data root), PROFILE (smoke, cpu, kaggle or a .toml), RUN (run folder name), SET (extra --set).
+# Every target only calls the voc-pipeline CLI (or pytest); the stages and their order live in the package's
+# stage graph (voc_pipeline/graph.py). A stage target runs every stage up to it that is not current, like make.
+# Variables: DATA (data root), PROFILE (smoke, cpu, kaggle or a .toml), RUN (run folder name), SET (extra --set),
+# FORCE=1 (rerun the target's own stage even if it is current).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,19 +18,21 @@ FORCE ?=
 STAGE_ARGS = --data $(DATA) --profile $(PROFILE) --run $(RUN) $(foreach assignment,$(SET),--set $(assignment)) $(if $(FORCE),--force)
 DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 
-.PHONY: help install test test-fast lint demo demo-data data-check train train-cls tune train-seg submit predict \
-	evaluate attack kernel-build kernel-check kaggle-push bench-submission bench-classifier bench-segmenter bench-predict clean
+STAGE_TARGETS := train-cls train-seg tune predict submit evaluate attack
+
+.PHONY: help install test test-fast lint demo demo-data data-check train status $(STAGE_TARGETS) \
+	kernel-build kernel-check kaggle-push bench-submission bench-classifier bench-segmenter bench-predict \
+	bench-determinism clean
 
 help:
 	@echo "make demo        synthetic data -> trained models -> submissions/submission.csv"
-	@echo "make train       DATA=... PROFILE=... RUN=...   data check, classifier, thresholds, segmenter"
-	@echo "make submit      DATA=... PROFILE=... RUN=...   predict the test set, write submissions/submission.csv"
-	@echo "make evaluate    DATA=... PROFILE=... RUN=...   validation scores and runs/RUN/report.md"
-	@echo "make attack      DATA=... PROFILE=... RUN=...   adversarial examples, runs/RUN/attack/attack.md"
+	@echo "make train       DATA=... PROFILE=... RUN=...   data check, classifier, segmenter, thresholds + joint rule"
+	@echo "make submit      DATA=... PROFILE=... RUN=...   ... then predict the test set, write submissions/submission.csv"
+	@echo "make evaluate    DATA=... PROFILE=... RUN=...   ... then validation scores and runs/RUN/report.md"
+	@echo "make attack      DATA=... PROFILE=... RUN=...   ... then adversarial examples, runs/RUN/attack/attack.md"
+	@echo "make status      DATA=... PROFILE=... RUN=...   which stages are current, stale or not run, and why"
 	@echo "make test        the test suite (creates $(VENV) if needed)"
-	@echo "make data-check  DATA=... RUN=...   load, validate and split the data"
-	@echo "make train-cls tune DATA=... PROFILE=... RUN=...   classifier and its thresholds"
-	@echo "make train-seg DATA=... PROFILE=... RUN=...        segmenter"
+	@echo "make data-check | train-cls | train-seg | tune | predict   run the stages up to that one"
 	@echo "make kernel-check                  build the Kaggle bundle and run it on a simulated /kaggle tree"
 	@echo "make kaggle-push KAGGLE_USER=...   upload the bundle with the kaggle CLI (needs your API token)"
 	@echo "make lint        ruff"
@@ -56,40 +60,20 @@ $(DEMO_DATA)/train/train_set.csv: | install
 demo-data: $(DEMO_DATA)/train/train_set.csv
 
 demo: demo-data
-	$(CLI) data check $(DEMO_ARGS)
-	$(CLI) train-cls $(DEMO_ARGS)
-	$(CLI) tune $(DEMO_ARGS)
-	$(CLI) train-seg $(DEMO_ARGS)
-	$(CLI) predict $(DEMO_ARGS)
-	$(CLI) submit $(DEMO_ARGS)
-	$(CLI) evaluate $(DEMO_ARGS)
+	$(CLI) run --until evaluate $(DEMO_ARGS)
 	$(CLI) score $(DEMO_DATA)/solution.csv submissions/submission.csv
 
 data-check: install
-	$(CLI) data check $(STAGE_ARGS)
+	$(CLI) run --until data $(STAGE_ARGS)
 
-train: data-check train-cls tune train-seg
+train: install
+	$(CLI) run --until tune $(STAGE_ARGS)
 
-submit: predict
-	$(CLI) submit $(STAGE_ARGS)
+$(STAGE_TARGETS): install
+	$(CLI) run --until $@ $(STAGE_ARGS)
 
-predict: install
-	$(CLI) predict $(STAGE_ARGS)
-
-evaluate: install
-	$(CLI) evaluate $(STAGE_ARGS)
-
-attack: install
-	$(CLI) attack $(STAGE_ARGS)
-
-train-cls: install
-	$(CLI) train-cls $(STAGE_ARGS)
-
-tune: install
-	$(CLI) tune $(STAGE_ARGS)
-
-train-seg: install
-	$(CLI) train-seg $(STAGE_ARGS)
+status: install
+	$(CLI) status $(STAGE_ARGS)
 
 KAGGLE_USER ?= local-check
 BUNDLE ?= kaggle/bundle
@@ -119,6 +103,9 @@ bench-segmenter: install
 
 bench-predict: install
 	$(CLI) bench predict --profile $(PROFILE)
+
+bench-determinism: install
+	$(CLI) bench determinism --profile $(PROFILE) --repeats 2
 
 clean:
 	rm -rf runs $(DEMO_DATA)

@@ -82,19 +82,18 @@ elif not internet_available():
     overrides += ["classifier.weights=none", "segmenter.weights=none"]
 
 # %% [markdown]
-# ## Run the stages: data check, classifier, thresholds, segmenter, prediction, submission, evaluation
+# ## Run the stages: data check, classifier, segmenter, thresholds and joint rule, prediction, submission, evaluation
+# `voc-pipeline run --until evaluate` walks the package's stage graph in order, exactly as `make` does locally.
 
 # %%
 stage_arguments = ["--profile", arguments.profile, "--runs-dir", str(RUNS_DIR), "--run", RUN,
                    "--set", f'submit.output_dir="{WORKING}"', "--set", "submit.prune_output=true"]
 stage_arguments += [item for assignment in overrides for item in ("--set", assignment)]
 # The package finds the folder holding train/train_set.csv under /kaggle/input (either mount style).
-from voc_pipeline.data import find_data_root  # noqa: E402 (installed by the cell above)
+from voc_pipeline.data.competition import find_data_root  # noqa: E402 (installed by the cell above)
 
 stage_arguments += ["--data", str(find_data_root(None, kaggle_input=INPUT))]
-for stage in (["data", "check"], ["train-cls"], ["tune"], ["train-seg"], ["predict"], ["evaluate"], ["submit"]):
-    print(f"\n===== voc-pipeline {' '.join(stage)} =====", flush=True)
-    subprocess.run([sys.executable, "-m", "voc_pipeline", *stage, *stage_arguments], check=True)
+subprocess.run([sys.executable, "-m", "voc_pipeline", "run", "--until", "evaluate", *stage_arguments], check=True)
 
 # %% [markdown]
 # ## Results on the validation split

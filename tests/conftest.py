@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from voc_pipeline.demo_data import write_demo_data
+from voc_pipeline.data.demo import write_demo_data
 
 VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc-sample"
 
@@ -40,7 +40,6 @@ def smoke_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("smoke-output")
     arguments = ["--data", str(root), "--profile", "smoke", "--runs-dir", str(runs), "--run", "smoke",
                  "--set", f'submit.output_dir="{output}"']
-    for stage in ("train-cls", "tune", "train-seg", "predict", "submit", "evaluate"):
-        assert main([stage, *arguments]) == 0, stage
+    assert main(["run", "--until", "evaluate", *arguments]) == 0
     return build_config("smoke", [f'data.root="{root}"', f'runs_dir="{runs}"', "run_name='smoke'",
                                   f'submit.output_dir="{output}"'])

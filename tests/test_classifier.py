@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from voc_pipeline import backbones
-from voc_pipeline.backbones import (
+from voc_pipeline.errors import TrainingDivergedError
+from voc_pipeline.models import backbones
+from voc_pipeline.models.backbones import (
     BACKBONES,
     BackboneError,
     WeightsUnavailableError,
     build_backbone,
     preprocessing_layer,
 )
-from voc_pipeline.classifier import build_classifier, predict_probabilities
-from voc_pipeline.errors import TrainingDivergedError
-from voc_pipeline.input_pipeline import classification_dataset
-from voc_pipeline.losses import AsymmetricLoss, classifier_loss
-from voc_pipeline.training import Phase, fit_in_phases, set_backbone_trainable
+from voc_pipeline.models.classifier import build_classifier, predict_probabilities
+from voc_pipeline.models.input_pipeline import classification_dataset
+from voc_pipeline.models.losses import AsymmetricLoss, classifier_loss
+from voc_pipeline.models.training import Phase, fit_in_phases, set_backbone_trainable
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
@@ -167,14 +167,15 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     assert checkpoint.exists() and (tmp_path / "history.csv").exists()
 
 
+@pytest.mark.slow
 def test_training_step_runs_under_mirrored_strategy_on_two_cpus():
     script = textwrap.dedent("""
         import numpy as np, tensorflow as tf, keras
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from voc_pipeline.classifier import build_classifier
-        from voc_pipeline.input_pipeline import classification_dataset
-        from voc_pipeline.losses import classifier_loss
+        from voc_pipeline.models.classifier import build_classifier
+        from voc_pipeline.models.input_pipeline import classification_dataset
+        from voc_pipeline.models.losses import classifier_loss
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
             model = build_classifier("mobilenet_v2", 32, weights="none", width_multiplier=0.35)

@@ -6,23 +6,24 @@ import keras
 import numpy as np
 import pytest
 
-from voc_pipeline.baseline import baseline_flags
-from voc_pipeline.classifier import predict_probabilities
-from voc_pipeline.classifier_training import load_classifiers, run_train_classifier
+from voc_pipeline import artifacts
 from voc_pipeline.cli import main
 from voc_pipeline.config import build_config
-from voc_pipeline.data import load_split
-from voc_pipeline.demo_data import write_demo_data
-from voc_pipeline.scoring import classification_row_scores
-from voc_pipeline.splits import load_splits, positions_of
+from voc_pipeline.core.baseline import baseline_flags
+from voc_pipeline.core.scoring import classification_row_scores
+from voc_pipeline.data.competition import load_split
+from voc_pipeline.data.demo import write_demo_data
+from voc_pipeline.data.splits import load_splits, positions_of
+from voc_pipeline.graph import run_until
+from voc_pipeline.models.classifier import predict_probabilities
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def trained_run(smoke_run):
-    metrics = json.loads((smoke_run.run_dir / "metrics.json").read_text())
-    return smoke_run, metrics["classifier"], metrics["thresholds"]
+    return (smoke_run, artifacts.read_metrics(smoke_run.run_dir, "train-cls"),
+            artifacts.read_metrics(smoke_run.run_dir, "tune")["thresholds"])
 
 
 def test_stage_writes_its_artifacts(trained_run):
@@ -30,13 +31,13 @@ def test_stage_writes_its_artifacts(trained_run):
     names = {path.name for path in config.run_dir.iterdir()}
     expected = {"classifier.keras", "classifier.json", "classifier_validation.npz", "classifier_history.csv",
                 "classifier_curves.png", "thresholds.json", "threshold_comparison.md", "classifier_per_class.png",
-                "metrics.json", "config.toml", "run_info.json"}
+                "metrics", "config.toml", "run_info.json"}
     assert expected <= names, expected - names
-    assert not list(config.run_dir.glob(".*.tmp")), "no temporary files are left behind"
+    assert not list(config.run_dir.rglob(".*.tmp")), "no temporary files are left behind"
+    assert not list((config.run_dir / "checkpoints").glob("*")), "a finished training leaves no checkpoint state"
     thresholds = json.loads((config.run_dir / "thresholds.json").read_text())
     assert len(thresholds["thresholds"]) == 20 and all(0 < t < 1 for t in thresholds["thresholds"].values())
-    metrics = json.loads((config.run_dir / "metrics.json").read_text())
-    assert {"classifier", "thresholds"} <= set(metrics)
+    assert {"train-cls.json", "tune.json"} <= {path.name for path in (config.run_dir / "metrics").iterdir()}
 
 
 def test_classifier_learns_beyond_the_most_frequent_class_baseline(trained_run):
@@ -54,7 +55,7 @@ def test_classifier_learns_beyond_the_most_frequent_class_baseline(trained_run):
 
 def test_saved_models_reload_and_reproduce_the_validation_probabilities(trained_run):
     config, _, _ = trained_run
-    models, manifest = load_classifiers(config)
+    models, manifest = artifacts.load_classifiers(config.run_dir)
     assert manifest["models"] == ["classifier.keras"] and manifest["image_size"] == 96
     assert isinstance(models[0], keras.Model)
     train = load_split(config.data.root, "train", show_progress=False)
@@ -64,18 +65,21 @@ def test_saved_models_reload_and_reproduce_the_validation_probabilities(trained_
                                    saved["probabilities_flip_tta"], atol=1e-5)
 
 
-def test_tune_without_a_trained_classifier_names_the_stage(tmp_path, capsys):
-    assert main(["tune", "--runs-dir", str(tmp_path), "--run", "empty"]) == 2
-    assert "written by `voc-pipeline train-cls`" in capsys.readouterr().err
+def test_tune_without_a_trained_classifier_names_the_stage(tmp_path, demo_root, capsys):
+    arguments = ["--data", str(demo_root), "--runs-dir", str(tmp_path), "--run", "empty", "--profile", "smoke"]
+    assert main(["data", "check", *arguments]) == 0
+    assert main(["tune", *arguments]) == 2
+    assert "stage tune needs stage train-cls of run 'empty', which is not run" in capsys.readouterr().err
 
 
 def test_kfold_training_gives_out_of_fold_probabilities_for_every_image(tmp_path):
     root = write_demo_data(tmp_path / "demo", num_train=30, num_test=2, seed=4)
     config = build_config("smoke", [f'data.root="{root}"', f'runs_dir="{tmp_path / "runs"}"', "classifier.kfold=true",
                                     "classifier.image_size=32", "classifier.head_epochs=1", "classifier.finetune_epochs=0"])
-    metrics = run_train_classifier(config)
+    assert run_until(config, "train-cls")["train-cls"] == "ran"
+    metrics = artifacts.read_metrics(config.run_dir, "train-cls")
     assert metrics["validation"] == "out-of-fold" and metrics["validation_images"] == 30
-    models, manifest = load_classifiers(config)
+    models, manifest = artifacts.load_classifiers(config.run_dir)
     assert manifest["models"] == ["classifier_fold0.keras", "classifier_fold1.keras", "classifier_fold2.keras"]
     assert len(models) == 3
     with np.load(config.run_dir / "classifier_validation.npz") as saved:

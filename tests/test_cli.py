@@ -1,13 +1,16 @@
+import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from voc_pipeline.cli import main
-from voc_pipeline.demo_data import write_demo_data
-from voc_pipeline.submission import make_test_frame, write_submission
+from voc_pipeline.data.demo import write_demo_data
+from voc_pipeline.data.submission import make_test_frame, write_submission
 
 
+@pytest.mark.slow
 def test_module_help_lists_the_commands():
     result = subprocess.run([sys.executable, "-m", "voc_pipeline", "--help"], capture_output=True, text=True, check=True)
     for command in ("data", "score", "validate", "prune", "bench", "config"):
@@ -20,8 +23,10 @@ def test_data_demo_then_check_writes_splits_and_config(tmp_path, capsys):
                  "--run", "trial", "--profile", "smoke", "--set", "seed=4"]) == 0
     run_dir = tmp_path / "runs" / "trial"
     assert {"config.toml", "run_info.json", "splits.json", "data_summary.json"} <= {p.name for p in run_dir.iterdir()}
-    assert "seed = 4" in (run_dir / "config.toml").read_text()
-    assert '"train_split"' in capsys.readouterr().out
+    saved = (run_dir / "config.toml").read_text()
+    assert "seed = 4" in saved and f'root = "{(tmp_path / "demo").resolve()}"' in saved
+    summary = json.loads((run_dir / "metrics" / "data.json").read_text())
+    assert summary["train_split"] + summary["validation_split"] == 12 and summary["test"]["images"] == 4
 
 
 def test_score_prints_the_score_last(tmp_path, capsys):

@@ -5,15 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from voc_pipeline.classes import CLASS_NAMES
-from voc_pipeline.data import (
+from voc_pipeline.core.classes import CLASS_NAMES
+from voc_pipeline.data.competition import (
     DataError,
     find_data_root,
     labels_from_mask,
     load_competition_data,
     load_split,
 )
-from voc_pipeline.splits import load_splits, make_splits, positions_of, save_splits
+from voc_pipeline.data.splits import load_splits, make_splits, positions_of, save_splits
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from voc_pipeline.classes import NUM_CLASSES
-from voc_pipeline.data import load_competition_data
-from voc_pipeline.demo_data import class_appearance, write_demo_data
-from voc_pipeline.submission import score_submission, validate_submission
+from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.data.competition import load_competition_data
+from voc_pipeline.data.demo import class_appearance, write_demo_data
+from voc_pipeline.data.submission import score_submission, validate_submission
 
 
 def test_every_class_has_its_own_appearance():

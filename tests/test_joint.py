@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from voc_pipeline.joint import JointRule, apply_joint_rule, choose_joint_rule, class_area_fractions
+from voc_pipeline.core.joint import JointRule, apply_joint_rule, choose_joint_rule, class_area_fractions
 
 
 def test_area_fractions_count_each_class():

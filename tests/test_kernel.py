@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from voc_pipeline.demo_data import write_demo_data
+from voc_pipeline.data.demo import write_demo_data
 from voc_pipeline.errors import KernelError
 from voc_pipeline.kernel import KERNEL_SOURCE, build_bundle, check_kernel, notebook_from_percent, push_bundle
 
@@ -30,6 +30,7 @@ def bundle(tmp_path_factory):
     return build_bundle(tmp_path_factory.mktemp("bundle"), "someone", weights_datasets=("someone/keras-weights",))
 
 
+@pytest.mark.slow
 def test_bundle_holds_wheels_and_metadata(bundle):
     metadata = json.loads((bundle / "kernel" / "kernel-metadata.json").read_text())
     assert metadata["id"] == "someone/voc-pipeline" and metadata["code_file"] == "kernel.ipynb"
@@ -56,6 +57,7 @@ def fake_kaggle(folder, log):
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
 
 
+@pytest.mark.slow
 def test_push_without_credentials_fails_clearly_and_calls_nothing(bundle, tmp_path, monkeypatch):
     log = tmp_path / "calls.txt"
     fake_kaggle(tmp_path, log)
@@ -69,6 +71,7 @@ def test_push_without_credentials_fails_clearly_and_calls_nothing(bundle, tmp_pa
     assert not log.exists()
 
 
+@pytest.mark.slow
 def test_push_with_credentials_uploads_without_showing_them(bundle, tmp_path, monkeypatch, capsys):
     log = tmp_path / "calls.txt"
     fake_kaggle(tmp_path, log)

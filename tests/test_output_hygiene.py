@@ -1,6 +1,7 @@
 import pytest
 
-from voc_pipeline.output_hygiene import count_files, prune_working_folder
+from voc_pipeline.data.output_folder import count_files, prune_working_folder
+from voc_pipeline.errors import OutputFolderError
 
 
 def test_prune_keeps_the_submission_and_allow_listed_entries(tmp_path):
@@ -22,6 +23,6 @@ def test_prune_fails_when_kept_entries_exceed_the_limit(tmp_path):
     (tmp_path / "many").mkdir()
     for index in range(10):
         (tmp_path / "many" / f"{index}.txt").write_text("")
-    with pytest.raises(RuntimeError, match="still holds 11 files"):
+    with pytest.raises(OutputFolderError, match="still holds 11 files"):
         prune_working_folder(tmp_path, keep=("many",), limit=10)
     assert (tmp_path / "submission.csv").exists()

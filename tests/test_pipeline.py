@@ -6,13 +6,13 @@ import logging
 import numpy as np
 import pytest
 
+from voc_pipeline import artifacts
 from voc_pipeline.cli import main
 from voc_pipeline.config import build_config
-from voc_pipeline.data import load_split
+from voc_pipeline.data.competition import load_split
+from voc_pipeline.data.submission import read_submission, validate_submission
+from voc_pipeline.errors import ArtifactError
 from voc_pipeline.files import load_label_maps
-from voc_pipeline.prediction import load_thresholds
-from voc_pipeline.run_folder import MissingArtifactError
-from voc_pipeline.submission import read_submission, validate_submission
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +27,9 @@ def test_submission_is_valid_and_beats_the_trivial_answer(smoke_run):
     copied = smoke_run.submit.output_dir + "/submission.csv"
     assert submission.read_bytes() == open(copied, "rb").read()
     assert validate_submission(submission, smoke_run.data.root).valid
-    metrics = json.loads((smoke_run.run_dir / "metrics.json").read_text())
-    local = metrics["submit"]["local_score"]
+    local = artifacts.read_metrics(smoke_run.run_dir, "submit")["local_score"]
     assert local["rows"] == 24 and local["score"] > 0.3, local
-    scores = metrics["evaluate"]["scores"]
+    scores = artifacts.read_metrics(smoke_run.run_dir, "evaluate")["scores"]
     baseline = scores["most frequent class + centre box"]["score"]
     assert scores["independent heads"]["score"] > baseline + 0.15, scores
 
@@ -48,6 +47,10 @@ def test_joint_rule_is_chosen_and_never_worse_than_independent_heads(smoke_run):
     joint = json.loads((smoke_run.run_dir / "joint_rule.json").read_text())
     candidates = {row["name"]: row["score"] for row in joint["candidates"]}
     assert candidates[joint["rule"]["name"]] >= candidates["independent heads"]
+    splits = artifacts.read_splits(smoke_run.run_dir)
+    assert sorted(joint["validation_ids"]) == sorted(splits.validation_ids.tolist())
+    rule, _ = artifacts.read_joint_rule(smoke_run.run_dir)
+    assert rule.name == joint["rule"]["name"]
 
 
 def test_report_links_the_figures_that_exist(smoke_run):
@@ -61,7 +64,7 @@ def test_finished_stages_are_skipped_unless_forced(smoke_run, caplog):
     before = (smoke_run.run_dir / "submission.csv").stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
         assert main(["submit", *stage_arguments(smoke_run)]) == 0
-    assert "already finished" in caplog.text
+    assert "stage submit is current" in caplog.text
     assert (smoke_run.run_dir / "submission.csv").stat().st_mtime_ns == before
     assert main(["submit", *stage_arguments(smoke_run), "--force"]) == 0
     assert (smoke_run.run_dir / "submission.csv").stat().st_mtime_ns != before
@@ -74,11 +77,20 @@ def test_submission_can_be_rebuilt_from_saved_predictions_alone(smoke_run, tmp_p
     assert len(read_submission(rebuilt / "submission.csv")) == 24
 
 
-def test_stage_without_its_inputs_names_the_producing_stage(tmp_path, smoke_run, capsys):
+def test_stage_without_its_inputs_names_the_stage_to_run(tmp_path, smoke_run, capsys):
     arguments = ["--data", smoke_run.data.root, "--runs-dir", str(tmp_path), "--run", "empty"]
     assert main(["predict", *arguments]) == 2
-    assert "voc-pipeline train-cls" in capsys.readouterr().err
-    assert main(["submit", *arguments]) == 2
-    assert "voc-pipeline predict" in capsys.readouterr().err
-    with pytest.raises(MissingArtifactError, match="voc-pipeline tune"):
-        load_thresholds(build_config(assignments=[f'runs_dir="{tmp_path}"']))
+    error = capsys.readouterr().err
+    assert "stage predict needs stage data" in error and "not run" in error and "run --until predict" in error
+    with pytest.raises(ArtifactError, match=r"thresholds.json is missing: stage tune writes it; run `voc-pipeline run --until tune`"):
+        artifacts.read_thresholds(build_config(assignments=[f'runs_dir="{tmp_path}"']).run_dir)
+
+
+def test_metrics_and_records_describe_every_stage_that_ran(smoke_run):
+    for stage in ("data", "train-cls", "train-seg", "tune", "predict", "submit", "evaluate"):
+        assert artifacts.read_metrics(smoke_run.run_dir, stage), stage
+    info = json.loads((smoke_run.run_dir / "run_info.json").read_text())["stages"]["predict"]
+    assert set(info["inputs"]["artifacts"]) == {"classifier.json", "classifier.keras", "segmenter.json", "segmenter.keras",
+                                               "thresholds.json", "joint_rule.json"}
+    assert set(info["inputs"]["data"]) == {"test"} and set(info["inputs"]["config"]) == {"predict"}
+    assert set(info["outputs"]) == {"test_predictions.npz", "metrics/predict.json"}

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from voc_pipeline.rle import RleError, encode_flags, encode_label_map, parse_runs, rle_decode, rle_encode
+from voc_pipeline.core.rle import RleError, encode_flags, encode_label_map, parse_runs, rle_decode, rle_encode
 
 
 @pytest.mark.parametrize(

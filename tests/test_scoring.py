@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from voc_pipeline.rle import rle_decode, rle_encode
-from voc_pipeline.scoring import (
+from voc_pipeline.core.rle import rle_decode, rle_encode
+from voc_pipeline.core.scoring import (
     EMPTY_AGAINST_EMPTY,
     classification_row_scores,
     competition_score,

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from voc_pipeline.backbones import BACKBONES, BackboneError
 from voc_pipeline.config import ConfigError, build_config
-from voc_pipeline.input_pipeline import IGNORE_LABEL, random_scale_crop_flip, segmentation_dataset
-from voc_pipeline.losses import SegmentationLoss
-from voc_pipeline.segmenter import build_segmenter, predict_label_maps
+from voc_pipeline.models.backbones import BACKBONES, BackboneError
+from voc_pipeline.models.input_pipeline import IGNORE_LABEL, random_scale_crop_flip, segmentation_dataset
+from voc_pipeline.models.losses import SegmentationLoss
+from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps
 
 
 @pytest.mark.parametrize("backbone", ["mobilenet", "mobilenet_v2"])

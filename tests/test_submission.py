@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from voc_pipeline.data import write_label_csv
-from voc_pipeline.submission import (
+from voc_pipeline.data.competition import write_label_csv
+from voc_pipeline.data.submission import (
     SubmissionError,
     make_test_frame,
     reference_submission_csv,

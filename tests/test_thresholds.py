@@ -4,11 +4,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from voc_pipeline.thresholds import (
+from voc_pipeline.core.thresholds import (
     DEFAULT_THRESHOLD,
     apply_thresholds,
     best_global_threshold,
     class_scores_over_grid,
+    compare_strategies,
+    cross_validated_score,
+    default_grid,
     mean_image_f1,
     tune_thresholds,
 )
@@ -89,3 +92,56 @@ def test_tuner_refuses_nan_and_mismatched_shapes():
        st.floats(0.01, 0.99))
 def test_no_image_is_ever_left_without_a_class(probabilities, threshold):
     assert (apply_thresholds(probabilities, threshold).sum(1) >= 1).all()
+
+
+def separable_classes(num_images: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes whose positives sit above different cut-offs: 0.75 for class 0 and 0.25 for class 1."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((num_images, 2)) < 0.5).astype(np.int8)
+    labels[labels.sum(1) == 0, 0] = 1
+    probabilities = np.where(labels == 1, rng.uniform(0.8, 0.95, (num_images, 2)), rng.uniform(0.55, 0.7, (num_images, 2)))
+    probabilities[:, 1] -= 0.5  # class 1 lives lower: positives 0.3..0.45, negatives 0.05..0.2
+    return probabilities, labels
+
+
+def test_cross_validated_score_of_fixed_thresholds_is_their_plain_score():
+    rng = np.random.default_rng(3)
+    probabilities, labels = rng.random((41, 4)), (rng.random((41, 4)) < 0.3).astype(np.int8)
+    fixed = np.array([0.2, 0.4, 0.6, 0.8])
+    assert cross_validated_score(probabilities, labels, lambda p, y: fixed, seed=1) == pytest.approx(
+        mean_image_f1(probabilities, labels, fixed))
+    assert np.isnan(cross_validated_score(probabilities[:1], labels[:1], lambda p, y: fixed, seed=1))
+
+
+def test_cross_validated_score_scores_each_half_with_thresholds_chosen_on_the_other():
+    probabilities, labels = separable_classes(40)
+    seen = []
+
+    def remember(chosen_probabilities, chosen_labels):
+        seen.append(len(chosen_labels))
+        return np.full(2, 0.5)
+
+    cross_validated_score(probabilities, labels, remember, seed=0)
+    assert seen == [20, 20]
+
+
+def test_per_class_thresholds_win_when_the_classes_need_different_cut_offs():
+    probabilities, labels = separable_classes(60)
+    result = compare_strategies(probabilities, labels, default_grid(0.01), rounds=3, seed=0)
+    assert result["chosen_strategy"] == "per-class"
+    assert result["per_class"] == pytest.approx(1.0) and result["per_class_cross_validated"] > 0.95
+    assert result["global"] < 1.0 and result["per_class_cross_validated"] > result["global_cross_validated"]
+    assert 0.7 <= result["thresholds"][0] <= 0.8 and 0.2 <= result["thresholds"][1] <= 0.3
+    assert result["threshold_0.5"] == pytest.approx(mean_image_f1(probabilities, labels, 0.5))
+
+
+def test_one_global_threshold_is_kept_when_per_class_tuning_only_fits_noise():
+    rng = np.random.default_rng(7)
+    labels = (rng.random((40, 20)) < 0.15).astype(np.int8)
+    probabilities = np.clip(0.35 * labels + rng.random((40, 20)) * 0.6, 0, 1)
+    result = compare_strategies(probabilities, labels, default_grid(0.01), rounds=3, seed=0)
+    assert result["per_class"] >= result["global"]  # in-sample, per-class always looks at least as good
+    expected = "per-class" if result["per_class_cross_validated"] >= result["global_cross_validated"] else "global"
+    assert result["chosen_strategy"] == expected
+    if expected == "global":
+        assert (result["thresholds"] == result["global_threshold"]).all() and result["untuned"] == []

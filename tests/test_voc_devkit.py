@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from voc_pipeline.data import DataError, labels_from_mask, load_competition_data
-from voc_pipeline.submission import score_submission, validate_submission
-from voc_pipeline.voc_devkit import convert_devkit
+from voc_pipeline.data.competition import DataError, labels_from_mask, load_competition_data
+from voc_pipeline.data.submission import score_submission, validate_submission
+from voc_pipeline.data.voc_devkit import convert_devkit
 
 VOC_PALETTE = [value for index in range(256) for value in ((index * 37) % 256, (index * 91) % 256, (index * 13) % 256)]
 

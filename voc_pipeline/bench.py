@@ -7,8 +7,8 @@ import time
 import cv2
 import numpy as np
 
-from voc_pipeline.classes import NUM_CLASSES
-from voc_pipeline.submission import make_test_frame, reference_submission_csv, submission_text
+from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.data.submission import make_test_frame, reference_submission_csv, submission_text
 
 
 def voc_like_label_maps(count: int, seed: int = 0, height: int = 375, width: int = 500) -> list[np.ndarray]:
@@ -91,10 +91,12 @@ def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str,
     """
     import keras
 
-    from voc_pipeline.classifier import build_classifier, predict_probabilities
-    from voc_pipeline.input_pipeline import classification_dataset
-    from voc_pipeline.losses import classifier_loss
+    from voc_pipeline.models.classifier import build_classifier, predict_probabilities
+    from voc_pipeline.models.input_pipeline import classification_dataset
+    from voc_pipeline.models.losses import classifier_loss
+    from voc_pipeline.models.training import seed_everything
 
+    seed_everything(config.seed, config.deterministic)
     settings = config.classifier
     rng = np.random.default_rng(config.seed)
     images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(num_images)]
@@ -122,10 +124,12 @@ def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, f
     pipeline and on one in-memory batch, and prediction including the resize back to original sizes."""
     import keras
 
-    from voc_pipeline.input_pipeline import IGNORE_LABEL, segmentation_dataset
-    from voc_pipeline.losses import SegmentationLoss
-    from voc_pipeline.segmenter import build_segmenter, predict_label_maps
+    from voc_pipeline.models.input_pipeline import IGNORE_LABEL, segmentation_dataset
+    from voc_pipeline.models.losses import SegmentationLoss
+    from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps
+    from voc_pipeline.models.training import seed_everything
 
+    seed_everything(config.seed, config.deterministic)
     settings = config.segmenter
     rng = np.random.default_rng(config.seed)
     images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(num_images)]
@@ -164,9 +168,9 @@ def bench_predict(config, num_images: int = 48) -> dict[str, float]:
     """
     import cv2
 
-    from voc_pipeline.classifier import build_classifier, predict_probabilities, sigmoid
-    from voc_pipeline.segmenter import build_segmenter, predict_label_maps, softmax
-    from voc_pipeline.thresholds import apply_thresholds
+    from voc_pipeline.core.thresholds import apply_thresholds
+    from voc_pipeline.models.classifier import build_classifier, predict_probabilities, sigmoid
+    from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps, softmax
 
     rng = np.random.default_rng(config.seed)
     images = [rng.integers(0, 256, size=(int(rng.integers(300, 501)), int(rng.integers(300, 501)), 3), dtype=np.uint8)
@@ -211,4 +215,37 @@ def bench_predict(config, num_images: int = 48) -> dict[str, float]:
     print_figures(f"predict + submit, {num_images} test images of 300-500 px, classifier {classifier_settings.backbone} "
                   f"at {classifier_settings.image_size} px, segmenter {segmenter_settings.backbone} at "
                   f"{segmenter_settings.image_size} px, batch {batch_size}, no TTA:", figures)
+    return figures
+
+
+def bench_determinism(profile: str | None, assignments: tuple[str, ...], repeats: int = 2) -> dict[str, float]:
+    """Training speed of the classifier and the segmenter with TensorFlow op determinism off and on.
+
+    Op determinism is process-wide, so each measurement is `voc-pipeline bench classifier|segmenter` in a
+    child process, off and on alternately so that a drift of the machine's speed hits both alike; the best
+    of `repeats` runs of each is printed.
+    """
+    import json
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "voc_pipeline", "--log-level", "ERROR", "bench"]
+    options = [*(["--profile", profile] if profile else []), *(item for assignment in assignments for item in ("--set", assignment))]
+    rates: dict[tuple[str, bool], float] = {}
+    for _ in range(repeats):
+        for model in ("classifier", "segmenter"):
+            for deterministic in (False, True):
+                command = [*base, model, *options, "--set", f"deterministic={str(deterministic).lower()}", "--json"]
+                result = subprocess.run(command, capture_output=True, text=True, check=True)
+                figures = json.loads(result.stdout.strip().splitlines()[-1])
+                rate = figures["train_pipeline_images_per_second"]
+                rates[model, deterministic] = max(rates.get((model, deterministic), 0.0), rate)
+    print(f"training images/s through the input pipeline, best of {repeats} child processes each "
+          f"(profile {profile or 'defaults'}):")
+    print(f"  {'model':<12}{'determinism off':>18}{'determinism on':>18}{'cost':>10}")
+    figures = {}
+    for model in ("classifier", "segmenter"):
+        off, on = rates[model, False], rates[model, True]
+        figures[f"{model}_cost_fraction"] = 1.0 - on / off
+        print(f"  {model:<12}{off:>18.1f}{on:>18.1f}{figures[f'{model}_cost_fraction']:>10.1%}")
     return figures

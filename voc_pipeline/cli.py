@@ -9,25 +9,10 @@ import sys
 from pathlib import Path
 
 from voc_pipeline import __version__
-from voc_pipeline.config import (
-    ConfigError,
-    apply_overrides,
-    available_profiles,
-    build_config,
-    config_to_toml,
-    validate_config,
-)
-from voc_pipeline.data import DataError
-from voc_pipeline.errors import KernelError, TrainingDivergedError
-from voc_pipeline.rle import RleError
-from voc_pipeline.run_folder import MissingArtifactError
-from voc_pipeline.submission import SubmissionError
+from voc_pipeline.config import apply_overrides, available_profiles, build_config, config_to_toml, validate_config
+from voc_pipeline.errors import VocPipelineError
 
 logger = logging.getLogger("voc_pipeline")
-
-# Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback.
-USER_ERRORS = (ConfigError, DataError, RleError, SubmissionError, MissingArtifactError, FileExistsError, ValueError,
-               TrainingDivergedError, KernelError)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +23,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help=f"configuration profile: {', '.join(available_profiles())}, or a .toml path")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override one configuration key, e.g. --set data.validation_fraction=0.25 (repeatable)")
-    parser.add_argument("--force", action="store_true", help="rerun the stage even if it already finished")
+    parser.add_argument("--force", action="store_true", help="rerun the stage even if it is current")
 
 
 def config_from_arguments(arguments: argparse.Namespace):
@@ -57,7 +42,7 @@ def config_from_arguments(arguments: argparse.Namespace):
 
 
 def command_data_demo(arguments) -> int:
-    from voc_pipeline.demo_data import write_demo_data
+    from voc_pipeline.data.demo import write_demo_data
 
     write_demo_data(arguments.output, arguments.n_train, arguments.n_test, arguments.seed, arguments.force)
     print(f"demo data written to {arguments.output}")
@@ -65,7 +50,7 @@ def command_data_demo(arguments) -> int:
 
 
 def command_data_from_voc(arguments) -> int:
-    from voc_pipeline.voc_devkit import convert_devkit
+    from voc_pipeline.data.voc_devkit import convert_devkit
 
     convert_devkit(arguments.voc_root, arguments.output, arguments.ids, arguments.test_fraction,
                    arguments.keep_void, arguments.seed, arguments.force)
@@ -73,68 +58,35 @@ def command_data_from_voc(arguments) -> int:
     return 0
 
 
-def run_stage(stage: str, function, arguments) -> int:
-    """Run one stage unless it already finished with the same configuration (and --force is not given)."""
-    from voc_pipeline.run_folder import mark_stage_finished, stage_is_finished
+def command_stage(arguments) -> int:
+    """Run one stage of the graph (it checks that the stages it depends on are current)."""
+    from voc_pipeline.graph import run_stage
 
-    config = config_from_arguments(arguments)
-    if not arguments.force and stage_is_finished(config, stage):
-        logger.info("stage %s already finished in %s with this configuration; nothing to do (--force reruns it)",
-                    stage, config.run_dir)
-        return 0
-    result = function(config)
-    mark_stage_finished(config, stage)
-    if stage in ("data", "submit"):
-        print(json.dumps(result, indent=2))
+    run_stage(config_from_arguments(arguments), arguments.stage, force=arguments.force)
     return 0
 
 
-def command_data_check(arguments) -> int:
-    from voc_pipeline.data import run_data
+def command_run(arguments) -> int:
+    """Run every stage up to --until that is not current."""
+    from voc_pipeline.graph import run_until
 
-    return run_stage("data", run_data, arguments)
-
-
-def command_train_classifier(arguments) -> int:
-    from voc_pipeline.classifier_training import run_train_classifier
-
-    return run_stage("train-cls", run_train_classifier, arguments)
-
-
-def command_tune(arguments) -> int:
-    from voc_pipeline.tuning import run_tune
-
-    return run_stage("tune", run_tune, arguments)
+    outcomes = run_until(config_from_arguments(arguments), arguments.until, force=arguments.force)
+    ran = [stage for stage, outcome in outcomes.items() if outcome == "ran"]
+    print(f"ran: {', '.join(ran) or 'nothing'}; current already: "
+          f"{', '.join(stage for stage, outcome in outcomes.items() if outcome != 'ran') or 'nothing'}")
+    return 0
 
 
-def command_train_segmenter(arguments) -> int:
-    from voc_pipeline.segmenter_training import run_train_segmenter
+def command_status(arguments) -> int:
+    """Print where each stage of the run stands."""
+    from voc_pipeline.graph import STAGES, resolve_paths, status
 
-    return run_stage("train-seg", run_train_segmenter, arguments)
-
-
-def command_predict(arguments) -> int:
-    from voc_pipeline.prediction import run_predict
-
-    return run_stage("predict", run_predict, arguments)
-
-
-def command_submit(arguments) -> int:
-    from voc_pipeline.submit import run_submit
-
-    return run_stage("submit", run_submit, arguments)
-
-
-def command_evaluate(arguments) -> int:
-    from voc_pipeline.evaluation import run_evaluate
-
-    return run_stage("evaluate", run_evaluate, arguments)
-
-
-def command_attack(arguments) -> int:
-    from voc_pipeline.attack import run_attack
-
-    return run_stage("attack", run_attack, arguments)
+    config = resolve_paths(config_from_arguments(arguments))
+    statuses = status(config)
+    print(f"run {config.run_name} in {config.run_dir}:")
+    for stage in STAGES:
+        print(f"  {stage.name:<10} {statuses[stage.name].describe()}")
+    return 0
 
 
 def command_kernel(arguments) -> int:
@@ -156,7 +108,7 @@ def command_config(arguments) -> int:
 
 
 def command_score(arguments) -> int:
-    from voc_pipeline.submission import score_submission
+    from voc_pipeline.data.submission import score_submission
 
     result = score_submission(arguments.solution, arguments.submission)
     print(f"rows: {result['rows']}")
@@ -167,8 +119,8 @@ def command_score(arguments) -> int:
 
 
 def command_validate(arguments) -> int:
-    from voc_pipeline.data import find_data_root
-    from voc_pipeline.submission import validate_submission
+    from voc_pipeline.data.competition import find_data_root
+    from voc_pipeline.data.submission import validate_submission
 
     report = validate_submission(arguments.submission, find_data_root(arguments.data))
     for problem in report.problems:
@@ -178,7 +130,7 @@ def command_validate(arguments) -> int:
 
 
 def command_prune(arguments) -> int:
-    from voc_pipeline.output_hygiene import count_files, prune_working_folder
+    from voc_pipeline.data.output_folder import count_files, prune_working_folder
 
     deleted = prune_working_folder(arguments.folder, tuple(arguments.keep))
     print(f"deleted {len(deleted)} entries; {count_files(Path(arguments.folder))} files remain in {arguments.folder}")
@@ -189,17 +141,23 @@ def command_bench(arguments) -> int:
     from voc_pipeline import bench
 
     if arguments.target == "submission":
-        bench.bench_submission(arguments.images or 750, arguments.repeats)
+        figures = bench.bench_submission(arguments.images or 750, arguments.repeats)
     elif arguments.target == "classifier":
-        bench.bench_classifier(config_from_arguments(arguments), arguments.images or 128)
+        figures = bench.bench_classifier(config_from_arguments(arguments), arguments.images or 128)
     elif arguments.target == "segmenter":
-        bench.bench_segmenter(config_from_arguments(arguments), arguments.images or 64)
+        figures = bench.bench_segmenter(config_from_arguments(arguments), arguments.images or 64)
     elif arguments.target == "predict":
-        bench.bench_predict(config_from_arguments(arguments), arguments.images or 48)
+        figures = bench.bench_predict(config_from_arguments(arguments), arguments.images or 48)
+    else:
+        figures = bench.bench_determinism(arguments.profile, tuple(arguments.assignments), arguments.repeats)
+    if arguments.json:
+        print(json.dumps(figures))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from voc_pipeline.graph import STAGE_NAMES, STAGES
+
     parser = argparse.ArgumentParser(
         prog="voc-pipeline",
         description="Staged pipeline for the KU Leuven PASCAL VOC Kaggle competition "
@@ -228,37 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     from_voc.add_argument("--seed", type=int, default=0)
     from_voc.add_argument("--force", action="store_true", help="replace an existing output folder")
     from_voc.set_defaults(handler=command_data_from_voc)
-    check = data_commands.add_parser("check", help="stage data: load, validate, write splits and a summary")
-    add_config_arguments(check)
-    check.set_defaults(handler=command_data_check)
+    for stage in STAGES:
+        group = data_commands if stage.command[0] == "data" else commands
+        stage_parser = group.add_parser(stage.command[-1], help=f"stage {stage.name}: {stage.summary}")
+        add_config_arguments(stage_parser)
+        stage_parser.set_defaults(handler=command_stage, stage=stage.name)
 
-    train_classifier = commands.add_parser("train-cls", help="stage train-cls: train the multi-label classifier")
-    add_config_arguments(train_classifier)
-    train_classifier.set_defaults(handler=command_train_classifier)
+    run = commands.add_parser("run", help="run every stage up to --until that is not current (like make)")
+    run.add_argument("--until", choices=STAGE_NAMES, default="evaluate",
+                     help=f"the last stage to run (default: evaluate); in order: {', '.join(STAGE_NAMES)}")
+    add_config_arguments(run)
+    run.set_defaults(handler=command_run)
 
-    tune = commands.add_parser("tune", help="stage tune: per-class thresholds for the classification score")
-    add_config_arguments(tune)
-    tune.set_defaults(handler=command_tune)
-
-    train_segmenter = commands.add_parser("train-seg", help="stage train-seg: train the DeepLabV3+ segmenter")
-    add_config_arguments(train_segmenter)
-    train_segmenter.set_defaults(handler=command_train_segmenter)
-
-    predict = commands.add_parser("predict", help="stage predict: classify and segment the test set")
-    add_config_arguments(predict)
-    predict.set_defaults(handler=command_predict)
-
-    submit = commands.add_parser("submit", help="stage submit: write and validate submission.csv")
-    add_config_arguments(submit)
-    submit.set_defaults(handler=command_submit)
-
-    evaluate = commands.add_parser("evaluate", help="stage evaluate: validation scores and report.md")
-    add_config_arguments(evaluate)
-    evaluate.set_defaults(handler=command_evaluate)
-
-    attack = commands.add_parser("attack", help="stage attack: adversarial examples against the run's models")
-    add_config_arguments(attack)
-    attack.set_defaults(handler=command_attack)
+    status = commands.add_parser("status", help="show which stages of a run are current, stale or not run, and why")
+    add_config_arguments(status)
+    status.set_defaults(handler=command_status)
 
     kernel = commands.add_parser("kernel", help="build, check or push the Kaggle notebook kernel")
     kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
@@ -301,10 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(handler=command_prune)
 
     bench = commands.add_parser("bench", help="print speed figures measured on this machine")
-    bench.add_argument("target", choices=["submission", "classifier", "segmenter", "predict"])
+    bench.add_argument("target", choices=["submission", "classifier", "segmenter", "predict", "determinism"])
     bench.add_argument("--images", type=int, default=None, help="images to process (default: 750 for submission, 128 otherwise)")
     add_config_arguments(bench)
     bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     bench.set_defaults(handler=command_bench)
     return parser
 
@@ -315,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=arguments.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return arguments.handler(arguments)
-    except USER_ERRORS as error:
+    except VocPipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,7 @@ names the key. Each stage saves the resolved configuration into its run folder b
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -15,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voc_pipeline.classes import CLASS_NAMES
+from voc_pipeline.core.classes import CLASS_NAMES
+from voc_pipeline.errors import ConfigError
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that the pipeline cannot use."""
+# A run is a folder under runs_dir: a plain name, so that `--run ..` or `--run a/b` cannot write elsewhere.
+RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,15 @@ class ThresholdConfig:
 
 
 @dataclass(frozen=True)
+class JointConfig:
+    # Mask-area shares tried by the joint rule that adds a class the segmenter paints (chosen on validation).
+    area_grid: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+@dataclass(frozen=True)
 class PredictConfig:
     # Images per prediction batch; memory stays bounded by one batch whatever the number of test images.
     batch_size: int = 16
-    # Mask-area shares tried by the joint rule that adds a class the segmenter paints (chosen on validation).
-    joint_area_grid: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
@@ -306,8 +311,9 @@ def validate_config(config: Config) -> None:
         raise ConfigError(f"attack.target_class {attack.target_class!r} is not a class; expected one of: {', '.join(CLASS_NAMES)}")
     if not 1 <= attack.defence_bits <= 8:
         raise ConfigError(f"attack.defence_bits must be between 1 and 8, got {attack.defence_bits}")
-    if not config.run_name or "/" in config.run_name:
-        raise ConfigError(f"run_name must be a plain folder name, got {config.run_name!r}")
+    if not re.fullmatch(RUN_NAME_PATTERN, config.run_name):
+        raise ConfigError(f"run name {config.run_name!r} is not a plain folder name: use letters, digits, '.', '_' "
+                          f"and '-', starting with a letter or digit (no path separators, no '..')")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voc_pipeline.errors import OutputExistsError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
@@ -66,11 +68,11 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     """Yield a temporary folder beside `target`; it replaces `target` only if the block succeeds.
 
     Raises:
-        FileExistsError: `target` exists, is not empty and `overwrite` is false.
+        OutputExistsError: `target` exists, is not empty and `overwrite` is false.
     """
     target = Path(target)
     if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} already exists and is not empty; pass --force to replace it")
+        raise OutputExistsError(f"{target} already exists and is not empty; pass --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:

@@ -16,10 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from voc_pipeline.data.output_folder import KAGGLE_FILE_LIMIT, count_files
+from voc_pipeline.data.submission import validate_submission
 from voc_pipeline.errors import KernelError
 from voc_pipeline.files import write_json_atomic, write_text_atomic
-from voc_pipeline.output_hygiene import KAGGLE_FILE_LIMIT, count_files
-from voc_pipeline.submission import validate_submission
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 KERNEL_SOURCE = REPOSITORY / "kaggle" / "kernel.py"

@@ -1,25 +1,24 @@
-"""The run folder: where stages hand their files to one another, with the configuration that made them."""
+"""The run folder: where stages hand their files to one another, with the configuration that made them.
+
+`config.toml` holds the configuration of the latest stage that ran; `run_info.json` holds one record
+per stage: when it ran, with which package version and git commit, what it read (configuration values,
+content hashes of its input files, fingerprints of the data) and the content hashes of what it wrote.
+`voc_pipeline.graph` compares those records with the present to decide what is current.
+"""
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
-import logging
 import subprocess
 from pathlib import Path
 
 from voc_pipeline import __version__
-from voc_pipeline.config import Config, config_to_dict, config_to_toml
+from voc_pipeline.artifacts import CONFIG_FILE, RUN_INFO_FILE
+from voc_pipeline.config import Config, config_to_toml
+from voc_pipeline.errors import ArtifactError
 from voc_pipeline.files import write_json_atomic, write_text_atomic
-
-logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.toml"
-RUN_INFO_FILE = "run_info.json"
-
-
-class MissingArtifactError(FileNotFoundError):
-    """A stage needs a file that an earlier stage of the run should have written."""
 
 
 def git_commit() -> str | None:
@@ -33,108 +32,58 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def prepare_run_folder(config: Config, stage: str) -> Path:
-    """Create the run folder and save the resolved configuration before `stage` does any work.
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
-    The configuration of the latest stage is `config.toml`; `run_info.json` records, per stage, when it
-    started, the package version and the git commit. A configuration that differs from the one an
-    earlier stage saved is logged key by key, since artifacts in the folder may come from either.
-    """
+
+def prepare_run_folder(config: Config) -> Path:
+    """Create the run folder and save the resolved configuration in it before a stage does any work."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / CONFIG_FILE
-    new_text = config_to_toml(config)
-    if config_path.exists() and config_path.read_text() != new_text:
-        logger.warning("%s: the configuration differs from the one saved by an earlier stage:", config_path)
-        old_lines, new_lines = set(config_path.read_text().splitlines()), set(new_text.splitlines())
-        for line in sorted(old_lines ^ new_lines):
-            logger.warning("  %s %s", "-" if line in old_lines else "+", line)
-    write_text_atomic(config_path, new_text)
-
-    info = read_run_info(config)
-    info["stages"][stage] = {
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "version": __version__,
-        "git_commit": git_commit(),
-        "config": config_to_dict(config),
-    }
-    write_json_atomic(run_dir / RUN_INFO_FILE, info)
+    write_text_atomic(run_dir / CONFIG_FILE, config_to_toml(config))
     return run_dir
 
 
-# Which configuration sections each stage depends on: a finished stage reruns only when one of them changed.
-STAGE_SECTIONS = {
-    "data": ("seed", "data"),
-    "train-cls": ("seed", "mixed_precision", "deterministic", "data", "classifier"),
-    "tune": ("seed", "data", "classifier", "thresholds"),
-    "train-seg": ("seed", "mixed_precision", "deterministic", "data", "segmenter"),
-    "predict": ("seed", "data", "classifier", "thresholds", "segmenter", "predict"),
-    "submit": ("seed", "data", "classifier", "thresholds", "segmenter", "predict", "submit"),
-    "evaluate": ("seed", "data", "classifier", "thresholds", "segmenter", "predict"),
-    "attack": ("seed", "data", "classifier", "thresholds", "segmenter", "attack"),
-}
-# Stages whose results depend on a stage's outputs, and so become stale when it runs again.
-DOWNSTREAM = {
-    "data": ("train-cls", "tune", "train-seg", "predict", "submit", "evaluate", "attack"),
-    "train-cls": ("tune", "predict", "submit", "evaluate", "attack"),
-    "tune": ("predict", "submit", "evaluate", "attack"),
-    "train-seg": ("predict", "submit", "evaluate", "attack"),
-    "attack": ("evaluate",),
-    "predict": ("submit",),
-}
-
-
-def relevant_config(config: Config, stage: str) -> dict:
-    """The parts of the configuration a stage depends on."""
-    plain = config_to_dict(config)
-    return {key: plain[key] for key in STAGE_SECTIONS.get(stage, tuple(plain))}
-
-
-def read_run_info(config: Config) -> dict:
-    path = config.run_dir / RUN_INFO_FILE
-    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
-
-
-def stage_is_finished(config: Config, stage: str) -> bool:
-    """True when `stage` finished in this run folder with the same relevant configuration."""
-    record = read_run_info(config)["stages"].get(stage, {})
-    return bool(record.get("finished")) and record.get("relevant_config") == relevant_config(config, stage)
-
-
-def mark_stage_finished(config: Config, stage: str) -> None:
-    """Record that `stage` finished, and mark the stages that use its outputs as needing a rerun."""
-    info = read_run_info(config)
-    record = info["stages"].setdefault(stage, {})
-    record["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    record["relevant_config"] = relevant_config(config, stage)
-    for later in DOWNSTREAM.get(stage, ()):
-        info["stages"].get(later, {}).pop("finished", None)
-    write_json_atomic(config.run_dir / RUN_INFO_FILE, info)
-
-
-def require_artifact(config: Config, name: str, produced_by: str) -> Path:
-    """Path of an artifact in the run folder, or an error naming the stage (command) that makes it."""
-    path = config.run_dir / name
+def read_run_info(run_dir: Path) -> dict:
+    """The run's stage records ({"stages": {}} for a new run)."""
+    path = Path(run_dir) / RUN_INFO_FILE
     if not path.exists():
-        raise MissingArtifactError(
-            f"{path} is missing: it is written by `voc-pipeline {produced_by}` (make {produced_by}); "
-            f"run that stage for run {config.run_name!r} first"
-        )
-    return path
+        return {"stages": {}}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path} is unreadable ({error}): it records which stages of the run are done; "
+                            f"delete it to rerun every stage of the run") from None
 
 
-METRICS_FILE = "metrics.json"
+def read_record(run_dir: Path, stage: str) -> dict:
+    """The record of `stage` ({} if it never ran in this run folder)."""
+    return read_run_info(run_dir)["stages"].get(stage, {})
 
 
-def update_metrics(config: Config, section: str, values: dict) -> Path:
-    """Replace one stage's section of the run's metrics.json, keeping the other stages' sections."""
-    path = config.run_dir / METRICS_FILE
-    metrics = json.loads(path.read_text()) if path.exists() else {}
-    metrics[section] = values
-    return write_json_atomic(path, metrics)
+def write_record(run_dir: Path, stage: str, record: dict) -> None:
+    """Replace the record of `stage`, keeping the others."""
+    info = read_run_info(run_dir)
+    info["stages"][stage] = record
+    write_json_atomic(Path(run_dir) / RUN_INFO_FILE, info)
 
 
-def read_metrics(config: Config) -> dict:
-    """The run's metrics.json (empty if no stage wrote one yet)."""
-    path = config.run_dir / METRICS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+def start_record() -> dict:
+    """The record of a stage that has started and not finished: it counts as never having run."""
+    return {"started": now(), "version": __version__, "git_commit": git_commit()}
+
+
+_file_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def hash_file(path: Path) -> str:
+    """SHA-256 of a file's bytes (remembered per path, size and modification time within one process)."""
+    status = Path(path).stat()
+    memo_key = (str(Path(path).resolve()), status.st_size, status.st_mtime_ns)
+    if memo_key not in _file_hashes:
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        _file_hashes[memo_key] = digest.hexdigest()
+    return _file_hashes[memo_key]

@@ -7,27 +7,25 @@ import logging
 
 import numpy as np
 
-from voc_pipeline.baseline import baseline_flags, centre_box_map, most_frequent_class
-from voc_pipeline.classes import CLASS_NAMES
+from voc_pipeline import artifacts
 from voc_pipeline.config import Config
-from voc_pipeline.data import load_train_and_splits
+from voc_pipeline.core.baseline import baseline_flags, centre_box_map, most_frequent_class
+from voc_pipeline.core.classes import CLASS_NAMES
+from voc_pipeline.core.joint import score_predictions
+from voc_pipeline.data.competition import load_split
+from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_text_atomic
-from voc_pipeline.joint import score_predictions
 from voc_pipeline.plots import plt, save_figure
-from voc_pipeline.prediction import tune_joint_rule, validation_predictions
-from voc_pipeline.run_folder import prepare_run_folder, read_metrics, update_metrics
-from voc_pipeline.splits import positions_of
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "report.md"
 FIGURES = [
-    ("classifier_curves.png", "Classifier learning curves"),
-    ("classifier_per_class.png", "Classifier per class: average precision and F1 before and after threshold tuning"),
-    ("segmenter_curves.png", "Segmenter learning curves"),
-    ("segmenter_per_class.png", "Segmenter IoU per class"),
-    ("segmenter_overlays.png", "Validation images: truth and prediction"),
-    ("score_comparison.png", "Competition score on validation"),
+    (artifacts.classifier_curves_file(""), "Classifier learning curves"),
+    (artifacts.CLASSIFIER_PER_CLASS.pattern, "Classifier per class: average precision and F1 before and after threshold tuning"),
+    (artifacts.SEGMENTER_CURVES.pattern, "Segmenter learning curves"),
+    (artifacts.SEGMENTER_PER_CLASS.pattern, "Segmenter IoU per class"),
+    (artifacts.SEGMENTER_OVERLAYS.pattern, "Validation images: truth and prediction"),
+    (artifacts.SCORE_COMPARISON.pattern, "Competition score on validation"),
 ]
 
 
@@ -63,9 +61,9 @@ def score_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def per_class_table(metrics: dict) -> str:
-    thresholds = metrics.get("thresholds", {}).get("per_class", {})
-    iou = metrics.get("segmenter", {}).get("iou_per_class", {})
+def per_class_table(tuning: dict, segmenter: dict) -> str:
+    thresholds = tuning.get("per_class", {})
+    iou = segmenter.get("iou_per_class", {})
     fmt = lambda value: "-" if value is None else f"{value:.3f}"  # noqa: E731
     lines = ["| class | threshold | average precision | F1 at 0.5 | F1 tuned | IoU |", "| --- | --- | --- | --- | --- | --- |"]
     for name in CLASS_NAMES:
@@ -76,47 +74,49 @@ def per_class_table(metrics: dict) -> str:
 
 
 def run_evaluate(config: Config) -> dict:
-    """Stage `evaluate`: writes report.md, score_comparison.png and the `evaluate` section of metrics.json."""
-    run_dir = prepare_run_folder(config, "evaluate")
-    train, splits = load_train_and_splits(config)
-    validation = validation_predictions(config, train)
-    rule, table = tune_joint_rule(config, validation)
-    ids, _, _, labels, masks = validation
+    """Stage `evaluate`: writes report.md and score_comparison.png; returns the validation scores."""
+    run_dir = config.run_dir
+    rule, joint = artifacts.read_joint_rule(run_dir)
+    ids = np.asarray(joint["validation_ids"], dtype=np.int64)
+    train = load_split(config.data.root, "train")
+    splits = artifacts.read_splits(run_dir)
+    truth_positions = positions_of(train.ids, ids)
+    labels, masks = train.labels[truth_positions], [train.masks[p] for p in truth_positions]
     fit_labels = train.labels[positions_of(train.ids, splits.train_ids)]
+    table = joint["candidates"]
     rows = {
         "most frequent class + centre box": baseline_scores(fit_labels, labels, masks),
         "independent heads": table[0],
         f"joint rule ({rule.name})": next(row for row in table if row["name"] == rule.name),
     }
     rows = {name: {kind: float(row[kind]) for kind in ("score", "classification", "segmentation")} for name, row in rows.items()}
-    plot_score_comparison(rows, run_dir / "score_comparison.png")
-    metrics = read_metrics(config)
-    classifier, segmenter = metrics.get("classifier", {}), metrics.get("segmenter", {})
-    threshold_table = (run_dir / "threshold_comparison.md").read_text() if (run_dir / "threshold_comparison.md").exists() else ""
+    plot_score_comparison(rows, artifacts.SCORE_COMPARISON.path(run_dir))
+    classifier_manifest = artifacts.read_json(artifacts.CLASSIFIER_MANIFEST, run_dir)
+    segmenter_manifest = artifacts.read_json(artifacts.SEGMENTER_MANIFEST, run_dir)
+    classifier, segmenter = artifacts.read_metrics(run_dir, "train-cls"), artifacts.read_metrics(run_dir, "train-seg")
+    tuning = artifacts.read_metrics(run_dir, "tune")["thresholds"]
+    threshold_table = artifacts.THRESHOLD_COMPARISON.require(run_dir).read_text()
     sections = [
         f"# Run `{config.run_name}`: validation report",
         f"{len(ids)} validation images (held out from training; thresholds and the joint rule were chosen on them, "
         "so the tuned figures are slightly optimistic: see the cross-validated column below).",
         "## Competition score", score_table(rows),
         "## Classifier",
-        f"Backbone `{config.classifier.backbone}` at {config.classifier.image_size} px, loss `{config.classifier.loss}`. "
-        f"Validation mAP {classifier.get('mean_average_precision', float('nan')):.4f} "
-        f"(flip TTA {classifier.get('mean_average_precision_flip_tta', float('nan')):.4f}).",
+        f"Backbone `{classifier_manifest['backbone']}` at {classifier_manifest['image_size']} px, loss "
+        f"`{classifier_manifest['loss']}`. Validation mAP {classifier['mean_average_precision']:.4f} "
+        f"(flip TTA {classifier['mean_average_precision_flip_tta']:.4f}).",
         "Classification score (mean per-image F1) by threshold strategy:", threshold_table,
         "## Segmenter",
-        f"DeepLabV3+ on `{config.segmenter.backbone}`, output stride {config.segmenter.output_stride}, "
-        f"{config.segmenter.image_size} px. Validation mIoU {segmenter.get('mean_iou', float('nan')):.4f}, "
-        f"segmentation-row Dice {segmenter.get('segmentation_dice', float('nan')):.4f} "
-        f"(without flip TTA: {segmenter.get('segmentation_dice_without_flip_tta', float('nan')):.4f}).",
-        "## Per class", per_class_table(metrics),
+        f"DeepLabV3+ on `{segmenter_manifest['backbone']}`, output stride {segmenter_manifest['output_stride']}, "
+        f"{segmenter_manifest['image_size']} px. Validation mIoU {segmenter['mean_iou']:.4f}, "
+        f"segmentation-row Dice {segmenter['segmentation_dice']:.4f} "
+        f"(without flip TTA: {segmenter['segmentation_dice_without_flip_tta']:.4f}).",
+        "## Per class", per_class_table(tuning, segmenter),
         "## Figures",
     ]
     sections += [f"### {title}\n![{title}]({name})" for name, title in FIGURES if (run_dir / name).exists()]
-    if (run_dir / "attack" / "attack.md").exists():
-        sections += ["## Adversarial attacks", "See [attack/attack.md](attack/attack.md)."]
-    write_text_atomic(run_dir / REPORT_FILE, "\n\n".join(sections) + "\n")
-    summary = {"validation_images": len(ids), "scores": rows, "joint_rule": rule.name}
-    update_metrics(config, "evaluate", summary)
+    sections += ["## Adversarial attacks",
+                 "`voc-pipeline attack` (stage attack) attacks this run's models and writes [attack/attack.md](attack/attack.md)."]
+    write_text_atomic(artifacts.REPORT.path(run_dir), "\n\n".join(sections) + "\n")
     print(score_table(rows))
-    return summary
-
+    return {"validation_images": len(ids), "scores": rows, "joint_rule": rule.name}

@@ -16,16 +16,16 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from voc_pipeline.classes import COMPETITION_TRAIN_CLASS_COUNTS, NUM_CLASSES
-from voc_pipeline.data import labels_from_mask, write_split
+from voc_pipeline.core.classes import COMPETITION_TRAIN_CLASS_COUNTS, NUM_CLASSES
+from voc_pipeline.data.competition import SOLUTION_FILE, labels_from_mask, write_split
+from voc_pipeline.data.submission import make_test_frame, write_submission
+from voc_pipeline.errors import DataError
 from voc_pipeline.files import atomic_directory
-from voc_pipeline.submission import make_test_frame, write_submission
 
 logger = logging.getLogger(__name__)
 
 SHAPES = ("disc", "square", "triangle", "diamond", "cross")
 COLOURS = ((215, 45, 40), (40, 175, 70), (45, 85, 215), (225, 195, 40))
-SOLUTION_FILE = "solution.csv"
 
 
 def class_appearance(class_index: int) -> tuple[str, tuple[int, int, int], bool]:
@@ -120,7 +120,7 @@ def write_demo_data(output: str | Path, num_train: int = 80, num_test: int = 30,
     data can be scored locally with `voc-pipeline score`. The folder appears complete or not at all.
     """
     if num_train < 2 or num_test < 1:
-        raise ValueError(f"need at least 2 training and 1 test image, got {num_train} and {num_test}")
+        raise DataError(f"need at least 2 training and 1 test image, got {num_train} and {num_test}")
     output = Path(output)
     train_rng, test_rng = np.random.default_rng(seed).spawn(2)
     with atomic_directory(output, overwrite=overwrite) as folder:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voc_pipeline.scoring import classification_row_scores
+from voc_pipeline.core.scoring import classification_row_scores
 
 # Threshold of a class that cannot be tuned (no positive example among the tuning images).
 DEFAULT_THRESHOLD = 0.5
@@ -102,3 +102,48 @@ def tune_thresholds(probabilities: np.ndarray, labels: np.ndarray, grid: np.ndar
         if not changed:
             break
     return thresholds, untunable
+
+
+def cross_validated_score(probabilities: np.ndarray, labels: np.ndarray, choose_thresholds, seed: int) -> float:
+    """Mean per-image F1 of thresholds scored on images they were not chosen on.
+
+    The images are split in two halves; thresholds chosen by `choose_thresholds(probabilities, labels)`
+    on one half are scored on the other, and the other way round.
+    """
+    order = np.random.default_rng(seed).permutation(len(labels))
+    halves = (order[: len(order) // 2], order[len(order) // 2:])
+    if min(len(half) for half in halves) == 0:
+        return float("nan")
+    total = 0.0
+    for tune_half, score_half in (halves, halves[::-1]):
+        thresholds = choose_thresholds(probabilities[tune_half], labels[tune_half])
+        total += mean_image_f1(probabilities[score_half], labels[score_half], thresholds) * len(score_half)
+    return float(total / len(labels))
+
+
+def compare_strategies(probabilities: np.ndarray, labels: np.ndarray, grid: np.ndarray, rounds: int, seed: int) -> dict:
+    """Classification score at 0.5, at the best global threshold and at tuned per-class thresholds.
+
+    The tuned strategies are also scored cross-validated; `chosen_strategy` is the one (global or
+    per-class) that does better there, so per-class thresholds are used only where the validation set
+    supports them.
+
+    Returns:
+        The scores, `chosen_strategy`, its `thresholds` (C,) and the classes it left `untuned`.
+    """
+    global_threshold, global_score = best_global_threshold(probabilities, labels, grid)
+    per_class_thresholds, untuned = tune_thresholds(probabilities, labels, grid, rounds)
+    per_class_cv = cross_validated_score(probabilities, labels, lambda p, y: tune_thresholds(p, y, grid, rounds)[0], seed)
+    global_cv = cross_validated_score(probabilities, labels, lambda p, y: best_global_threshold(p, y, grid)[0], seed)
+    use_per_class = not per_class_cv < global_cv
+    return {
+        "threshold_0.5": mean_image_f1(probabilities, labels, 0.5),
+        "global_threshold": global_threshold,
+        "global": global_score,
+        "global_cross_validated": global_cv,
+        "per_class": mean_image_f1(probabilities, labels, per_class_thresholds),
+        "per_class_cross_validated": per_class_cv,
+        "chosen_strategy": "per-class" if use_per_class else "global",
+        "thresholds": per_class_thresholds if use_per_class else np.full(labels.shape[1], global_threshold),
+        "untuned": untuned if use_per_class else [],
+    }

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from voc_pipeline.classes import VOID_LABEL
+from voc_pipeline.core.classes import VOID_LABEL
 
 AUTOTUNE = tf.data.AUTOTUNE
 IGNORE_LABEL = VOID_LABEL

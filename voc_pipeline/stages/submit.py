@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
+from voc_pipeline import artifacts
 from voc_pipeline.config import Config
-from voc_pipeline.data import find_data_root
-from voc_pipeline.files import atomic_path, load_label_maps
-from voc_pipeline.output_hygiene import count_files, prune_working_folder
-from voc_pipeline.prediction import PREDICTIONS_FILE
-from voc_pipeline.run_folder import prepare_run_folder, require_artifact, update_metrics
-from voc_pipeline.submission import (
-    SubmissionError,
-    make_test_frame,
-    score_submission,
-    validate_submission,
-    write_submission,
-)
+from voc_pipeline.data.competition import SOLUTION_FILE
+from voc_pipeline.data.output_folder import count_files, prune_working_folder
+from voc_pipeline.data.submission import make_test_frame, score_submission, validate_submission, write_submission
+from voc_pipeline.errors import SubmissionError
+from voc_pipeline.files import atomic_path
+
+logger = logging.getLogger(__name__)
 
 
 def run_submit(config: Config) -> dict:
@@ -29,21 +26,22 @@ def run_submit(config: Config) -> dict:
     Raises:
         SubmissionError: the written file does not validate (every problem is listed).
     """
-    run_dir = prepare_run_folder(config, "submit")
-    arrays, label_maps = load_label_maps(require_artifact(config, PREDICTIONS_FILE, "predict"))
-    root = find_data_root(config.data.root)
-    path = write_submission(make_test_frame(arrays["ids"], arrays["flags"], label_maps), run_dir / "submission.csv")
+    arrays, label_maps = artifacts.read_test_predictions(config.run_dir)
+    root = Path(config.data.root)
+    path = write_submission(make_test_frame(arrays["ids"], arrays["flags"], label_maps),
+                            artifacts.SUBMISSION.path(config.run_dir))
     report = validate_submission(path, root)
     if not report.valid:
         raise SubmissionError(f"{path} does not validate:\n  " + "\n  ".join(report.problems))
-    output = Path(config.submit.output_dir) / "submission.csv"
+    output = Path(config.submit.output_dir) / artifacts.SUBMISSION.pattern
     with atomic_path(output) as temporary:
         shutil.copyfile(path, temporary)
     if config.submit.prune_output:
         prune_working_folder(output.parent, tuple(config.submit.keep))
     summary = {"rows": report.rows, "path": str(output), "output_files": count_files(output.parent)}
-    solution = root / "solution.csv"
+    solution = root / SOLUTION_FILE
     if solution.exists():
         summary["local_score"] = score_submission(solution, path)
-    update_metrics(config, "submit", summary)
+    logger.info("submission: %d rows, validated, copied to %s%s", report.rows, output,
+                f"; local score {summary['local_score']['score']:.4f}" if "local_score" in summary else "")
     return summary

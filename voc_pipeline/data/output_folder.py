@@ -7,6 +7,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from voc_pipeline.errors import OutputFolderError
+
 logger = logging.getLogger(__name__)
 
 KAGGLE_FILE_LIMIT = 500
@@ -27,7 +29,7 @@ def prune_working_folder(folder: str | Path, keep: tuple[str, ...] = (), limit: 
         The deleted paths.
 
     Raises:
-        RuntimeError: the kept entries alone still hold `limit` files or more.
+        OutputFolderError: the kept entries alone still hold `limit` files or more.
     """
     folder = Path(folder)
     patterns = (ALWAYS_KEPT, *keep)
@@ -43,6 +45,6 @@ def prune_working_folder(folder: str | Path, keep: tuple[str, ...] = (), limit: 
     remaining = count_files(folder)
     logger.info("pruned %d entries from %s; %d files remain", len(deleted), folder, remaining)
     if remaining >= limit:
-        raise RuntimeError(f"{folder} still holds {remaining} files after pruning (limit {limit}); "
+        raise OutputFolderError(f"{folder} still holds {remaining} files after pruning (limit {limit}); "
                            f"narrow the kept patterns {patterns}")
     return deleted

@@ -1,11 +1,15 @@
-"""What the classifier and segmenter training stages share: devices, phases, callbacks, checkpoints."""
+"""The one training recipe of the classifier and the segmenter: devices, phases, callbacks, checkpoints.
+
+`train_model` builds a model under the distribution strategy, plans its phases from the config section
+(`plan_phases`), fits them one after another keeping the best epoch, promotes that checkpoint to its
+final name, draws the learning curves and returns the best model.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +19,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from voc_pipeline.errors import TrainingDivergedError
+from voc_pipeline.errors import ConfigError, TrainingDivergedError
 from voc_pipeline.files import write_text_atomic
+from voc_pipeline.plots import plot_learning_curves
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ def choose_strategy() -> tf.distribute.Strategy:
 def configure_precision(mode: str) -> str:
     """Set Keras's global dtype policy: mixed_float16 on GPU when mode is 'auto' or 'on', else float32."""
     if mode not in ("auto", "on", "off"):
-        raise ValueError(f"mixed_precision must be auto, on or off, got {mode!r}")
+        raise ConfigError(f"mixed_precision must be auto, on or off, got {mode!r}")
     use_mixed = mode == "on" or (mode == "auto" and bool(tf.config.list_logical_devices("GPU")))
     policy = "mixed_float16" if use_mixed else "float32"
     keras.mixed_precision.set_global_policy(policy)
@@ -128,14 +133,20 @@ class Phase:
     trainable_fraction: float | None  # None: everything trainable (random initialisation)
 
 
-def plan_phases(weights: str, head_epochs: int, finetune_epochs: int, head_learning_rate: float,
-                finetune_learning_rate: float, warmup_epochs: int, unfreeze_fraction: float) -> list[Phase]:
-    """Two phases for pretrained weights (frozen backbone, then fine-tune the top); one for random weights."""
-    if weights.lower() == "none":
-        return [Phase("full", head_epochs + finetune_epochs, head_learning_rate, warmup_epochs, None)]
-    phases = [Phase("head", head_epochs, head_learning_rate, 0, 0.0)]
-    if finetune_epochs > 0:
-        phases.append(Phase("finetune", finetune_epochs, finetune_learning_rate, warmup_epochs, unfreeze_fraction))
+def plan_phases(settings) -> list[Phase]:
+    """Two phases for pretrained weights (frozen backbone, then fine-tune the top); one for random weights.
+
+    Args:
+        settings: the `classifier` or `segmenter` configuration section (weights, epochs, learning rates,
+            warm-up and unfreeze fraction).
+    """
+    if settings.weights.lower() == "none":
+        return [Phase("full", settings.head_epochs + settings.finetune_epochs, settings.head_learning_rate,
+                      settings.warmup_epochs, None)]
+    phases = [Phase("head", settings.head_epochs, settings.head_learning_rate, 0, 0.0)]
+    if settings.finetune_epochs > 0:
+        phases.append(Phase("finetune", settings.finetune_epochs, settings.finetune_learning_rate, settings.warmup_epochs,
+                            settings.unfreeze_fraction))
     return phases
 
 
@@ -152,8 +163,12 @@ class RecordHistory(keras.callbacks.Callback):
         write_history(self.records, self.path)
 
 
-def resumable_state(state_dir: Path, identity: dict, history_path: Path) -> list[dict]:
-    """The history of an interrupted training with the same `identity`, or [] after clearing stale state."""
+def resumable_state(state_dir: Path, identity: dict, history_path: Path, checkpoint_path: Path) -> list[dict]:
+    """The history of an interrupted training with the same `identity`, or [] after clearing stale state.
+
+    Starting afresh also deletes an earlier training's best checkpoint, so a training in which no epoch
+    finishes can never promote a model it did not train.
+    """
     identity_path = state_dir / "identity.json"
     if state_dir.exists() and identity_path.exists() and json.loads(identity_path.read_text()) == identity and history_path.exists():
         records = pd.read_csv(history_path).to_dict("records")
@@ -161,6 +176,8 @@ def resumable_state(state_dir: Path, identity: dict, history_path: Path) -> list
         return records
     if state_dir.exists():
         shutil.rmtree(state_dir)
+    checkpoint_path.unlink(missing_ok=True)
+    history_path.unlink(missing_ok=True)
     state_dir.mkdir(parents=True)
     identity_path.write_text(json.dumps(identity))
     return []
@@ -188,7 +205,7 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
         TrainingDivergedError: the loss became non-finite; the best checkpoint so far is kept.
     """
     state_dir = checkpoint_path.parent / f"{checkpoint_path.stem}_state"
-    records = resumable_state(state_dir, identity or {}, history_path)
+    records = resumable_state(state_dir, identity or {}, history_path, checkpoint_path)
     best = [record[monitor] for record in records if monitor in record and math.isfinite(record[monitor])]
     checkpoint = keras.callbacks.ModelCheckpoint(
         str(checkpoint_path), monitor=monitor, mode=mode, save_best_only=True,
@@ -237,13 +254,63 @@ def write_history(records: list[dict], path: Path) -> None:
 
 
 def promote_checkpoint(checkpoint_path: Path, final_path: Path) -> Path:
-    """Copy the best checkpoint to its final name atomically (a temporary copy renamed over the target)."""
-    temporary = final_path.with_name(f".{final_path.name}.tmp")
-    shutil.copyfile(checkpoint_path, temporary)
-    os.replace(temporary, final_path)
+    """Move the best checkpoint to its final name (one atomic rename on the same file system)."""
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint_path.replace(final_path)
     return final_path
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Batches per epoch (the last one may be smaller)."""
     return max(1, int(np.ceil(num_examples / batch_size)))
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where one trained model's files go in the run folder.
+
+    Attributes:
+        model: the best epoch's model, at its final name.
+        history: the per-epoch history CSV.
+        curves: the learning-curves PNG.
+        checkpoint: the best checkpoint while training (beside it, the state that resumes an interruption).
+    """
+
+    model: Path
+    history: Path
+    curves: Path
+    checkpoint: Path
+
+
+def train_model(model: keras.Model, settings, compile_arguments, train_data: tf.data.Dataset,
+                validation_data: tf.data.Dataset, num_fit_examples: int, files: ModelFiles, monitor: str,
+                identity: dict, strategy: tf.distribute.Strategy, title: str) -> keras.Model:
+    """Train a freshly built model in phases and save it; returns the best epoch's model, reloaded from its file.
+
+    Args:
+        model: the uncompiled model, built under the strategy's scope.
+        settings: the `classifier` or `segmenter` configuration section.
+        compile_arguments: () -> the loss and metrics for `model.compile` (made under the strategy's scope);
+            the optimizer is AdamW with the section's weight decay and each phase's schedule.
+        monitor: the validation metric ("val_...") that picks the best epoch; higher is better.
+        identity: what an interrupted training must share with this one to be resumed.
+        title: the learning curves' title.
+    """
+
+    def compile_model(model, schedule):
+        with strategy.scope():
+            model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay),
+                          **compile_arguments())
+
+    # The history grows beside the checkpoint while training, so that an interruption keeps it for the
+    # resume; only a finished training's history reaches the run folder.
+    live_history = files.checkpoint.with_name(f"{files.checkpoint.stem}_history.csv")
+    fit_in_phases(model, compile_model, plan_phases(settings), train_data, validation_data,
+                  steps_per_epoch(num_fit_examples, settings.batch_size), files.checkpoint, live_history,
+                  monitor=monitor, mode="max", patience=settings.patience, identity=identity)
+    promote_checkpoint(files.checkpoint, files.model)
+    history = pd.read_csv(live_history)
+    write_history(history.to_dict("records"), files.history)
+    live_history.unlink()
+    plot_learning_curves(history, files.curves, title)
+    return keras.saving.load_model(files.model, compile=False)

@@ -15,9 +15,10 @@ import keras
 import numpy as np
 from keras import layers
 
-from voc_pipeline.backbones import BackboneError, backbone_spec, build_backbone, preprocessing_layer
-from voc_pipeline.classes import NUM_CLASSES
-from voc_pipeline.input_pipeline import letterbox_for_prediction
+from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.errors import BackboneError
+from voc_pipeline.models.backbones import backbone_spec, build_backbone, preprocessing_layer
+from voc_pipeline.models.input_pipeline import letterbox_for_prediction
 
 SEGMENTER_BACKBONES = ("mobilenet", "mobilenet_v2")
 ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}

@@ -1,5 +1,7 @@
 """The competition's fixed class list and label values, in one place."""
 
+from voc_pipeline.errors import ConfigError
+
 CLASS_NAMES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -21,10 +23,10 @@ COMPETITION_TRAIN_CLASS_COUNTS: tuple[int, ...] = (
 
 
 def class_index(name: str) -> int:
-    """Return the 0-based index of a class name, or raise a ValueError listing the valid names."""
+    """Return the 0-based index of a class name, or raise a ConfigError listing the valid names."""
     try:
         return CLASS_NAMES.index(name)
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown class {name!r}; expected one of: {', '.join(CLASS_NAMES)}"
         ) from None

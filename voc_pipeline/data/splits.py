@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
+from voc_pipeline.errors import DataError
 from voc_pipeline.files import write_json_atomic
-
-SPLITS_FILE = "splits.json"
 
 
 @dataclass(frozen=True)
@@ -26,6 +24,9 @@ class Splits:
 
 def holdout_positions(labels: np.ndarray, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) positions that keep each class's share close in both parts."""
+    # Imported here: it loads scikit-learn, which commands that only read splits do not need.
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=validation_fraction, random_state=seed)
     train_positions, validation_positions = next(splitter.split(np.zeros(len(labels)), labels))
     return np.sort(train_positions), np.sort(validation_positions)
@@ -33,8 +34,10 @@ def holdout_positions(labels: np.ndarray, validation_fraction: float, seed: int)
 
 def fold_positions(labels: np.ndarray, num_folds: int, seed: int) -> list[np.ndarray]:
     """The validation positions of each of `num_folds` stratified folds (they partition the set)."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
     if len(labels) < num_folds:
-        raise ValueError(f"{len(labels)} images cannot be split into {num_folds} folds")
+        raise DataError(f"{len(labels)} images cannot be split into {num_folds} folds")
     splitter = MultilabelStratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
     return [np.sort(validation) for _, validation in splitter.split(np.zeros(len(labels)), labels)]
 
@@ -74,5 +77,5 @@ def positions_of(all_ids: np.ndarray, wanted_ids: np.ndarray) -> np.ndarray:
     index = {int(image_id): position for position, image_id in enumerate(all_ids)}
     unknown = [int(image_id) for image_id in wanted_ids if int(image_id) not in index]
     if unknown:
-        raise ValueError(f"split ids not in the data: {unknown[:10]}; the splits belong to other data")
+        raise DataError(f"split ids not in the data: {unknown[:10]}; the splits belong to other data")
     return np.array([index[int(image_id)] for image_id in wanted_ids], dtype=np.int64)

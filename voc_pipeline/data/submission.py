@@ -16,18 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from voc_pipeline.classes import CLASS_NAMES, NUM_CLASSES
-from voc_pipeline.data import read_label_csv
+from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
+from voc_pipeline.core.rle import encode_flags, encode_label_map, parse_runs, rle_encode
+from voc_pipeline.core.scoring import competition_score, rle_row_dice
+from voc_pipeline.data.competition import read_label_csv
+from voc_pipeline.errors import RleError, SubmissionError
 from voc_pipeline.files import write_text_atomic
-from voc_pipeline.rle import RleError, encode_flags, encode_label_map, parse_runs, rle_encode
-from voc_pipeline.scoring import competition_score, rle_row_dice
 
 HEADER = "Id,Predicted"
 SEG_COLUMN = "seg"
-
-
-class SubmissionError(ValueError):
-    """A test frame or submission file that cannot become a valid submission."""
 
 
 def plain(value):

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from voc_pipeline.backbones import build_backbone, preprocessing_layer
-from voc_pipeline.classes import NUM_CLASSES
-from voc_pipeline.input_pipeline import prediction_dataset
+from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.models.backbones import build_backbone, preprocessing_layer
+from voc_pipeline.models.input_pipeline import prediction_dataset
 
 
 def build_classifier(backbone: str = "mobilenet_v2", image_size: int = 224, num_classes: int = NUM_CLASSES,

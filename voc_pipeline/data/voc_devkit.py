@@ -17,12 +17,12 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from voc_pipeline.classes import BACKGROUND_LABEL, NUM_CLASSES, VOID_LABEL
-from voc_pipeline.data import DataError, labels_from_mask, write_split
-from voc_pipeline.demo_data import SOLUTION_FILE
+from voc_pipeline.core.classes import BACKGROUND_LABEL, NUM_CLASSES, VOID_LABEL
+from voc_pipeline.data.competition import SOLUTION_FILE, labels_from_mask, write_split
+from voc_pipeline.data.splits import holdout_positions
+from voc_pipeline.data.submission import make_test_frame, write_submission
+from voc_pipeline.errors import DataError
 from voc_pipeline.files import atomic_directory
-from voc_pipeline.splits import holdout_positions
-from voc_pipeline.submission import make_test_frame, write_submission
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def convert_devkit(voc_root: str | Path, output: str | Path, ids_file: str | Pat
         overwrite: replace an existing non-empty `output`.
     """
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test fraction must be in [0, 1), got {test_fraction}")
+        raise DataError(f"test fraction must be in [0, 1), got {test_fraction}")
     devkit = find_devkit_folder(voc_root)
     voc_ids = devkit_ids(devkit, ids_file)
     if len(voc_ids) < 2:

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from voc_pipeline.classes import NUM_CLASSES
-from voc_pipeline.scoring import classification_row_scores, competition_score, segmentation_row_scores
+from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.core.scoring import classification_row_scores, competition_score, segmentation_row_scores
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from voc_pipeline.errors import ConfigError
+
 CLASSIFIER_LOSSES = ("bce", "focal", "asymmetric")
 
 
@@ -46,7 +48,7 @@ def classifier_loss(name: str) -> keras.losses.Loss:
         return keras.losses.BinaryFocalCrossentropy(from_logits=True, gamma=2.0)
     if name == "asymmetric":
         return AsymmetricLoss()
-    raise ValueError(f"unknown classifier loss {name!r}; expected one of: {', '.join(CLASSIFIER_LOSSES)}")
+    raise ConfigError(f"unknown classifier loss {name!r}; expected one of: {', '.join(CLASSIFIER_LOSSES)}")
 
 
 @keras.saving.register_keras_serializable(package="voc_pipeline")

@@ -15,10 +15,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-
-class BackboneError(ValueError):
-    """An unknown backbone, an unsupported image size or weights that cannot be had."""
-
+from voc_pipeline.errors import BackboneError, WeightsUnavailableError
 
 WEIGHTS_HELP = (
     "Choose one of the three weight options: (1) weights=imagenet with internet access (Keras downloads "
@@ -26,10 +23,6 @@ WEIGHTS_HELP = (
     "no-top .h5 weights file>, e.g. a file attached to a Kaggle notebook as a dataset under /kaggle/input/; "
     "(3) weights=none to train from random initialisation (no download, much weaker)."
 )
-
-
-class WeightsUnavailableError(BackboneError):
-    """ImageNet weights could not be downloaded."""
 
 
 @keras.saving.register_keras_serializable(package="voc_pipeline")

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from voc_pipeline.classes import NUM_CLASSES
-
-
-class RleError(ValueError):
-    """A run-length string that does not follow the competition's encoding."""
+from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.errors import RleError
 
 
 def runs_to_text(starts: np.ndarray, lengths: np.ndarray) -> str:

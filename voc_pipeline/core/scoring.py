@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from voc_pipeline.classes import NUM_CLASSES, VOID_LABEL
-from voc_pipeline.rle import parse_runs
+from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
+from voc_pipeline.core.rle import parse_runs
 
 # How an empty prediction against an empty truth is scored is not published; Kaggle's Dice metrics
 # count it as a perfect match, and so do we.
@@ -145,3 +145,31 @@ def segmentation_report(predicted_maps: Sequence[np.ndarray], true_maps: Sequenc
         "segmentation_dice": float(segmentation_row_scores(predicted_maps, true_maps).mean()),
         "all_background_dice": float(segmentation_row_scores(empty_maps, true_maps).mean()),
     }
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision of one class: the mean of the precisions at each positive, weighted by the recall
+    it adds, with tied scores taken together (scikit-learn's `average_precision_score`).
+
+    NaN when `labels` holds no positive.
+    """
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} differ in shape")
+    if not labels.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    # The last position of each run of equal scores: one point of the precision-recall curve each.
+    cut_points = np.concatenate([np.flatnonzero(np.diff(scores)), [labels.size - 1]])
+    true_positives = np.cumsum(labels)[cut_points]
+    precision = true_positives / (cut_points + 1)
+    recall = true_positives / true_positives[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def average_precisions(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(C,) average precision of each column of (N, C) labels and scores; NaN for a class without positives."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    return np.array([average_precision(labels[:, index], scores[:, index]) for index in range(labels.shape[1])])

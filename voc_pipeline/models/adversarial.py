@@ -1,4 +1,4 @@
-"""Stage `attack`: adversarial examples against the run's own classifier and segmenter, and a defence.
+"""Adversarial examples against the trained classifier and segmenter, and a defence.
 
 Perturbations live in raw pixel space (0..255, before the model's own preprocessing layer), are bounded
 in L-infinity by epsilon pixel levels and clipped to valid pixels; gradients come from the trained models
@@ -14,34 +14,22 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
-from voc_pipeline.classes import CLASS_NAMES, class_index
-from voc_pipeline.classifier import sigmoid
-from voc_pipeline.classifier_training import load_classifiers
-from voc_pipeline.config import Config
-from voc_pipeline.data import load_train_and_splits
-from voc_pipeline.files import write_text_atomic
-from voc_pipeline.input_pipeline import IGNORE_LABEL, classification_dataset, segmentation_dataset
-from voc_pipeline.plots import overlay, plt, save_figure
-from voc_pipeline.prediction import load_thresholds
-from voc_pipeline.run_folder import prepare_run_folder, update_metrics
-from voc_pipeline.scoring import classification_row_scores, segmentation_row_scores
-from voc_pipeline.segmenter import softmax
-from voc_pipeline.segmenter_training import load_segmenter
-from voc_pipeline.splits import positions_of
-from voc_pipeline.thresholds import apply_thresholds
+from voc_pipeline.core.classes import CLASS_NAMES
+from voc_pipeline.core.scoring import classification_row_scores, segmentation_row_scores
+from voc_pipeline.core.thresholds import apply_thresholds
+from voc_pipeline.errors import ConfigError
+from voc_pipeline.models.classifier import sigmoid
+from voc_pipeline.models.input_pipeline import IGNORE_LABEL
+from voc_pipeline.models.segmenter import softmax
 
 logger = logging.getLogger(__name__)
-
-ATTACK_DIR = "attack"
-
 
 def check_epsilon(epsilon: float) -> float:
     """Epsilons are pixel levels: between 0 and 255."""
     if not 0 <= epsilon <= 255:
-        raise ValueError(f"epsilon must be between 0 and 255 pixel levels, got {epsilon}")
+        raise ConfigError(f"epsilon must be between 0 and 255 pixel levels, got {epsilon}")
     return float(epsilon)
 
 
@@ -114,7 +102,7 @@ def gradient_attack(forward, loss_function, images: np.ndarray, epsilon: float, 
 def reduce_bit_depth(images: np.ndarray, bits: int) -> np.ndarray:
     """Round every pixel to the nearest of 2**bits evenly spaced levels in 0..255."""
     if not 1 <= bits <= 8:
-        raise ValueError(f"bit depth must be between 1 and 8, got {bits}")
+        raise ConfigError(f"bit depth must be between 1 and 8, got {bits}")
     step = 255.0 / (2 ** bits - 1)
     return np.clip(np.round(np.asarray(images, dtype=np.float32) / step) * step, 0, 255).round().astype(np.uint8)
 
@@ -236,141 +224,3 @@ def attack_segmenter(model, images: np.ndarray, masks: np.ndarray, epsilons, ste
             if method == "PGD":
                 examples[epsilon] = (adversarial, segment(model, adversarial))
     return rows, {"clean": clean[False], "adversarial": examples}
-
-
-# ---------------------------------------------------------------- report
-
-
-def plot_examples(originals, adversarials, titles_clean, titles_adversarial, epsilon, path, overlays=None) -> None:
-    """Rows of: original, perturbation amplified to the full range, adversarial image; predictions in titles."""
-    count = len(originals)
-    figure, axes = plt.subplots(count, 3, figsize=(9, 3.1 * count), squeeze=False)
-    for row in range(count):
-        perturbation = adversarials[row].astype(np.float32) - originals[row].astype(np.float32)
-        amplified = np.clip(127.5 + perturbation * (127.5 / max(epsilon, 1e-6)), 0, 255).astype(np.uint8)
-        panels = [(originals[row], f"original: {titles_clean[row]}"),
-                  (amplified, f"perturbation x{127.5 / max(epsilon, 1e-6):.0f} (eps {epsilon:g})"),
-                  (adversarials[row], f"adversarial: {titles_adversarial[row]}")]
-        if overlays is not None:
-            panels[0] = (overlays[0][row], panels[0][1])
-            panels[2] = (overlays[1][row], panels[2][1])
-        for axis, (picture, title) in zip(axes[row], panels):
-            axis.imshow(np.asarray(picture, dtype=np.uint8))
-            axis.set_title(title, fontsize=7)
-            axis.axis("off")
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
-def flag_names(flags: np.ndarray) -> list[str]:
-    return [", ".join(CLASS_NAMES[index] for index in np.flatnonzero(row)) or "-" for row in flags]
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{value:.3f}" if isinstance(value, float) else str(value) for value in row) + " |")
-    return "\n".join(lines)
-
-
-def run_attack(config: Config) -> dict:
-    """Stage `attack`: writes attack/attack.csv, attack/attack.md and PNG panels; returns a summary."""
-    settings = config.attack
-    epsilons = [check_epsilon(epsilon) for epsilon in settings.epsilons]
-    target_class = class_index(settings.target_class)
-    run_dir = prepare_run_folder(config, "attack")
-    output = run_dir / ATTACK_DIR
-    output.mkdir(exist_ok=True)
-    classifiers, _ = load_classifiers(config)
-    thresholds, _ = load_thresholds(config)
-    segmenter, _ = load_segmenter(config)
-    train, splits = load_train_and_splits(config)
-    positions = positions_of(train.ids, splits.validation_ids)[: settings.num_images]
-
-    classifier = classifiers[0]
-    size = classifier.input_shape[1]
-    images, labels = next(iter(classification_dataset(train.images, train.labels, positions, size, len(positions), training=False)))
-    images, labels = images.numpy(), labels.numpy().astype(np.int8)
-    classifier_result = attack_classifier(classifier, images, labels, thresholds, epsilons, settings.pgd_steps,
-                                          target_class, settings.defence_bits)
-    segmentation_images, segmentation_masks = next(iter(segmentation_dataset(
-        train.images, train.masks, positions, segmenter.input_shape[1], len(positions), training=False)))
-    segmenter_rows, segmenter_examples = attack_segmenter(segmenter, segmentation_images.numpy(), segmentation_masks.numpy(),
-                                                          epsilons, settings.pgd_steps, target_class, settings.defence_bits)
-
-    frame = pd.DataFrame(classifier_result.rows + segmenter_rows)
-    write_text_atomic(output / "attack.csv", frame.to_csv(index=False))
-    shown_epsilon = max(epsilons)
-    shown = slice(0, min(settings.examples, len(positions)))
-    clean_flags = apply_thresholds(classifier_probabilities(classifier, images), thresholds)
-    adversarial = classifier_result.examples[shown_epsilon]
-    adversarial_flags = apply_thresholds(classifier_probabilities(classifier, adversarial), thresholds)
-    plot_examples(images[shown], adversarial[shown], flag_names(clean_flags[shown]), flag_names(adversarial_flags[shown]),
-                  shown_epsilon, output / "classifier_examples.png")
-    segmentation_adversarial, segmentation_predicted = segmenter_examples["adversarial"][shown_epsilon]
-    base = segmentation_images.numpy()
-    plot_examples(base[shown], segmentation_adversarial[shown],
-                  ["segmentation"] * len(base[shown]), [f"painted as {CLASS_NAMES[target_class]}?"] * len(base[shown]),
-                  shown_epsilon, output / "segmenter_examples.png",
-                  overlays=([overlay(image, label_map.astype(np.uint8)) for image, label_map in zip(base[shown], segmenter_examples["clean"][shown])],
-                            [overlay(np.asarray(image, np.uint8), label_map.astype(np.uint8)) for image, label_map in zip(segmentation_adversarial[shown], segmentation_predicted[shown])]))
-    plot_success_curves(frame, output / "success_vs_epsilon.png")
-    write_text_atomic(output / "attack.md", "\n\n".join([
-        f"# Adversarial attacks on run `{config.run_name}`",
-        f"{len(positions)} validation images; L-infinity budgets in pixel levels (0..255); PGD with "
-        f"{settings.pgd_steps} steps; defence: bit-depth reduction to {settings.defence_bits} bits (moves a pixel by at "
-        f"most {bit_depth_bound(settings.defence_bits):g} levels). Success: the predicted flags change (untargeted), the "
-        "target class appears or the top class disappears (targeted), or the share of pixels painted as the target "
-        "(segmenter). Scores: classification rows' mean F1, segmentation rows' mean Dice.",
-        "## Findings", "\n".join(f"- {finding}" for finding in findings(frame)),
-        markdown_table(frame), "![success versus epsilon](success_vs_epsilon.png)",
-        "![classifier examples](classifier_examples.png)", "![segmenter examples](segmenter_examples.png)",
-    ]) + "\n")
-    summary = {"images": len(positions), "epsilons": epsilons, "rows": len(frame)}
-    update_metrics(config, "attack", summary)
-    print(markdown_table(frame[frame["method"] == "PGD"]))
-    return summary
-
-
-def findings(frame: pd.DataFrame) -> list[str]:
-    """Plain-language observations from the PGD table: the smallest budget that succeeds on most images,
-    what the defence changes, and success that falls as the budget grows (a sign of gradient masking:
-    an adversary with the larger budget could reuse the smaller budget's perturbation)."""
-    observations = []
-    pgd = frame[frame["method"] == "PGD"]
-    for (model, attack), group in pgd.groupby(["model", "attack"], sort=False):
-        plain = group[group["defence"] == "none"].sort_values("epsilon")
-        defended = group[group["defence"] != "none"].sort_values("epsilon")
-        strong = plain[plain["success_rate"] >= 0.5]
-        budget = f"epsilon {strong['epsilon'].iloc[0]:g} succeeds on {strong['success_rate'].iloc[0]:.0%}" if len(strong) \
-            else f"no budget up to {plain['epsilon'].max():g} succeeds on half the images (best {plain['success_rate'].max():.0%})"
-        smallest = plain["epsilon"].iloc[0]
-        defence = (f"with the defence, epsilon {smallest:g} succeeds on {defended['success_rate'].iloc[0]:.0%} "
-                   f"instead of {plain['success_rate'].iloc[0]:.0%}")
-        observations.append(f"{model}, {attack}: {budget}; {defence}.")
-        rates = plain["success_rate"].to_numpy()
-        if (np.diff(rates) < -0.1).any():
-            observations.append(f"{model}, {attack}: success falls as the budget grows ({', '.join(f'{r:.0%}' for r in rates)}): "
-                                "the loss surface is not followed well by sign-gradient steps at large budgets (gradient "
-                                "masking); the true vulnerability at a budget is at least that of any smaller budget.")
-    clean = frame.groupby(["model", "defence"])["clean_score"].first()
-    for model in frame["model"].unique():
-        costs = clean[model]
-        defended_name = next(name for name in costs.index if name != "none")
-        observations.append(f"{model}: clean score {costs['none']:.3f} without the defence, {costs[defended_name]:.3f} with it.")
-    return observations
-
-
-def plot_success_curves(frame: pd.DataFrame, path) -> None:
-    """Success rate versus epsilon for every attack, PGD, with the defence dashed."""
-    figure, axis = plt.subplots(figsize=(8, 4))
-    for (model, attack, defence), group in frame[frame["method"] == "PGD"].groupby(["model", "attack", "defence"]):
-        axis.plot(group["epsilon"], group["success_rate"], marker="o", linestyle="--" if defence != "none" else "-",
-                  label=f"{model}: {attack}{' + ' + defence if defence != 'none' else ''}")
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("epsilon (pixel levels)")
-    axis.set_ylabel("success rate")
-    axis.set_ylim(-0.02, 1.02)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=6)
-    save_figure(figure, path)

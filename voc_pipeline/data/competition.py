@@ -11,7 +11,9 @@ Images stay at their native size and dtype (uint8); nothing here makes float cop
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,20 +21,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from voc_pipeline.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
-from voc_pipeline.config import Config
-from voc_pipeline.files import write_json_atomic
-from voc_pipeline.run_folder import prepare_run_folder
-from voc_pipeline.splits import SPLITS_FILE, Splits, load_splits, make_splits, save_splits
+from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
+from voc_pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 KAGGLE_INPUT = Path("/kaggle/input")
 SPLIT_NAMES = ("train", "test")
-
-
-class DataError(ValueError):
-    """Input data that does not follow the competition's layout; the message names the file."""
+# The true rows of a held-out test split (demo data, converted VOC devkits), for scoring locally.
+SOLUTION_FILE = "solution.csv"
 
 
 @dataclass(frozen=True)
@@ -85,7 +82,7 @@ def find_data_root(explicit: str | Path | None = None, kaggle_input: Path = KAGG
         root = Path(explicit)
         if not root.is_dir():
             raise DataError(f"data root {root} does not exist or is not a folder")
-        logger.info("data root: %s (given explicitly)", root)
+        logger.debug("data root: %s (given explicitly)", root)
         return root
     if kaggle_input.is_dir():
         candidates = sorted({path.parent.parent for depth in ("*", "*/*", "*/*/*")
@@ -261,9 +258,6 @@ def write_split(root: Path, split: str, ids: np.ndarray, images: list[np.ndarray
             np.save(root / split / "seg" / f"{split}_{image_id}.npy", masks[position], allow_pickle=False)
 
 
-DATA_SUMMARY_FILE = "data_summary.json"
-
-
 def summarize(image_set: ImageSet) -> dict:
     """Counts and sizes of one split, for the run folder and `voc-pipeline data check`."""
     heights = np.array([image.shape[0] for image in image_set.images])
@@ -280,32 +274,25 @@ def summarize(image_set: ImageSet) -> dict:
     return summary
 
 
-def run_data(config: Config) -> dict:
-    """Stage `data`: find, load and validate the data, then save the stratified splits and a summary.
+def fingerprint(root: str | Path, split: str) -> str:
+    """A hash that changes whenever the split's data under `root` changes, cheap enough for every stage.
 
-    Writes `splits.json` and `data_summary.json` into the run folder and returns the summary.
+    It covers the bytes of the split's CSV and the name, size and modification time of each of its
+    array files (as Make does), and for the test split also the bytes of `solution.csv` if there is one.
+    The root's own path is not part of it: the same data under another path has the same fingerprint.
     """
-    run_dir = prepare_run_folder(config, "data")
-    root = find_data_root(config.data.root)
-    train, test = load_competition_data(root)
-    splits = make_splits(train.ids, train.labels, config.data.validation_fraction, config.data.num_folds, config.seed)
-    save_splits(splits, run_dir / SPLITS_FILE)
-    summary = {"root": str(root.resolve()), "train": summarize(train), "test": summarize(test),
-               "train_split": len(splits.train_ids), "validation_split": len(splits.validation_ids)}
-    write_json_atomic(run_dir / DATA_SUMMARY_FILE, summary)
-    logger.info("data: %d train (%d fit, %d validation), %d test images from %s",
-                len(train), len(splits.train_ids), len(splits.validation_ids), len(test), root)
-    return summary
-
-
-def load_train_and_splits(config: Config) -> tuple[ImageSet, Splits]:
-    """The training split and the run's splits (made and saved now if the data stage has not run)."""
-    train = load_split(find_data_root(config.data.root), "train")
-    path = config.run_dir / SPLITS_FILE
-    if path.exists():
-        splits = load_splits(path)
-    else:
-        splits = make_splits(train.ids, train.labels, config.data.validation_fraction, config.data.num_folds, config.seed)
-        save_splits(splits, path)
-        logger.info("wrote %s (the data stage had not run)", path)
-    return train, splits
+    if split not in SPLIT_NAMES:
+        raise DataError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
+    root = Path(root)
+    digest = hashlib.sha256()
+    listed = [root / split / f"{split}_set.csv"] + ([root / SOLUTION_FILE] if split == "test" else [])
+    for path in listed:
+        digest.update(f"{path.relative_to(root)}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"absent")
+    for folder in ("img", "seg"):
+        directory = root / split / folder
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name) if directory.is_dir() else []
+        for entry in entries:
+            status = entry.stat()
+            digest.update(f"{folder}/{entry.name}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

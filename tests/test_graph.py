@@ -1,0 +1,253 @@
+"""The stage graph: its shape, its cache keys, and what each kind of change makes rerun."""
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voc_pipeline import artifacts
+from voc_pipeline.cli import build_parser, main
+from voc_pipeline.config import build_config
+from voc_pipeline.data.competition import fingerprint
+from voc_pipeline.data.demo import write_demo_data
+from voc_pipeline.errors import ConfigError, StaleStageError
+from voc_pipeline.graph import (
+    STAGE_NAMES,
+    STAGES,
+    describe_changes,
+    downstream,
+    resolve_paths,
+    run_stage,
+    run_until,
+    stage_named,
+    status,
+    upstream,
+)
+
+PACKAGE = Path(__file__).resolve().parents[1] / "voc_pipeline"
+
+
+def test_stages_run_in_the_documented_order():
+    assert STAGE_NAMES == ("data", "train-cls", "train-seg", "tune", "predict", "submit", "evaluate", "attack")
+
+
+def test_every_stage_reads_only_what_earlier_stages_write():
+    for position, stage in enumerate(STAGES):
+        for artifact in stage.reads:
+            assert artifact.stage in STAGE_NAMES[:position], (stage.name, artifact.pattern)
+
+
+def test_predict_reads_only_the_models_the_tuned_choices_and_the_test_images():
+    predict = stage_named("predict")
+    assert {artifact.stage for artifact in predict.reads} == {"train-cls", "train-seg", "tune"}
+    assert predict.data == ("test",)
+    assert [stage.name for stage in upstream(predict)] == ["data", "train-cls", "train-seg", "tune"]
+    assert [stage.name for stage in downstream(stage_named("predict"))] == ["submit"]
+
+
+def test_each_run_folder_file_belongs_to_one_artifact():
+    names = ["splits.json", "classifier.keras", "classifier_fold3.keras", "classifier_history_fold0.csv",
+             "classifier_curves.png", "classifier_per_class.png", "segmenter.keras", "segmenter_curves.png",
+             "thresholds.json", "joint_rule.json", "test_predictions.npz", "submission.csv", "report.md",
+             "attack/attack.md", "metrics/tune.json"]
+    every = [*artifacts.ARTIFACTS, *(artifacts.metrics(name) for name in STAGE_NAMES)]
+    for name in names:
+        owners = [artifact.pattern for artifact in every if Path(name).match(artifact.pattern)]
+        assert len(owners) == 1, (name, owners)
+
+
+def test_the_command_line_offers_each_stage_and_run_until():
+    help_text = build_parser().format_help()
+    for stage in STAGES:
+        assert stage.command[0] in help_text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--until", "nonsense"])
+    with pytest.raises(ConfigError, match="unknown stage 'nonsense'; the stages, in order: data, train-cls"):
+        stage_named("nonsense")
+
+
+def stage_modules() -> dict[str, set[str]]:
+    """Each stage module and the voc_pipeline modules it imports."""
+    imports = {}
+    for path in sorted((PACKAGE / "stages").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        found = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        found |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imports[path.stem] = {name for name in found if name.startswith("voc_pipeline")}
+    return imports
+
+
+def test_no_stage_module_imports_another():
+    for module, imported in stage_modules().items():
+        assert not {name for name in imported if name.startswith("voc_pipeline.stages")}, module
+
+
+def test_every_stage_function_exists_with_its_documented_name():
+    from voc_pipeline.graph import import_function
+
+    for stage in STAGES:
+        module_name = "_".join(stage.command).replace("-", "_")
+        assert stage.function == f"voc_pipeline.stages.{module_name}:run_{module_name}"
+        assert callable(import_function(stage.function))
+
+
+@pytest.mark.slow
+def test_the_pure_core_loads_neither_tensorflow_nor_keras():
+    code = ("import sys, voc_pipeline.core.rle, voc_pipeline.core.scoring, voc_pipeline.core.thresholds, "
+            "voc_pipeline.core.joint, voc_pipeline.core.baseline, voc_pipeline.core.classes; "
+            "print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_the_command_line_starts_without_tensorflow():
+    code = "import sys; from voc_pipeline.cli import build_parser; build_parser(); print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_changes_are_described_key_by_key():
+    recorded = {"config": {"classifier": {"image_size": 96, "loss": "bce"}, "seed": 0},
+                "artifacts": {"splits.json": "aaa", "old.json": "ccc"}, "data": {"train": "x"}}
+    current = {"config": {"classifier": {"image_size": 128, "loss": "bce"}, "seed": 0},
+               "artifacts": {"splits.json": "bbb", "new.json": None}, "data": {"train": "y"}}
+    assert describe_changes(recorded, current) == [
+        "classifier.image_size: 96 -> 128", "its input splits.json changed", "its input new.json is missing",
+        "its input old.json is gone", "the train data changed"]
+    assert describe_changes(current, current) == ["its input new.json is missing"]
+
+
+def test_data_paths_are_resolved_once_and_equal_spellings_agree(demo_root, monkeypatch):
+    monkeypatch.chdir(demo_root.parent)
+    plain = resolve_paths(build_config(assignments=[f'data.root="{demo_root.name}"']))
+    dotted = resolve_paths(build_config(assignments=[f'data.root="./{demo_root.name}/"']))
+    assert plain == dotted and Path(plain.data.root).is_absolute() and Path(plain.submit.output_dir).is_absolute()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../x", "a\\b", "", ".hidden"])
+def test_run_names_are_plain_folder_names(name):
+    with pytest.raises(ConfigError, match="not a plain folder name"):
+        build_config(assignments=[f'run_name="{name}"'])
+
+
+def test_fingerprint_follows_the_data_not_its_path(demo_root, tmp_path):
+    copy = shutil.copytree(demo_root, tmp_path / "copy")  # copy2 keeps sizes and modification times
+    assert fingerprint(copy, "train") == fingerprint(demo_root, "train")
+    assert fingerprint(copy, "test") == fingerprint(demo_root, "test")
+    before_train = fingerprint(copy, "train")
+    image_path = copy / "test" / "img" / "test_0.npy"
+    np.save(image_path, np.load(image_path)[::-1].copy())
+    assert fingerprint(copy, "test") != fingerprint(demo_root, "test")
+    assert fingerprint(copy, "train") == before_train
+    (copy / "solution.csv").unlink()
+    changed = fingerprint(copy, "test")
+    (copy / "test" / "test_set.csv").write_text((copy / "test" / "test_set.csv").read_text() + "\n")
+    assert fingerprint(copy, "test") != changed
+
+
+# ---------------------------------------------------------------- on a tiny real run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The whole pipeline, once, at the smallest sizes that still train real models (weights none)."""
+    root = write_demo_data(tmp_path_factory.mktemp("tiny-data") / "demo", num_train=24, num_test=4, seed=5)
+    runs = tmp_path_factory.mktemp("tiny-runs")
+    output = tmp_path_factory.mktemp("tiny-output")
+    assignments = [f'data.root="{root}"', f'runs_dir="{runs}"', "run_name='tiny'", f'submit.output_dir="{output}"',
+                   "classifier.image_size=32", "classifier.head_epochs=1", "classifier.finetune_epochs=0",
+                   "segmenter.image_size=32", "segmenter.head_epochs=1", "segmenter.finetune_epochs=0"]
+    config = build_config("smoke", assignments)
+    assert set(run_until(config, "evaluate").values()) == {"ran"}
+    return config, assignments
+
+
+def rerun(config, until="evaluate") -> set[str]:
+    return {stage for stage, outcome in run_until(config, until).items() if outcome == "ran"}
+
+
+def changed(tiny_run, *assignments):
+    config, base = tiny_run
+    return build_config("smoke", [*base, *assignments])
+
+
+@pytest.mark.slow
+def test_an_unchanged_run_reruns_nothing_and_relative_data_paths_reuse_it(tiny_run, monkeypatch):
+    config, _ = tiny_run
+    assert rerun(config) == set()
+    monkeypatch.chdir(Path(config.data.root).parent)
+    relative = changed(tiny_run, f'data.root="./{Path(config.data.root).name}"')
+    assert rerun(relative) == set()
+    assert all(item.state == "current" for name, item in status(resolve_paths(config)).items() if name != "attack")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("assignment", "stage"), [
+    ("thresholds.grid_step=0.05", "tune"),
+    ("joint.area_grid=[0.3]", "tune"),
+    ("predict.batch_size=3", "predict"),
+    ("classifier.dropout=0.3", "train-cls"),
+])
+def test_a_config_change_invalidates_its_stage_and_only_what_depends_on_it(tiny_run, assignment, stage):
+    config = resolve_paths(changed(tiny_run, assignment))
+    statuses = status(config)
+    affected = {stage} | {later.name for later in downstream(stage_named(stage))}
+    assert statuses[stage].state == "stale" and assignment.split("=")[0] in statuses[stage].describe()
+    for name, item in statuses.items():
+        if name not in affected:
+            assert item.state == "current" or name == "attack", (name, item)
+        elif name != stage:
+            assert item.state in ("waiting", "not run"), (name, item)
+    ran = rerun(config)
+    assert stage in ran and ran <= affected, ran
+    assert rerun(resolve_paths(tiny_run[0])) >= {stage}  # and back again: the original configuration reruns it
+
+
+@pytest.mark.slow
+def test_replaced_test_images_rerun_data_predict_and_submit_only(tiny_run):
+    config, _ = tiny_run
+    image_path = Path(config.data.root) / "test" / "img" / "test_1.npy"
+    original = np.load(image_path)
+    try:
+        np.save(image_path, np.ascontiguousarray(original[:, ::-1]))
+        assert rerun(config, "submit") == {"data", "predict", "submit"}
+    finally:
+        np.save(image_path, original)
+    assert rerun(config, "submit") == {"data", "predict", "submit"}
+
+
+@pytest.mark.slow
+def test_an_edited_artifact_makes_its_stage_stale(tiny_run):
+    config, _ = tiny_run
+    path = artifacts.THRESHOLDS.path(config.run_dir)
+    path.write_text(path.read_text() + " ")
+    statuses = status(resolve_paths(config))
+    assert statuses["tune"].state == "stale" and "output thresholds.json was changed" in statuses["tune"].describe()
+    assert statuses["predict"].state == "stale" and "input thresholds.json changed" in statuses["predict"].describe()
+    assert "tune" in rerun(config)
+    assert status(resolve_paths(config))["tune"].state == "current"
+
+
+@pytest.mark.slow
+def test_a_stage_with_a_stale_upstream_stops_and_names_it(tiny_run, capsys):
+    config = changed(tiny_run, "classifier.image_size=48")
+    with pytest.raises(StaleStageError, match=r"needs stage train-cls .* stale \(classifier.image_size: 32 -> 48\)"):
+        run_stage(config, "predict")
+    arguments = ["--data", config.data.root, "--runs-dir", config.runs_dir, "--run", config.run_name, "--profile", "smoke"]
+    assert main(["predict", *arguments]) == 2  # the smoke profile alone differs from the tiny run's configuration
+    assert "voc-pipeline run --until predict" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_forced_rerun_of_a_stage_reruns_only_what_depends_on_it(tiny_run):
+    config, _ = tiny_run
+    assert run_stage(config, "train-seg", force=True) == "ran"
+    ran = rerun(config)
+    assert ran <= {later.name for later in downstream(stage_named("train-seg"))} and "predict" in ran
+    assert os.path.exists(config.submit.output_dir + "/submission.csv")

@@ -1,0 +1,249 @@
+"""Every file of a run folder: its name, the stage that writes it, and its reader.
+
+Stages hand their work to one another only through these files. A reader turns a missing, cut or
+corrupt file into an ArtifactError that names the file, what is wrong and the stage that rewrites it,
+so a stage never needs to import the stage that made its inputs. Keras is imported only by the model
+readers, so reading a JSON artifact never loads TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voc_pipeline.core.classes import CLASS_NAMES
+from voc_pipeline.core.joint import JointRule
+from voc_pipeline.data.splits import Splits, load_splits
+from voc_pipeline.errors import ArtifactError
+from voc_pipeline.files import load_label_maps
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One kind of run-folder file.
+
+    Attributes:
+        pattern: its path relative to the run folder; a `*` stands for a part that varies (fold tags).
+        stage: the stage that writes it.
+        description: what it holds, for the README and `voc-pipeline status`.
+    """
+
+    pattern: str
+    stage: str
+    description: str
+
+    def path(self, run_dir: Path) -> Path:
+        """The file's path (for artifacts of exactly one file)."""
+        if "*" in self.pattern:
+            raise ValueError(f"artifact {self.pattern} stands for several files; use files()")
+        return Path(run_dir) / self.pattern
+
+    def files(self, run_dir: Path) -> list[Path]:
+        """The files of this artifact that exist in `run_dir`, sorted."""
+        return sorted(path for path in Path(run_dir).glob(self.pattern) if path.is_file())
+
+    def require(self, run_dir: Path) -> Path:
+        """The file's path, or an ArtifactError naming the stage that writes it."""
+        path = self.path(run_dir)
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing: stage {self.stage} writes it; {rerun_hint(self.stage)}")
+        return path
+
+
+def rerun_hint(stage: str) -> str:
+    """How to (re)make a stage's files, for error messages."""
+    return (f"run `voc-pipeline run --until {stage}` with this run's --run, --profile and --set "
+            f"(it runs what is missing or stale, up to {stage})")
+
+
+def unreadable(path: Path, stage: str, problem: str) -> ArtifactError:
+    """The error for an artifact that exists but cannot be read (cut short by an interruption, edited)."""
+    return ArtifactError(f"{path} is unreadable ({problem}); stage {stage} rewrites it: {rerun_hint(stage)} --force")
+
+
+SPLITS = Artifact("splits.json", "data", "stratified holdout and K-fold image ids")
+DATA_SUMMARY = Artifact("data_summary.json", "data", "sizes, classes, void pixels, CSV/mask disagreements")
+CLASSIFIER_MANIFEST = Artifact("classifier.json", "train-cls", "the classifier's model files and settings")
+CLASSIFIER_MODELS = Artifact("classifier*.keras", "train-cls", "trained classifier(s), one per fold with K-fold")
+CLASSIFIER_VALIDATION = Artifact("classifier_validation.npz", "train-cls",
+                                 "validation (or out-of-fold) probabilities, plain and with flip TTA")
+CLASSIFIER_HISTORY = Artifact("classifier_history*.csv", "train-cls", "per-epoch training history")
+CLASSIFIER_CURVES = Artifact("classifier_curves*.png", "train-cls", "learning curves")
+SEGMENTER_MANIFEST = Artifact("segmenter.json", "train-seg", "the segmenter's model file and settings")
+SEGMENTER_MODEL = Artifact("segmenter.keras", "train-seg", "trained DeepLabV3+ segmenter")
+SEGMENTER_VALIDATION = Artifact("segmenter_validation.npz", "train-seg",
+                                "validation label maps at each image's own size")
+SEGMENTER_HISTORY = Artifact("segmenter_history.csv", "train-seg", "per-epoch training history")
+SEGMENTER_CURVES = Artifact("segmenter_curves.png", "train-seg", "learning curves")
+SEGMENTER_PER_CLASS = Artifact("segmenter_per_class.png", "train-seg", "validation IoU per class")
+SEGMENTER_OVERLAYS = Artifact("segmenter_overlays.png", "train-seg", "validation images: truth and prediction")
+THRESHOLDS = Artifact("thresholds.json", "tune", "one decision threshold per class")
+THRESHOLD_COMPARISON = Artifact("threshold_comparison.md", "tune", "threshold strategies side by side")
+CLASSIFIER_PER_CLASS = Artifact("classifier_per_class.png", "tune", "per-class AP and F1 before and after tuning")
+JOINT_RULE = Artifact("joint_rule.json", "tune", "the rule reconciling the two heads, with every candidate's score")
+TEST_PREDICTIONS = Artifact("test_predictions.npz", "predict",
+                            "test probabilities, flags and label maps at each test image's size")
+SUBMISSION = Artifact("submission.csv", "submit", "the validated submission (also copied to submit.output_dir)")
+REPORT = Artifact("report.md", "evaluate", "validation report linking the figures")
+SCORE_COMPARISON = Artifact("score_comparison.png", "evaluate", "competition score against the baseline")
+ATTACK_FILES = Artifact("attack/*", "attack", "adversarial attacks: attack.md, attack.csv and example panels")
+
+
+def metrics(stage: str) -> Artifact:
+    """The metrics a stage returned, as JSON (`metrics/<stage>.json`)."""
+    return Artifact(f"metrics/{stage}.json", stage, "the stage's figures")
+
+
+ARTIFACTS: tuple[Artifact, ...] = (
+    SPLITS, DATA_SUMMARY, CLASSIFIER_MANIFEST, CLASSIFIER_MODELS, CLASSIFIER_VALIDATION, CLASSIFIER_HISTORY,
+    CLASSIFIER_CURVES, SEGMENTER_MANIFEST, SEGMENTER_MODEL, SEGMENTER_VALIDATION, SEGMENTER_HISTORY, SEGMENTER_CURVES,
+    SEGMENTER_PER_CLASS, SEGMENTER_OVERLAYS, THRESHOLDS, THRESHOLD_COMPARISON, CLASSIFIER_PER_CLASS, JOINT_RULE,
+    TEST_PREDICTIONS, SUBMISSION, REPORT, SCORE_COMPARISON, ATTACK_FILES,
+)
+
+
+def written_by(stage: str) -> tuple[Artifact, ...]:
+    """The artifacts a stage writes, its metrics included."""
+    return (*(artifact for artifact in ARTIFACTS if artifact.stage == stage), metrics(stage))
+
+
+# The bookkeeping of the run folder itself (see voc_pipeline.run_folder).
+CONFIG_FILE = "config.toml"
+RUN_INFO_FILE = "run_info.json"
+
+
+# ---------------------------------------------------------------- model file names (one per fold tag)
+
+
+def classifier_file(tag: str) -> str:
+    return f"classifier{tag}.keras"
+
+
+def classifier_history_file(tag: str) -> str:
+    return f"classifier_history{tag}.csv"
+
+
+def classifier_curves_file(tag: str) -> str:
+    return f"classifier_curves{tag}.png"
+
+
+CHECKPOINTS_DIR = "checkpoints"
+
+
+# ---------------------------------------------------------------- readers
+
+
+def read_json(artifact: Artifact, run_dir: Path) -> dict:
+    """A JSON artifact as a dict."""
+    path = artifact.require(run_dir)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise unreadable(path, artifact.stage, f"not valid JSON: {error}") from None
+
+
+def read_npz(artifact: Artifact, run_dir: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz artifact (never unpickled)."""
+    path = artifact.require(run_dir)
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise unreadable(path, artifact.stage, f"not a complete .npz file: {error}") from None
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise unreadable(path, artifact.stage, f"it lacks the arrays {', '.join(missing)}")
+    return arrays
+
+
+def read_label_map_npz(artifact: Artifact, run_dir: Path) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """(arrays, label maps) of an .npz written by files.save_label_maps_atomic."""
+    path = artifact.require(run_dir)
+    try:
+        return load_label_maps(path)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
+        raise unreadable(path, artifact.stage, f"not a complete .npz file of label maps: {error}") from None
+
+
+def read_splits(run_dir: Path) -> Splits:
+    """The run's splits (stage data)."""
+    read_json(SPLITS, run_dir)  # turns a cut file into a clear error before it is parsed
+    return load_splits(SPLITS.path(run_dir))
+
+
+def read_thresholds(run_dir: Path) -> tuple[np.ndarray, bool]:
+    """(per-class thresholds in class order, whether the classifier uses flip TTA) from stage tune."""
+    payload = read_json(THRESHOLDS, run_dir)
+    try:
+        return np.array([float(payload["thresholds"][name]) for name in CLASS_NAMES]), bool(payload["flip_tta"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise unreadable(THRESHOLDS.path(run_dir), THRESHOLDS.stage, f"no threshold for {error}") from None
+
+
+def read_joint_rule(run_dir: Path) -> tuple[JointRule, dict]:
+    """(the chosen joint rule, the whole joint_rule.json payload) from stage tune."""
+    payload = read_json(JOINT_RULE, run_dir)
+    try:
+        rule = payload["rule"]
+        return JointRule(rule["add_area_fraction"], rule["remove_rejected_pixels"]), payload
+    except (KeyError, TypeError) as error:
+        raise unreadable(JOINT_RULE.path(run_dir), JOINT_RULE.stage, f"no rule field {error}") from None
+
+
+@dataclass(frozen=True)
+class ClassifierValidation:
+    """The classifier's probabilities on its validation images (out-of-fold with K-fold)."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    probabilities: np.ndarray
+    probabilities_flip_tta: np.ndarray
+
+
+def read_classifier_validation(run_dir: Path) -> ClassifierValidation:
+    arrays = read_npz(CLASSIFIER_VALIDATION, run_dir, ("ids", "labels", "probabilities", "probabilities_flip_tta"))
+    return ClassifierValidation(arrays["ids"], arrays["labels"], arrays["probabilities"], arrays["probabilities_flip_tta"])
+
+
+def read_segmenter_validation(run_dir: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(validation ids, predicted label maps at each image's own size) from stage train-seg."""
+    arrays, label_maps = read_label_map_npz(SEGMENTER_VALIDATION, run_dir)
+    return arrays["ids"], label_maps
+
+
+def read_test_predictions(run_dir: Path) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """(ids, probabilities, flags, classifier flags; label maps at each test image's size) from stage predict."""
+    return read_label_map_npz(TEST_PREDICTIONS, run_dir)
+
+
+def read_metrics(run_dir: Path, stage: str) -> dict:
+    """The figures a stage returned when it last finished."""
+    return read_json(metrics(stage), run_dir)
+
+
+def load_model_file(path: Path, stage: str):
+    """A saved Keras model (safe mode, uncompiled); a cut or corrupt file becomes an ArtifactError."""
+    import keras
+
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: stage {stage} writes it; {rerun_hint(stage)}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (zipfile.BadZipFile, ValueError, OSError, KeyError) as error:
+        raise unreadable(path, stage, f"not a complete Keras model file: {str(error)[:200]}") from None
+
+
+def load_classifiers(run_dir: Path) -> tuple[list, dict]:
+    """The run's trained classifier(s) and their manifest."""
+    manifest = read_json(CLASSIFIER_MANIFEST, run_dir)
+    return [load_model_file(Path(run_dir) / name, CLASSIFIER_MANIFEST.stage) for name in manifest["models"]], manifest
+
+
+def load_segmenter(run_dir: Path) -> tuple[object, dict]:
+    """The run's trained segmenter and its manifest."""
+    manifest = read_json(SEGMENTER_MANIFEST, run_dir)
+    return load_model_file(Path(run_dir) / manifest["model"], SEGMENTER_MANIFEST.stage), manifest
