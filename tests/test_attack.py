@@ -86,7 +86,7 @@ def test_defence_changes_pixels_within_its_stated_bound(bits):
 def test_bad_attack_settings_are_refused():
     with pytest.raises(ValueError, match="between 0 and 255"):
         check_epsilon(300)
-    with pytest.raises(ConfigError, match="attack.target_class 'unicorn' is not a class"):
+    with pytest.raises(ConfigError, match="attack.target_class = 'unicorn' is not one of: aeroplane, bicycle"):
         build_config(assignments=["attack.target_class='unicorn'"])
     with pytest.raises(ConfigError, match="attack.epsilons"):
         build_config(assignments=["attack.epsilons=[-1.0]"])

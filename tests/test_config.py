@@ -47,9 +47,20 @@ def test_ints_are_accepted_for_floats():
         ("seed=true", "seed: expected int"),
         ("data.num_folds=five", "data.num_folds: expected int"),
         ("data=3", "data: is a section"),
-        ("data.validation_fraction=1.5", "between 0 and 1"),
-        ("data.num_folds=1", "at least 2"),
+        ("data.validation_fraction=1.5", r"data.validation_fraction = 1.5, outside its range \(0, 1\)"),
+        ("data.num_folds=1", r"data.num_folds = 1, outside its range \[2, 100\]"),
         ("run_name=a/b", "plain folder name"),
+        ("segmenter.output_stride=0", "segmenter.output_stride = 0 is not one of: 8, 16"),
+        ("seed=-1", r"seed = -1, outside its range \[0, 4294967295\]"),
+        ("classifier.head_epochs=-3", r"classifier.head_epochs = -3, outside its range \[0, 100000\]"),
+        ("predict.batch_size=0", r"predict.batch_size = 0, outside its range \[1, 4096\]"),
+        ("classifier.head_learning_rate=0", r"classifier.head_learning_rate = 0.0, outside its range \(0, 10\]"),
+        ("segmenter.scale_range=[0.0, 1.0]", r"segmenter.scale_range = \[0.0, 1.0\] holds 0.0, outside its range \(0, 8\]"),
+        ("joint.area_grid=[0.1, 2]", r"joint.area_grid = \[0.1, 2.0\] holds 2.0"),
+        ("thresholds.grid_step=0.5", r"thresholds.grid_step = 0.5, outside its range \(0, 0.5\)"),
+        ("mixed_precision=maybe", "mixed_precision = 'maybe' is not one of: auto, on, off"),
+        ("classifier.loss=hinge", "classifier.loss = 'hinge' is not one of: bce, focal, asymmetric"),
+        ("segmenter.image_size=100", "not divisible by segmenter.output_stride 16"),
         ("novalue", "key=value"),
     ],
 )
@@ -81,3 +92,33 @@ def test_parse_assignment_nests_keys():
     assert parse_assignment("a.b.c=2") == {"a": {"b": {"c": 2}}}
     assert parse_assignment("name=mobilenet_v2") == {"name": "mobilenet_v2"}
     assert parse_assignment("sizes=[1, 2]") == {"sizes": [1, 2]}
+
+
+def numeric_fields(section, prefix=""):
+    """(key, field) of every int, float or tuple-of-numbers field, recursively."""
+    import dataclasses
+
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        if dataclasses.is_dataclass(value):
+            yield from numeric_fields(value, f"{prefix}{item.name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) or (
+                isinstance(value, tuple) and value and all(isinstance(number, (int, float)) for number in value)):
+            yield f"{prefix}{item.name}", item
+
+
+def test_every_numeric_field_declares_its_range():
+    fields = dict(numeric_fields(Config()))
+    assert len(fields) > 40
+    undeclared = [key for key, item in fields.items() if "range" not in item.metadata and "choices" not in item.metadata]
+    assert undeclared == []
+
+
+def test_every_default_and_profile_lies_inside_the_declared_ranges():
+    for name in available_profiles():
+        build_config(name)  # validates every field
+
+
+def test_no_training_epoch_at_all_is_refused():
+    with pytest.raises(ConfigError, match=r"segmenter.head_epochs \+ segmenter.finetune_epochs must be at least 1"):
+        build_config(assignments=["segmenter.head_epochs=0", "segmenter.finetune_epochs=0"])

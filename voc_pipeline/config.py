@@ -25,13 +25,57 @@ RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts (each item, for a list); None leaves that side open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
+            return False
+        return self.high is None or value < self.high or (value == self.high and self.high_inclusive)
+
+    def describe(self) -> str:
+        def number(value: float) -> str:
+            return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+        low = None if self.low is None else number(self.low)
+        high = None if self.high is None else number(self.high)
+        if high is None:
+            return f"{'at least' if self.low_inclusive else 'more than'} {low}"
+        if low is None:
+            return f"{'at most' if self.high_inclusive else 'less than'} {high}"
+        return f"{'[' if self.low_inclusive else '('}{low}, {high}{']' if self.high_inclusive else ')'}"
+
+
+def bounded(default, low: float | None = None, high: float | None = None, *, low_inclusive: bool = True,
+            high_inclusive: bool = True):
+    """A numeric field with the range of values it accepts, checked when the configuration is built."""
+    return field(default=default, metadata={"range": Range(low, high, low_inclusive, high_inclusive)})
+
+
+def one_of(default, *choices):
+    """A field that accepts only the listed values."""
+    return field(default=default, metadata={"choices": choices})
+
+
+POSITIVE = {"low": 0, "low_inclusive": False}
+FRACTION = {"low": 0, "high": 1}
+# Epochs, images and filters beyond these are typing mistakes, not experiments.
+MANY = 100_000
+
+
+@dataclass(frozen=True)
 class DataConfig:
     # Empty means: find the folder holding train/train_set.csv under /kaggle/input, else ./data.
     root: str = ""
     # Share of the labelled images held out for early stopping, threshold tuning and reports.
-    validation_fraction: float = 0.2
+    validation_fraction: float = bounded(0.2, 0, 1, low_inclusive=False, high_inclusive=False)
     # Folds for optional K-fold training and out-of-fold probabilities.
-    num_folds: int = 5
+    num_folds: int = bounded(5, 2, 100)
 
 
 @dataclass(frozen=True)
@@ -40,30 +84,33 @@ class ClassifierConfig:
     # is the stronger option for a GPU budget.
     backbone: str = "mobilenet_v2"
     # Square input side; MobileNetV2's ImageNet weights exist for 96, 128, 160, 192 and 224.
-    image_size: int = 224
+    image_size: int = bounded(224, 32, 2048)
     # "imagenet", "none", or the path of the backbone's no-top weights file (offline Kaggle kernels).
     weights: str = "imagenet"
     # MobileNet alpha; smaller is faster and weaker.
-    width_multiplier: float = 1.0
+    width_multiplier: float = bounded(1.0, 0, 4, low_inclusive=False)
     # Dropout before the logits: the head overfits 600 images quickly otherwise.
-    dropout: float = 0.2
+    dropout: float = bounded(0.2, 0, 1, high_inclusive=False)
     # bce, focal or asymmetric (down-weights the 19-to-1 negatives).
-    loss: str = "bce"
-    batch_size: int = 32
+    loss: str = one_of("bce", "bce", "focal", "asymmetric")
+    # Images per training step.
+    batch_size: int = bounded(32, 1, 4096)
     # Epochs with the backbone frozen (pretrained weights), to fit the new head before touching the backbone.
-    head_epochs: int = 5
+    head_epochs: int = bounded(5, 0, MANY)
     # Epochs fine-tuning the top of the backbone at a lower rate.
-    finetune_epochs: int = 25
-    head_learning_rate: float = 1e-3
-    finetune_learning_rate: float = 1e-4
+    finetune_epochs: int = bounded(25, 0, MANY)
+    # Peak learning rate of the head phase (and of the single phase from random weights).
+    head_learning_rate: float = bounded(1e-3, 0, 10, low_inclusive=False)
+    # Peak learning rate of fine-tuning: lower, so the pretrained features are adapted, not erased.
+    finetune_learning_rate: float = bounded(1e-4, 0, 10, low_inclusive=False)
     # Linear warm-up at the start of fine-tuning, so the unfrozen layers are not shocked by the head's gradients.
-    warmup_epochs: int = 1
+    warmup_epochs: int = bounded(1, 0, MANY)
     # Share of the backbone's layers (from the top) that fine-tuning unfreezes; batch norm stays frozen.
-    unfreeze_fraction: float = 0.5
+    unfreeze_fraction: float = bounded(0.5, **FRACTION)
     # AdamW weight decay.
-    weight_decay: float = 1e-4
+    weight_decay: float = bounded(1e-4, 0, 1)
     # Epochs without validation improvement before stopping.
-    patience: int = 6
+    patience: int = bounded(6, 1, MANY)
     # Train one model per fold of data.num_folds and tune on out-of-fold probabilities (ensembled at prediction).
     kfold: bool = False
     # Average the probabilities of each image and its mirror image at prediction.
@@ -75,55 +122,63 @@ class SegmenterConfig:
     # mobilenet (MobileNet v1, the product's default) or mobilenet_v2.
     backbone: str = "mobilenet"
     # Square input side; images are letterboxed into it. Must be divisible by the output stride.
-    image_size: int = 320
+    image_size: int = bounded(320, 32, 2048)
     # Input size over ASPP's feature size: 16 (faster) or 8 (finer, heavier).
-    output_stride: int = 16
+    output_stride: int = one_of(16, 8, 16)
     # "imagenet", "none", or the path of the backbone's no-top weights file.
     weights: str = "imagenet"
     # MobileNet alpha.
-    width_multiplier: float = 1.0
-    # Channels of the ASPP branches and of the decoder's 3x3 convolutions.
-    aspp_filters: int = 256
-    decoder_filters: int = 256
+    width_multiplier: float = bounded(1.0, 0, 4, low_inclusive=False)
+    # Channels of the ASPP branches: the capacity of the context module.
+    aspp_filters: int = bounded(256, 1, 4096)
+    # Channels of the decoder's 3x3 convolutions.
+    decoder_filters: int = bounded(256, 1, 4096)
     # Small batches; batch norm in the pretrained backbone stays frozen, the head's learns from many pixels.
-    batch_size: int = 8
-    head_epochs: int = 5
-    finetune_epochs: int = 30
-    head_learning_rate: float = 1e-3
-    finetune_learning_rate: float = 2e-4
-    warmup_epochs: int = 1
+    batch_size: int = bounded(8, 1, 4096)
+    # Epochs with the backbone frozen (pretrained weights).
+    head_epochs: int = bounded(5, 0, MANY)
+    # Epochs fine-tuning the backbone.
+    finetune_epochs: int = bounded(30, 0, MANY)
+    # Peak learning rate of the head phase (and of the single phase from random weights).
+    head_learning_rate: float = bounded(1e-3, 0, 10, low_inclusive=False)
+    # Peak learning rate of fine-tuning.
+    finetune_learning_rate: float = bounded(2e-4, 0, 10, low_inclusive=False)
+    # Linear warm-up epochs at the start of fine-tuning.
+    warmup_epochs: int = bounded(1, 0, MANY)
     # Share of backbone layers (from the top) unfrozen for fine-tuning; dense prediction benefits from all.
-    unfreeze_fraction: float = 1.0
-    weight_decay: float = 1e-4
+    unfreeze_fraction: float = bounded(1.0, **FRACTION)
+    # AdamW weight decay.
+    weight_decay: float = bounded(1e-4, 0, 1)
     # Weight of the soft Dice term added to the cross-entropy (0 = cross-entropy only).
-    dice_weight: float = 0.0
+    dice_weight: float = bounded(0.0, 0, 100)
     # Random scale range of the training augmentation, relative to the letterboxed size.
-    scale_range: tuple[float, ...] = (0.5, 1.5)
-    patience: int = 8
+    scale_range: tuple[float, ...] = bounded((0.5, 1.5), 0, 8, low_inclusive=False)
+    # Epochs without validation improvement before stopping.
+    patience: int = bounded(8, 1, MANY)
     # Average the class probabilities of each image and its mirror image at prediction.
     flip_tta: bool = True
     # Validation images drawn as image / truth / prediction panels.
-    overlay_images: int = 6
+    overlay_images: int = bounded(6, 0, 100)
 
 
 @dataclass(frozen=True)
 class ThresholdConfig:
     # Step of the candidate threshold grid.
-    grid_step: float = 0.01
+    grid_step: float = bounded(0.01, 0, 0.5, low_inclusive=False, high_inclusive=False)
     # Coordinate-ascent passes over the classes (it stops early when a pass changes nothing).
-    rounds: int = 3
+    rounds: int = bounded(3, 1, 1000)
 
 
 @dataclass(frozen=True)
 class JointConfig:
     # Mask-area shares tried by the joint rule that adds a class the segmenter paints (chosen on validation).
-    area_grid: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
+    area_grid: tuple[float, ...] = bounded((0.005, 0.01, 0.02, 0.05, 0.1), **FRACTION)
 
 
 @dataclass(frozen=True)
 class PredictConfig:
     # Images per prediction batch; memory stays bounded by one batch whatever the number of test images.
-    batch_size: int = 16
+    batch_size: int = bounded(16, 1, 4096)
 
 
 @dataclass(frozen=True)
@@ -139,37 +194,37 @@ class SubmitConfig:
 @dataclass(frozen=True)
 class AttackConfig:
     # L-infinity budgets in pixel levels (0..255), smallest to largest.
-    epsilons: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    epsilons: tuple[float, ...] = bounded((1.0, 2.0, 4.0, 8.0, 16.0), 0, 255)
     # Iterations of PGD (FGSM is one step).
-    pgd_steps: int = 10
+    pgd_steps: int = bounded(10, 1, 10_000)
     # Validation images attacked (one batch).
-    num_images: int = 32
+    num_images: int = bounded(32, 1, 10_000)
     # The class targeted attacks make appear (classifier) or paint everywhere (segmenter).
-    target_class: str = "cat"
+    target_class: str = one_of("cat", *CLASS_NAMES)
     # Bits per channel kept by the bit-depth-reduction defence.
-    defence_bits: int = 4
+    defence_bits: int = bounded(4, 1, 8)
     # Images drawn in the example panels.
-    examples: int = 4
+    examples: int = bounded(4, 0, 100)
 
 
 @dataclass(frozen=True)
 class Config:
-    # One seed for splits, augmentation and weight initialisation, so runs repeat.
-    seed: int = 0
+    # One seed for splits, augmentation and weight initialisation, so runs repeat (NumPy takes 0 .. 2**32 - 1).
+    seed: int = bounded(0, 0, 2**32 - 1)
     # Name of the run folder under runs_dir; every stage reads and writes there.
     run_name: str = "default"
     # Parent folder of all run folders.
     runs_dir: str = "runs"
     # Mixed float16 precision: auto (on GPU only), on or off.
-    mixed_precision: str = "auto"
+    mixed_precision: str = one_of("auto", "auto", "on", "off")
     # TensorFlow op determinism: the same seed, machine and data give the same bytes out. Off on GPUs, where
     # some kernels (depthwise convolution gradients, segment reductions) have no deterministic version.
     deterministic: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
     joint: JointConfig = field(default_factory=JointConfig)
-    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
@@ -282,35 +337,38 @@ def build_config(profile: str | None = None, assignments: list[str] | tuple[str,
     return config
 
 
+def check_declared_values(section: Any, prefix: str = "") -> None:
+    """Every field's value against its declared range or choices; the error names key, value and range."""
+    for item in dataclasses.fields(section):
+        key, value = f"{prefix}{item.name}", getattr(section, item.name)
+        if dataclasses.is_dataclass(value):
+            check_declared_values(value, f"{key}.")
+        elif "range" in item.metadata:
+            allowed = item.metadata["range"]
+            for number in value if isinstance(value, tuple) else (value,):
+                if not allowed.contains(number):
+                    shown = f"{list(value)} holds {number!r}" if isinstance(value, tuple) else repr(value)
+                    raise ConfigError(f"{key} = {shown}, outside its range {allowed.describe()}")
+        elif "choices" in item.metadata and value not in item.metadata["choices"]:
+            raise ConfigError(f"{key} = {value!r} is not one of: {', '.join(map(str, item.metadata['choices']))}")
+
+
 def validate_config(config: Config) -> None:
-    """Range checks that types alone cannot express."""
-    if not 0.0 < config.data.validation_fraction < 1.0:
-        raise ConfigError(f"data.validation_fraction must be between 0 and 1, got {config.data.validation_fraction}")
-    if config.data.num_folds < 2:
-        raise ConfigError(f"data.num_folds must be at least 2, got {config.data.num_folds}")
-    if config.mixed_precision not in ("auto", "on", "off"):
-        raise ConfigError(f"mixed_precision must be auto, on or off, got {config.mixed_precision!r}")
-    if not 0.0 < config.thresholds.grid_step < 0.5:
-        raise ConfigError(f"thresholds.grid_step must be between 0 and 0.5, got {config.thresholds.grid_step}")
-    if not 0.0 <= config.classifier.unfreeze_fraction <= 1.0:
-        raise ConfigError(f"classifier.unfreeze_fraction must be between 0 and 1, got {config.classifier.unfreeze_fraction}")
-    for section in ("classifier", "segmenter"):
-        for key in ("image_size", "batch_size"):
-            if getattr(getattr(config, section), key) < 1:
-                raise ConfigError(f"{section}.{key} must be positive, got {getattr(getattr(config, section), key)}")
+    """Each field against its range or choices, then the checks that involve several fields."""
+    check_declared_values(config)
+    for name in ("classifier", "segmenter"):
+        section = getattr(config, name)
+        if section.head_epochs + section.finetune_epochs < 1:
+            raise ConfigError(f"{name}.head_epochs + {name}.finetune_epochs must be at least 1 (no epoch would train), "
+                              f"got {section.head_epochs} + {section.finetune_epochs}")
     segmenter = config.segmenter
     if segmenter.image_size % segmenter.output_stride:
         raise ConfigError(f"segmenter.image_size {segmenter.image_size} is not divisible by segmenter.output_stride "
                           f"{segmenter.output_stride}")
-    if len(segmenter.scale_range) != 2 or not 0 < segmenter.scale_range[0] <= segmenter.scale_range[1]:
-        raise ConfigError(f"segmenter.scale_range must be [low, high] with 0 < low <= high, got {list(segmenter.scale_range)}")
-    attack = config.attack
-    if any(not 0 <= epsilon <= 255 for epsilon in attack.epsilons) or not attack.epsilons:
-        raise ConfigError(f"attack.epsilons must be pixel levels between 0 and 255, got {list(attack.epsilons)}")
-    if attack.target_class not in CLASS_NAMES:
-        raise ConfigError(f"attack.target_class {attack.target_class!r} is not a class; expected one of: {', '.join(CLASS_NAMES)}")
-    if not 1 <= attack.defence_bits <= 8:
-        raise ConfigError(f"attack.defence_bits must be between 1 and 8, got {attack.defence_bits}")
+    if len(segmenter.scale_range) != 2 or segmenter.scale_range[0] > segmenter.scale_range[1]:
+        raise ConfigError(f"segmenter.scale_range must be [low, high] with low <= high, got {list(segmenter.scale_range)}")
+    if not config.attack.epsilons:
+        raise ConfigError("attack.epsilons must list at least one budget")
     if not re.fullmatch(RUN_NAME_PATTERN, config.run_name):
         raise ConfigError(f"run name {config.run_name!r} is not a plain folder name: use letters, digits, '.', '_' "
                           f"and '-', starting with a letter or digit (no path separators, no '..')")
