@@ -43,3 +43,28 @@ def smoke_run(tmp_path_factory):
     assert main(["run", "--until", "evaluate", *arguments]) == 0
     return build_config("smoke", [f'data.root="{root}"', f'runs_dir="{runs}"', "run_name='smoke'",
                                   f'submit.output_dir="{output}"'])
+
+
+# The small CNN builds and compiles in a fraction of MobileNetV2's time; the graph does not care which model.
+TINY_SETTINGS = ("classifier.backbone='simple_cnn'", "classifier.image_size=32", "classifier.head_epochs=1",
+                 "classifier.finetune_epochs=0", "segmenter.image_size=32", "segmenter.head_epochs=1",
+                 "segmenter.finetune_epochs=0")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The whole pipeline, once, at the smallest sizes that still train real models (weights none).
+
+    Returns (configuration, assignments that make it). Tests that change the run put it back as it was.
+    """
+    from voc_pipeline.config import build_config
+    from voc_pipeline.graph import run_until
+
+    root = write_demo_data(tmp_path_factory.mktemp("tiny-data") / "demo", num_train=24, num_test=4, seed=5)
+    runs = tmp_path_factory.mktemp("tiny-runs")
+    output = tmp_path_factory.mktemp("tiny-output")
+    assignments = [f'data.root="{root}"', f'runs_dir="{runs}"', "run_name='tiny'", f'submit.output_dir="{output}"',
+                   *TINY_SETTINGS]
+    config = build_config("smoke", assignments)
+    assert set(run_until(config, "evaluate").values()) == {"ran"}
+    return config, assignments

@@ -74,9 +74,13 @@ def test_tune_without_a_trained_classifier_names_the_stage(tmp_path, demo_root, 
 
 def test_kfold_training_gives_out_of_fold_probabilities_for_every_image(tmp_path):
     root = write_demo_data(tmp_path / "demo", num_train=30, num_test=2, seed=4)
-    config = build_config("smoke", [f'data.root="{root}"', f'runs_dir="{tmp_path / "runs"}"', "classifier.kfold=true",
-                                    "classifier.image_size=32", "classifier.head_epochs=1", "classifier.finetune_epochs=0"])
+    settings = [f'data.root="{root}"', f'runs_dir="{tmp_path / "runs"}"', "classifier.backbone='simple_cnn'",
+                "classifier.image_size=32", "classifier.head_epochs=1", "classifier.finetune_epochs=0"]
+    assert run_until(build_config("smoke", settings), "train-cls")["train-cls"] == "ran"
+    assert (tmp_path / "runs" / "default" / "classifier.keras").exists()
+    config = build_config("smoke", [*settings, "classifier.kfold=true"])
     assert run_until(config, "train-cls")["train-cls"] == "ran"
+    assert not (config.run_dir / "classifier.keras").exists(), "the holdout model of the earlier run is removed"
     metrics = artifacts.read_metrics(config.run_dir, "train-cls")
     assert metrics["validation"] == "out-of-fold" and metrics["validation_images"] == 30
     models, manifest = artifacts.load_classifiers(config.run_dir)

@@ -36,7 +36,7 @@ def test_demo_images_hold_objects_whose_colour_matches_their_class(demo_root):
 
 def test_demo_solution_is_valid_and_scores_itself_perfectly(demo_root):
     assert validate_submission(demo_root / "solution.csv", demo_root).valid
-    assert score_submission(demo_root / "solution.csv", demo_root / "solution.csv")["score"] == 1.0
+    assert score_submission(demo_root / "solution.csv", demo_root / "solution.csv", demo_root)["score"] == 1.0
 
 
 def test_demo_refuses_too_few_images(tmp_path):

@@ -123,30 +123,37 @@ def test_validator_reports_every_problem_not_just_the_first(tmp_path, test_root)
     assert len(problems) == 3, problems
 
 
-def test_score_of_solution_against_itself_is_one(tmp_path):
+def test_score_of_solution_against_itself_is_one(tmp_path, test_root):
     path = write_submission(two_image_frame(), tmp_path / "solution.csv")
-    assert score_submission(path, path) == {"score": 1.0, "classification": 1.0, "segmentation": 1.0, "rows": 4}
+    assert score_submission(path, path, test_root) == {"score": 1.0, "classification": 1.0, "segmentation": 1.0, "rows": 4}
 
 
-def test_score_hand_computed(tmp_path):
+def test_score_hand_computed(tmp_path, test_root):
     solution = write_submission(two_image_frame(), tmp_path / "solution.csv")
     frame = two_image_frame()
     frame.loc[4, "person"] = 0  # flags {1} vs {1, 15}: F1 = 2/3
     frame.at[4, "seg"] = np.array([[0, 1], [15, 0]], dtype=np.uint8)  # 2 of 3 pixels: 2*2/(2+3) = 0.8
     frame.loc[7, "cat"] = 1  # empty truth, one flag: 0
     submission = write_submission(frame, tmp_path / "submission.csv")
-    result = score_submission(solution, submission)
+    result = score_submission(solution, submission, test_root)
     assert result["classification"] == pytest.approx((2 / 3 + 0) / 2)
     assert result["segmentation"] == pytest.approx((0.8 + 1.0) / 2)
     assert result["score"] == pytest.approx((2 / 3 + 0 + 0.8 + 1.0) / 4)
 
 
-def test_score_refuses_a_submission_missing_rows(tmp_path):
+@pytest.mark.parametrize(("rows", "problem"), [
+    ("4_classification,1 1\n", "3 missing ids"),
+    ("4_classification,1 1\n4_segmentation,\n7_classification,\n7_segmentation,\n8_classification,1 1\n", "1 unexpected ids"),
+    ("4_classification,1 1\n4_segmentation,\n7_classification,\n7_segmentation,\n7_segmentation,\n", "1 duplicated ids"),
+    ("4_classification,1 1\n4_segmentation,80 2\n7_classification,\n7_segmentation,\n", "outside a vector of length 80"),
+])
+def test_score_refuses_what_validate_refuses(tmp_path, test_root, rows, problem):
     solution = write_submission(two_image_frame(), tmp_path / "solution.csv")
-    partial = tmp_path / "partial.csv"
-    partial.write_text("Id,Predicted\n4_classification,1 1\n")
-    with pytest.raises(SubmissionError, match="lacks 3 rows"):
-        score_submission(solution, partial)
+    submission = tmp_path / "submission.csv"
+    submission.write_text("Id,Predicted\n" + rows)
+    assert problem in " ".join(validate_submission(submission, test_root).problems)
+    with pytest.raises(SubmissionError, match=f"submission.csv is not a valid submission, so it is not scored .*{problem}"):
+        score_submission(solution, submission, test_root)
 
 
 def test_empty_fields_survive_a_pandas_round_trip(tmp_path):

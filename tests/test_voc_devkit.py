@@ -3,9 +3,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from voc_pipeline.data.competition import DataError, labels_from_mask, load_competition_data
+from voc_pipeline.data.competition import labels_from_mask, load_competition_data
 from voc_pipeline.data.submission import score_submission, validate_submission
 from voc_pipeline.data.voc_devkit import convert_devkit
+from voc_pipeline.errors import DataError, OutputExistsError
 
 VOC_PALETTE = [value for index in range(256) for value in ((index * 37) % 256, (index * 91) % 256, (index * 13) % 256)]
 
@@ -37,20 +38,34 @@ def tiny_devkit(tmp_path):
 
 
 def test_conversion_writes_the_competition_layout(tiny_devkit, tmp_path):
-    output = convert_devkit(tiny_devkit.parent, tmp_path / "converted")
+    output = convert_devkit(tiny_devkit.parent, tmp_path / "converted", test_fraction=0.34)
     train, test = load_competition_data(output, show_progress=False)
-    assert len(train) == 6 and len(test) == 0
-    for position, (image, mask) in enumerate(zip(train.images, train.masks)):
-        assert image.shape == (10 + position, 12, 3) and mask.shape == image.shape[:2]
-        assert set(np.unique(mask)) == {0, position + 1}, "void must become background"
-        assert train.labels[position].tolist() == labels_from_mask(mask).tolist()
-        assert train.labels[position].sum() == 1 and train.labels[position][position] == 1
+    assert len(train) + len(test) == 6 and len(test) >= 1
     id_map = pd.read_csv(output / "voc_ids.csv")
-    assert id_map["voc_id"].tolist() == [f"2007_00000{index}" for index in range(6)]
+    assert sorted(id_map["voc_id"]) == [f"2007_00000{index}" for index in range(6)]
+    train_voc_ids = id_map[id_map["split"] == "train"].set_index("Id")["voc_id"]
+    for image_id, image, mask, labels in zip(train.ids, train.images, train.masks, train.labels):
+        index = int(train_voc_ids[image_id][-1])
+        assert image.shape == (10 + index, 12, 3) and mask.shape == image.shape[:2]
+        assert set(np.unique(mask)) == {0, index + 1}, "void must become background"
+        assert labels.tolist() == labels_from_mask(mask).tolist() and labels.sum() == 1 and labels[index] == 1
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
+def test_a_conversion_without_a_test_split_is_refused(tiny_devkit, tmp_path, fraction):
+    with pytest.raises(DataError, match="--test-fraction must be between 0 and 1"):
+        convert_devkit(tiny_devkit, tmp_path / "converted", test_fraction=fraction)
+    assert not (tmp_path / "converted").exists()
+
+
+def test_a_split_that_leaves_no_test_image_is_refused(tiny_devkit, tmp_path):
+    # Six images of six different classes: stratification at 0.1 holds out none of them.
+    with pytest.raises(DataError, match="leaves 6 train and 0 test images"):
+        convert_devkit(tiny_devkit, tmp_path / "converted", test_fraction=0.1)
 
 
 def test_keep_void_keeps_the_border(tiny_devkit, tmp_path):
-    output = convert_devkit(tiny_devkit, tmp_path / "converted", keep_void=True)
+    output = convert_devkit(tiny_devkit, tmp_path / "converted", test_fraction=0.34, keep_void=True)
     train, _ = load_competition_data(output, show_progress=False)
     assert (train.masks[0] == 255).any()
     assert train.labels[0].sum() == 1
@@ -64,7 +79,7 @@ def test_test_fraction_holds_out_images_with_a_solution(tiny_devkit, tmp_path):
     report = validate_submission(output / "solution.csv", output)
     assert report.valid, report.problems
     # The solution scores itself perfectly, and void borders count as background in it.
-    assert score_submission(output / "solution.csv", output / "solution.csv")["score"] == 1.0
+    assert score_submission(output / "solution.csv", output / "solution.csv", output)["score"] == 1.0
     rows = pd.read_csv(output / "solution.csv", dtype=str, keep_default_na=False)
     assert len(rows) == 2 * len(test)
 
@@ -72,9 +87,10 @@ def test_test_fraction_holds_out_images_with_a_solution(tiny_devkit, tmp_path):
 def test_ids_file_selects_images(tiny_devkit, tmp_path):
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("2007_000002\n2007_000005\n")
-    output = convert_devkit(tiny_devkit, tmp_path / "converted", ids_file=ids_file)
-    train, _ = load_competition_data(output, show_progress=False)
-    assert train.labels.argmax(1).tolist() == [2, 5]
+    output = convert_devkit(tiny_devkit, tmp_path / "converted", ids_file=ids_file, test_fraction=0.5)
+    assert sorted(pd.read_csv(output / "voc_ids.csv")["voc_id"]) == ["2007_000002", "2007_000005"]
+    train, test = load_competition_data(output, show_progress=False)
+    assert len(train) == len(test) == 1 and train.labels.argmax(1).tolist()[0] in (2, 5)
 
 
 def test_conversion_errors_name_the_file(tiny_devkit, tmp_path):
@@ -91,10 +107,10 @@ def test_conversion_errors_name_the_file(tiny_devkit, tmp_path):
 
 
 def test_existing_output_is_not_overwritten_without_force(tiny_devkit, tmp_path):
-    output = convert_devkit(tiny_devkit, tmp_path / "converted")
-    with pytest.raises(FileExistsError, match="--force"):
-        convert_devkit(tiny_devkit, output)
-    convert_devkit(tiny_devkit, output, overwrite=True)
+    output = convert_devkit(tiny_devkit, tmp_path / "converted", test_fraction=0.34)
+    with pytest.raises(OutputExistsError, match="--force"):
+        convert_devkit(tiny_devkit, output, test_fraction=0.34)
+    convert_devkit(tiny_devkit, output, test_fraction=0.34, overwrite=True)
 
 
 @pytest.mark.slow

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from voc_pipeline import __version__
@@ -107,10 +112,20 @@ def command_config(arguments) -> int:
     return 0
 
 
+def test_root_for(solution: Path, data: str | None) -> Path:
+    """The data root whose test set a submission is checked against: --data, else the solution's own folder
+    when it holds the test split (demo data, converted devkits), else the usual search."""
+    from voc_pipeline.data.competition import find_data_root
+
+    if not data and (solution.parent / "test" / "test_set.csv").exists():
+        return solution.parent
+    return find_data_root(data)
+
+
 def command_score(arguments) -> int:
     from voc_pipeline.data.submission import score_submission
 
-    result = score_submission(arguments.solution, arguments.submission)
+    result = score_submission(arguments.solution, arguments.submission, test_root_for(arguments.solution, arguments.data))
     print(f"rows: {result['rows']}")
     print(f"classification: {result['classification']:.4f}")
     print(f"segmentation: {result['segmentation']:.4f}")
@@ -131,9 +146,18 @@ def command_validate(arguments) -> int:
 
 def command_prune(arguments) -> int:
     from voc_pipeline.data.output_folder import count_files, prune_working_folder
+    from voc_pipeline.errors import OutputFolderError
 
-    deleted = prune_working_folder(arguments.folder, tuple(arguments.keep))
-    print(f"deleted {len(deleted)} entries; {count_files(Path(arguments.folder))} files remain in {arguments.folder}")
+    folder = Path(arguments.folder)
+    configured = Path(build_config(arguments.profile, arguments.assignments).submit.output_dir)
+    if folder.is_dir() and folder.resolve() != configured.resolve() and not arguments.force:
+        raise OutputFolderError(f"{folder} is not the configured output folder (submit.output_dir = {configured}); "
+                                f"prune only empties that one: give --set submit.output_dir=... or --force")
+    deleted = prune_working_folder(folder, tuple(arguments.keep), dry_run=arguments.dry_run, force=arguments.force)
+    if arguments.dry_run:
+        print("\n".join(f"would delete {path}" for path in deleted) or "nothing would be deleted")
+        return 0
+    print(f"deleted {len(deleted)} entries; {count_files(folder)} files remain in {folder}")
     return 0
 
 
@@ -180,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     from_voc.add_argument("voc_root", type=Path)
     from_voc.add_argument("output", type=Path)
     from_voc.add_argument("--ids", type=Path, help="file of devkit ids to convert (default: ImageSets/Segmentation lists)")
-    from_voc.add_argument("--test-fraction", type=float, default=0.0,
-                          help="share held out as the test split, with solution.csv for local scoring")
+    from_voc.add_argument("--test-fraction", type=float, default=0.2,
+                          help="share held out as the test split, with solution.csv for local scoring (default 0.2)")
     from_voc.add_argument("--keep-void", action="store_true", help="keep 255 on object borders")
     from_voc.add_argument("--seed", type=int, default=0)
     from_voc.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -230,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="score a submission against a solution CSV")
     score.add_argument("solution", type=Path)
     score.add_argument("submission", type=Path)
+    score.add_argument("--data", help="data root whose test set the submission must fit (default: the solution's "
+                                      "folder when it holds test/, else found as for the stages)")
     score.set_defaults(handler=command_score)
 
     validate = commands.add_parser("validate", help="check a submission against the test set; non-zero exit on any problem")
@@ -240,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="delete all but kept entries of a folder (Kaggle's 500-file limit)")
     prune.add_argument("folder", type=Path)
     prune.add_argument("--keep", action="append", default=[], metavar="PATTERN", help="glob of entries to keep")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    prune.add_argument("--force", action="store_true",
+                       help="prune a folder that is not the configured output folder, or holds .git or pyproject.toml")
+    prune.add_argument("--profile", help="configuration profile whose submit.output_dir is the folder to prune")
+    prune.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
     prune.set_defaults(handler=command_prune)
 
     bench = commands.add_parser("bench", help="print speed figures measured on this machine")
@@ -252,15 +283,90 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# TensorFlow's native start-up and kernel-selection lines (absl's format), which a user cannot act on.
+NATIVE_LOG_LINE = re.compile(rb"(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ "
+                             rb"[\w.]+:\d+\]|To enable the following instructions: )")
+NATIVE_LOG_STARTS = (b"WARNING: All log messages", b"I0000", b"W0000", b"E0000", b"To enable the following")
+
+
+def forward_without_native_logs(source: int, destination: int) -> None:
+    """Copy bytes from `source` to `destination` until EOF, dropping TensorFlow's native log lines.
+
+    Text is forwarded as soon as it cannot be the start of such a line, so progress bars that redraw
+    with carriage returns keep appearing as they are drawn.
+    """
+    pending = b""
+    while chunk := os.read(source, 65536):
+        pending += chunk
+        while pending:
+            cut = min((index for index in (pending.find(b"\n"), pending.find(b"\r")) if index >= 0), default=-1)
+            if cut < 0:
+                if not any(start.startswith(pending[:len(start)]) for start in NATIVE_LOG_STARTS):
+                    os.write(destination, pending)
+                    pending = b""
+                break
+            segment, pending = pending[:cut + 1], pending[cut + 1:]
+            if not NATIVE_LOG_LINE.match(segment):
+                os.write(destination, segment)
+    if pending and not NATIVE_LOG_LINE.match(pending):
+        os.write(destination, pending)
+
+
+@contextlib.contextmanager
+def quiet_tensorflow(log_level: str):
+    """Keep TensorFlow's native log lines out of the output, unless the user set TF_CPP_MIN_LOG_LEVEL or asked
+    for --log-level DEBUG: the level is set before TensorFlow is imported, and since TensorFlow 2.20+ writes
+    some lines before its logging reads it, those are also filtered from the process's stderr."""
+    if log_level == "DEBUG" or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        yield
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    read_end, write_end = os.pipe()
+    original = os.dup(2)
+    sys.stderr.flush()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    forwarder = threading.Thread(target=forward_without_native_logs, args=(read_end, original), daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # the pipe's last writer closes: the forwarder drains it and stops
+        forwarder.join(timeout=10)
+        os.close(read_end)
+        os.close(original)
+        del os.environ["TF_CPP_MIN_LOG_LEVEL"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that every `finally` runs and removes its temporary files."""
+
+
+def raise_interrupted(signal_number, frame):
+    raise Interrupted(signal_number)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     arguments = build_parser().parse_args(argv)
     logging.basicConfig(level=arguments.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("voc_pipeline").setLevel(arguments.log_level)
+    previous_handler = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        return arguments.handler(arguments)
+        with quiet_tensorflow(arguments.log_level):
+            return arguments.handler(arguments)
     except VocPipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interruption:
+        terminated = isinstance(interruption, Interrupted)
+        print(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}: the running stage did not finish "
+              f"and left no partial file; it reruns next time (an interrupted training resumes)", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Atomic file writing: every artifact appears whole or not at all.
 
 Each writer writes a temporary file beside the target and renames it over the target, so an
-interrupted run never leaves a half-written CSV, JSON or array that a later stage would trust.
+interrupted run never leaves a half-written CSV, JSON or array that a later stage would trust; the
+temporary file is removed when the block fails or is interrupted (the command line turns SIGTERM into
+the same interruption as Ctrl-C). Written files get the permissions the user's umask gives any new
+file, not the private ones of a temporary file, and a folder that cannot be written is an
+OutputFolderError naming it.
 """
 
 from __future__ import annotations
@@ -16,15 +20,53 @@ from pathlib import Path
 
 import numpy as np
 
-from voc_pipeline.errors import OutputExistsError
+from voc_pipeline.errors import OutputExistsError, OutputFolderError
+
+# Read once: the permissions a new file or folder gets are 0o666 / 0o777 without the umask's bits.
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
+def cannot_write(path: Path, error: OSError) -> OutputFolderError:
+    """The error for a file or folder that cannot be created, with the reason the system gave."""
+    reason = error.strerror or str(error)
+    if isinstance(error, (NotADirectoryError, FileExistsError)):
+        reason = "a file stands where a folder is needed on that path"
+    return OutputFolderError(f"cannot write {path}: {reason}; choose another folder or fix its permissions")
+
+
+def make_folder(folder: Path) -> Path:
+    """Create `folder` (and its parents) if needed; an OutputFolderError names it if that is impossible."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise cannot_write(folder, error) from None
+    return folder
+
+
+def ensure_writable_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and check that files can be created in it, before any work is done."""
+    folder = make_folder(Path(folder))
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+    except OSError as error:
+        raise cannot_write(folder, error) from None
+    os.close(handle)
+    os.unlink(probe)
+    return folder
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    make_folder(target.parent)
+    try:
+        handle, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as error:
+        raise cannot_write(target, error) from None
+    os.fchmod(handle, 0o666 & ~UMASK)
     os.close(handle)
     temporary = Path(temporary_name)
     try:
@@ -71,10 +113,16 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         OutputExistsError: `target` exists, is not empty and `overwrite` is false.
     """
     target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise OutputExistsError(f"{target} is a file; give a folder name that is free (or a folder, with --force)")
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise OutputExistsError(f"{target} already exists and is not empty; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    make_folder(target.parent)
+    try:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as error:
+        raise cannot_write(target, error) from None
+    temporary.chmod(0o777 & ~UMASK)
     try:
         yield temporary
         if target.exists():

@@ -26,7 +26,7 @@ from voc_pipeline.artifacts import Artifact
 from voc_pipeline.config import Config, config_to_dict
 from voc_pipeline.data.competition import find_data_root, fingerprint
 from voc_pipeline.errors import ConfigError, StaleStageError
-from voc_pipeline.files import write_json_atomic
+from voc_pipeline.files import ensure_writable_folder, write_json_atomic
 from voc_pipeline.run_folder import hash_file, now, prepare_run_folder, read_record, start_record, write_record
 
 logger = logging.getLogger(__name__)
@@ -259,8 +259,7 @@ def status(config: Config, until: str | None = None) -> dict[str, StageStatus]:
     for stage in stages_until(until) if until else STAGES:
         record = read_record(config.run_dir, stage.name)
         if not record.get("finished"):
-            reasons = ("its last run did not finish",) if record.get("started") else ()
-            statuses[stage.name] = StageStatus(stage.name, "not run", reasons)
+            statuses[stage.name] = StageStatus(stage.name, "not run")
             continue
         reasons = [f"its output {name} was changed or deleted" for name in changed_outputs(config, record.get("outputs", {}))]
         reasons += describe_changes(record.get("inputs", {}), current_inputs(config, stage))
@@ -281,18 +280,33 @@ def import_function(reference: str):
     return getattr(importlib.import_module(module), name)
 
 
+def file_identity(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_ino, status.st_mtime_ns
+
+
 def execute(config: Config, stage: Stage) -> dict:
-    """Run one stage now and record what it read and wrote; returns its figures."""
+    """Run one stage now and record what it read and wrote; returns its figures.
+
+    Every folder it writes is checked first, so a bad folder fails before any file changes. Its record is
+    written only when it has finished: an attempt that fails leaves the earlier record, which stays current
+    only while every file it lists is byte for byte as it was (files are only ever replaced whole). Once
+    it has finished, those of its earlier files it did not write again (a model of a fold that no longer
+    exists) are removed.
+    """
+    ensure_writable_folder(config.run_dir)
+    if stage.copies_to:
+        ensure_writable_folder(config_value(config, stage.copies_to))
     run_dir = prepare_run_folder(config)
     inputs = current_inputs(config, stage)
     record = start_record()
-    write_record(run_dir, stage.name, record)
-    for path in output_paths(config, stage):
-        if path.is_relative_to(run_dir):
-            path.unlink(missing_ok=True)  # nothing of an earlier run may pass for this run's output
+    earlier = {path: file_identity(path) for path in output_paths(config, stage) if path.is_relative_to(run_dir)}
     started = time.perf_counter()
     figures = import_function(stage.function)(config)
     write_json_atomic(artifacts.metrics(stage.name).path(run_dir), figures)
+    for path, identity in earlier.items():
+        if path.exists() and file_identity(path) == identity:
+            path.unlink()
     outputs = {record_name(config, path): hash_file(path) for path in output_paths(config, stage)}
     write_record(run_dir, stage.name, {**record, "finished": now(), "seconds": round(time.perf_counter() - started, 1),
                                        "key": input_key(inputs), "inputs": inputs, "outputs": outputs})

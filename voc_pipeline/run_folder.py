@@ -18,7 +18,7 @@ from voc_pipeline import __version__
 from voc_pipeline.artifacts import CONFIG_FILE, RUN_INFO_FILE
 from voc_pipeline.config import Config, config_to_toml
 from voc_pipeline.errors import ArtifactError
-from voc_pipeline.files import write_json_atomic, write_text_atomic
+from voc_pipeline.files import ensure_writable_folder, write_json_atomic, write_text_atomic
 
 
 def git_commit() -> str | None:
@@ -38,8 +38,7 @@ def now() -> str:
 
 def prepare_run_folder(config: Config) -> Path:
     """Create the run folder and save the resolved configuration in it before a stage does any work."""
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = ensure_writable_folder(config.run_dir)
     write_text_atomic(run_dir / CONFIG_FILE, config_to_toml(config))
     return run_dir
 
@@ -69,7 +68,7 @@ def write_record(run_dir: Path, stage: str, record: dict) -> None:
 
 
 def start_record() -> dict:
-    """The record of a stage that has started and not finished: it counts as never having run."""
+    """The beginning of a stage's record (completed and written when the stage finishes)."""
     return {"started": now(), "version": __version__, "git_commit": git_commit()}
 
 

@@ -135,10 +135,18 @@ def read_label_csv(path: Path, split: str) -> pd.DataFrame:
     return frame.set_index("Id")
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def load_array(path: Path) -> np.ndarray:
     """np.load without pickles, turning missing or corrupt files into a DataError naming the file."""
     if not path.exists():
         raise DataError(f"{path} is missing")
+    with open(path, "rb") as stream:
+        head = stream.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        raise DataError(f"{path} is not a NumPy .npy file (it starts with {head!r}, not {NPY_MAGIC!r}); "
+                        f"expected an array written by numpy.save")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as error:
@@ -190,8 +198,12 @@ def load_split(root: str | Path, split: str, show_progress: bool = True) -> Imag
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"{split_dir} is missing: expected the {split} folder of the competition layout")
-    frame = read_label_csv(split_dir / f"{split}_set.csv", split)
+    csv_path = split_dir / f"{split}_set.csv"
+    frame = read_label_csv(csv_path, split)
+    if frame.empty:
+        raise DataError(f"{csv_path} lists no image (a header and no rows): the {split} split needs at least one")
     ids = frame.index.to_numpy(dtype=np.int64)
+    warn_about_unlisted_arrays(split_dir, split, ids)
     image_paths = [split_dir / "img" / f"{split}_{image_id}.npy" for image_id in ids]
     missing = [path for path in image_paths if not path.exists()]
     if missing:
@@ -211,6 +223,17 @@ def load_split(root: str | Path, split: str, show_progress: bool = True) -> Imag
     if masks is not None:
         report_mask_consistency(image_set)
     return image_set
+
+
+def warn_about_unlisted_arrays(split_dir: Path, split: str, ids: np.ndarray) -> list[str]:
+    """Warn about array files under `split_dir` that the split's CSV does not list (they are ignored)."""
+    expected = {f"{split}_{image_id}.npy" for image_id in ids}
+    unlisted = sorted(entry.name for folder in ("img", "seg") if (split_dir / folder).is_dir()
+                      for entry in os.scandir(split_dir / folder) if entry.name not in expected)
+    if unlisted:
+        logger.warning("%s: %d files in img/ or seg/ are not listed in %s_set.csv and are ignored (e.g. %s)",
+                       split_dir, len(unlisted), split, ", ".join(unlisted[:5]))
+    return unlisted
 
 
 def report_mask_consistency(image_set: ImageSet) -> dict[str, int]:

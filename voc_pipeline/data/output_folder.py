@@ -20,31 +20,55 @@ def count_files(folder: Path) -> int:
     return sum(1 for path in Path(folder).rglob("*") if path.is_file() or path.is_symlink())
 
 
-def prune_working_folder(folder: str | Path, keep: tuple[str, ...] = (), limit: int = KAGGLE_FILE_LIMIT) -> list[Path]:
+# A folder holding one of these is someone's project, never a folder of outputs to empty.
+PROJECT_MARKERS = (".git", "pyproject.toml")
+
+
+def check_prunable(folder: Path, patterns: tuple[str, ...], force: bool = False) -> None:
+    """Refuse to prune a folder that holds `.git` or `pyproject.toml` (unless `force`)."""
+    markers = [name for name in PROJECT_MARKERS if (Path(folder) / name).exists()]
+    if markers and not force:
+        raise OutputFolderError(f"{folder} holds {' and '.join(markers)}: it looks like a project folder, and pruning "
+                                f"would delete everything in it but {', '.join(patterns)}; refused (--dry-run lists "
+                                f"what would go, --force prunes anyway)")
+
+
+def prune_working_folder(folder: str | Path, keep: tuple[str, ...] = (), limit: int = KAGGLE_FILE_LIMIT,
+                         dry_run: bool = False, force: bool = False) -> list[Path]:
     """Delete every top-level entry of `folder` not matched by the `keep` glob patterns.
 
-    `submission.csv` is always kept. Kept folders are kept whole.
+    `submission.csv` is always kept. Kept folders are kept whole. A folder that holds `.git` or
+    `pyproject.toml` is refused unless `force`: emptying a project folder is never what a user wants.
+
+    Args:
+        dry_run: only list (and log) what would be deleted.
 
     Returns:
-        The deleted paths.
+        The deleted paths (with `dry_run`, the paths that would be deleted).
 
     Raises:
-        OutputFolderError: the kept entries alone still hold `limit` files or more.
+        OutputFolderError: the folder is missing or a project folder, or the kept entries alone still hold
+            `limit` files or more.
     """
     folder = Path(folder)
     patterns = (ALWAYS_KEPT, *keep)
-    deleted = []
-    for entry in sorted(folder.iterdir()):
-        if any(fnmatch.fnmatch(entry.name, pattern) for pattern in patterns):
-            continue
+    if not folder.is_dir():
+        raise OutputFolderError(f"{folder} does not exist or is not a folder: there is nothing to prune")
+    check_prunable(folder, patterns, force)
+    doomed = [entry for entry in sorted(folder.iterdir())
+              if not any(fnmatch.fnmatch(entry.name, pattern) for pattern in patterns)]
+    if dry_run:
+        for entry in doomed:
+            logger.info("would delete %s", entry)
+        return doomed
+    for entry in doomed:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
-        deleted.append(entry)
     remaining = count_files(folder)
-    logger.info("pruned %d entries from %s; %d files remain", len(deleted), folder, remaining)
+    logger.info("pruned %d entries from %s; %d files remain", len(doomed), folder, remaining)
     if remaining >= limit:
         raise OutputFolderError(f"{folder} still holds {remaining} files after pruning (limit {limit}); "
-                           f"narrow the kept patterns {patterns}")
-    return deleted
+                                f"narrow the kept patterns {patterns}")
+    return doomed

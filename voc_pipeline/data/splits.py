@@ -37,7 +37,8 @@ def fold_positions(labels: np.ndarray, num_folds: int, seed: int) -> list[np.nda
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
     if len(labels) < num_folds:
-        raise DataError(f"{len(labels)} images cannot be split into {num_folds} folds")
+        raise DataError(f"{len(labels)} images cannot be split into {num_folds} folds: lower data.num_folds "
+                        f"(at most {len(labels)}) or add images")
     splitter = MultilabelStratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
     return [np.sort(validation) for _, validation in splitter.split(np.zeros(len(labels)), labels)]
 

@@ -192,12 +192,22 @@ def validate_submission(path: str | Path, test_root: str | Path, max_problems: i
     return report
 
 
-def score_submission(solution_path: str | Path, submission_path: str | Path) -> dict[str, float]:
+def score_submission(solution_path: str | Path, submission_path: str | Path, test_root: str | Path) -> dict[str, float]:
     """Score a submission against a solution CSV (true rows) the way the leaderboard does.
+
+    The submission is first checked exactly as `validate_submission` checks it against the test set
+    under `test_root`: a file the leaderboard would refuse is never given a score.
 
     Returns:
         {"score", "classification", "segmentation", "rows"}; every solution row must be in the submission.
+
+    Raises:
+        SubmissionError: the submission does not validate (every problem is listed), or lacks solution rows.
     """
+    report = validate_submission(submission_path, test_root)
+    if not report.valid:
+        raise SubmissionError(f"{submission_path} is not a valid submission, so it is not scored "
+                              f"({len(report.problems)} problems): " + "; ".join(report.problems[:10]))
     solution = read_submission(solution_path).set_index("Id")["Predicted"]
     submission = read_submission(submission_path).set_index("Id")["Predicted"]
     missing = solution.index.difference(submission.index)

@@ -85,7 +85,7 @@ def read_devkit_pair(devkit: Path, voc_id: str, keep_void: bool) -> tuple[np.nda
 
 
 def convert_devkit(voc_root: str | Path, output: str | Path, ids_file: str | Path | None = None,
-                   test_fraction: float = 0.0, keep_void: bool = False, seed: int = 0,
+                   test_fraction: float = 0.2, keep_void: bool = False, seed: int = 0,
                    overwrite: bool = False) -> Path:
     """Write the devkit's images and masks under `output` in the competition layout.
 
@@ -94,14 +94,14 @@ def convert_devkit(voc_root: str | Path, output: str | Path, ids_file: str | Pat
         output: the new data root; it appears complete or not at all.
         ids_file: optional list of devkit ids to convert.
         test_fraction: share of images (stratified by class) that becomes the test split, with
-            `solution.csv` holding their true rows; 0 keeps everything for training (and writes an
-            empty test split).
+            `solution.csv` holding their true rows (every competition layout has a test split).
         keep_void: keep 255 on object borders instead of turning it into background.
         seed: the stratified test split's seed.
         overwrite: replace an existing non-empty `output`.
     """
-    if not 0.0 <= test_fraction < 1.0:
-        raise DataError(f"test fraction must be in [0, 1), got {test_fraction}")
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}: the competition "
+                        f"layout needs a test split")
     devkit = find_devkit_folder(voc_root)
     voc_ids = devkit_ids(devkit, ids_file)
     if len(voc_ids) < 2:
@@ -113,10 +113,11 @@ def convert_devkit(voc_root: str | Path, output: str | Path, ids_file: str | Pat
         masks.append(mask)
     labels = np.stack([labels_from_mask(mask) for mask in masks])
 
-    if test_fraction > 0:
-        train_positions, test_positions = holdout_positions(labels, test_fraction, seed)
-    else:
-        train_positions, test_positions = np.arange(len(voc_ids)), np.array([], dtype=np.int64)
+    train_positions, test_positions = holdout_positions(labels, test_fraction, seed)
+    if len(test_positions) == 0 or len(train_positions) == 0:
+        raise DataError(f"{devkit}: a stratified split of {len(voc_ids)} images at --test-fraction {test_fraction} "
+                        f"leaves {len(train_positions)} train and {len(test_positions)} test images; convert more "
+                        f"images or choose another --test-fraction")
 
     with atomic_directory(output, overwrite=overwrite) as folder:
         train_ids, test_ids = np.arange(len(train_positions)), np.arange(len(test_positions))
@@ -124,11 +125,9 @@ def convert_devkit(voc_root: str | Path, output: str | Path, ids_file: str | Pat
                     [masks[p] for p in train_positions], labels[train_positions])
         write_split(folder, "test", test_ids, [images[p] for p in test_positions], None,
                     -np.ones((len(test_positions), NUM_CLASSES), dtype=np.int8))
-        if len(test_positions):
-            # The competition has no void: the solution scores void borders as background.
-            solution_maps = [np.where(masks[p] == VOID_LABEL, BACKGROUND_LABEL, masks[p]) for p in test_positions]
-            write_submission(make_test_frame(test_ids, labels[test_positions], solution_maps),
-                             folder / SOLUTION_FILE)
+        # The competition has no void: the solution scores void borders as background.
+        solution_maps = [np.where(masks[p] == VOID_LABEL, BACKGROUND_LABEL, masks[p]) for p in test_positions]
+        write_submission(make_test_frame(test_ids, labels[test_positions], solution_maps), folder / SOLUTION_FILE)
         pd.DataFrame({
             "split": ["train"] * len(train_positions) + ["test"] * len(test_positions),
             "Id": np.concatenate([train_ids, test_ids]),

@@ -232,8 +232,10 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
         callbacks = [keras.callbacks.BackupAndRestore(str(state_dir / f"phase{index}_{phase.name}_backup")), guard,
                      checkpoint, keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience),
                      RecordHistory(records, history_path, phase.name)]
+        # shuffle=False: the input pipeline shuffles the training set itself; Keras ignores the flag for a
+        # tf.data.Dataset and warns when it is left at its default.
         model.fit(train_data, validation_data=validation_data, initial_epoch=epoch, epochs=epoch + phase.epochs,
-                  callbacks=callbacks, verbose=2)
+                  callbacks=callbacks, verbose=2, shuffle=False)
         model._initial_epoch = None  # BackupAndRestore's resume point must not leak into the next phase
         if guard.where:
             where = f"epoch {guard.where[0]}, batch {guard.where[1]}"

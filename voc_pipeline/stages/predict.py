@@ -13,7 +13,6 @@ from voc_pipeline.config import Config
 from voc_pipeline.core.joint import apply_joint_rule
 from voc_pipeline.core.thresholds import apply_thresholds
 from voc_pipeline.data.competition import load_split
-from voc_pipeline.errors import DataError
 from voc_pipeline.files import save_label_maps_atomic
 from voc_pipeline.models.classifier import predict_probabilities
 from voc_pipeline.models.segmenter import predict_label_maps
@@ -30,8 +29,6 @@ def run_predict(config: Config) -> dict:
     segmenter, segmenter_manifest = artifacts.load_segmenter(run_dir)
     rule, _ = artifacts.read_joint_rule(run_dir)
     test = load_split(config.data.root, "test")
-    if len(test) == 0:
-        raise DataError(f"{test.root / 'test' / 'test_set.csv'} lists no test image")
     batch_size = config.predict.batch_size
     probabilities = predict_probabilities(classifiers, test.images, batch_size, classifier_flip)
     classifier_flags = apply_thresholds(probabilities, thresholds)

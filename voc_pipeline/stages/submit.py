@@ -9,7 +9,7 @@ from pathlib import Path
 from voc_pipeline import artifacts
 from voc_pipeline.config import Config
 from voc_pipeline.data.competition import SOLUTION_FILE
-from voc_pipeline.data.output_folder import count_files, prune_working_folder
+from voc_pipeline.data.output_folder import ALWAYS_KEPT, check_prunable, count_files, prune_working_folder
 from voc_pipeline.data.submission import make_test_frame, score_submission, validate_submission, write_submission
 from voc_pipeline.errors import SubmissionError
 from voc_pipeline.files import atomic_path
@@ -26,6 +26,9 @@ def run_submit(config: Config) -> dict:
     Raises:
         SubmissionError: the written file does not validate (every problem is listed).
     """
+    output = Path(config.submit.output_dir) / artifacts.SUBMISSION.pattern
+    if config.submit.prune_output:
+        check_prunable(output.parent, (ALWAYS_KEPT, *config.submit.keep))  # before anything is copied there
     arrays, label_maps = artifacts.read_test_predictions(config.run_dir)
     root = Path(config.data.root)
     path = write_submission(make_test_frame(arrays["ids"], arrays["flags"], label_maps),
@@ -33,7 +36,6 @@ def run_submit(config: Config) -> dict:
     report = validate_submission(path, root)
     if not report.valid:
         raise SubmissionError(f"{path} does not validate:\n  " + "\n  ".join(report.problems))
-    output = Path(config.submit.output_dir) / artifacts.SUBMISSION.pattern
     with atomic_path(output) as temporary:
         shutil.copyfile(path, temporary)
     if config.submit.prune_output:
@@ -41,7 +43,7 @@ def run_submit(config: Config) -> dict:
     summary = {"rows": report.rows, "path": str(output), "output_files": count_files(output.parent)}
     solution = root / SOLUTION_FILE
     if solution.exists():
-        summary["local_score"] = score_submission(solution, path)
+        summary["local_score"] = score_submission(solution, path, root)
     logger.info("submission: %d rows, validated, copied to %s%s", report.rows, output,
                 f"; local score {summary['local_score']['score']:.4f}" if "local_score" in summary else "")
     return summary
