@@ -20,9 +20,9 @@ DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 
 STAGE_TARGETS := train-cls train-seg tune predict submit evaluate attack
 
-.PHONY: help install test test-fast lint demo demo-data data-check train status $(STAGE_TARGETS) \
-	kernel-build kernel-check kaggle-push bench-submission bench-classifier bench-segmenter bench-predict \
-	bench-determinism clean
+.PHONY: help install test test-fast test-kaggle-stack lint demo demo-data data-check train status $(STAGE_TARGETS) \
+	kernel-build kernel-check kaggle-push kaggle-status kaggle-output bench-submission bench-classifier \
+	bench-segmenter bench-predict bench-determinism clean
 
 help:
 	@echo "make demo        synthetic data -> trained models -> submissions/submission.csv"
@@ -33,8 +33,10 @@ help:
 	@echo "make status      DATA=... PROFILE=... RUN=...   which stages are current, stale or not run, and why"
 	@echo "make test        the test suite (creates $(VENV) if needed)"
 	@echo "make data-check | train-cls | train-seg | tune | predict   run the stages up to that one"
+	@echo "make test-kaggle-stack  the fast tests on Kaggle's Python, TensorFlow and Keras (kaggle/image.toml)"
 	@echo "make kernel-check                  build the Kaggle bundle and run it on a simulated /kaggle tree"
 	@echo "make kaggle-push KAGGLE_USER=...   upload the bundle with the kaggle CLI (needs your API token)"
+	@echo "make kaggle-status / kaggle-output  wait for the kernel's run / fetch and validate its submission"
 	@echo "make lint        ruff"
 
 $(BIN)/.installed: pyproject.toml
@@ -80,17 +82,29 @@ BUNDLE ?= kaggle/bundle
 QUICK := --set classifier.head_epochs=1 --set classifier.finetune_epochs=1 --set segmenter.head_epochs=1 \
 	--set segmenter.finetune_epochs=1
 
+KAGGLE_VENV := .venv-kaggle
+
 kernel-build: install
 	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER)
 
 kernel-check: kernel-build demo-data
 	$(CLI) kernel check --bundle $(BUNDLE) --data $(DEMO_DATA) $(QUICK)
 
+test-kaggle-stack: install
+	$(CLI) kernel stack --output $(KAGGLE_VENV)
+	$(KAGGLE_VENV)/bin/python -m pytest -m "not slow"
+
 kaggle-push: install
 	@test "$(KAGGLE_USER)" != local-check || { echo "make kaggle-push needs KAGGLE_USER=<your Kaggle user name>"; exit 2; }
-	$(BIN)/python -m pip install --quiet "kaggle>=1.6"
+	$(BIN)/python -m pip install --quiet -e ".[kaggle]"
 	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER)
 	$(CLI) kernel push --bundle $(BUNDLE)
+
+kaggle-status: install
+	$(CLI) kernel status --bundle $(BUNDLE)
+
+kaggle-output: install
+	$(CLI) kernel output --bundle $(BUNDLE)
 
 bench-submission: install
 	$(CLI) bench submission

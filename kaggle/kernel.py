@@ -22,11 +22,12 @@
 #   rejected classes can be cleared; which of these rules to use is chosen on validation by the score.
 # - *Output hygiene*: everything but `submission.csv`, the run folder and its report is pruned so the
 #   500-file limit of `/kaggle/working` never bites.
+# - *Machine*: two T4 GPUs (Kaggle's GPU offer since the P100 was retired), internet on so that Keras can
+#   download the ImageNet weights, unless the bundle was built with an attached weights dataset instead.
 
 # %%
 import argparse
-import glob
-import shutil
+import os
 import socket
 import subprocess
 import sys
@@ -44,53 +45,62 @@ RUN = "kaggle"
 RUNS_DIR = WORKING / "runs"
 
 # %% [markdown]
-# ## Install the package from the attached wheel dataset (no internet needed)
+# ## Install the package from the attached wheel dataset
+# Only the wheels of the dataset that holds the voc_pipeline wheel are installed, never other wheels
+# that happen to lie under `/kaggle/input`.
 
 # %%
-wheels = sorted(glob.glob(str(INPUT / "**" / "*.whl"), recursive=True))
-if not any(Path(wheel).name.startswith("voc_pipeline-") for wheel in wheels):
+package_wheels = sorted(INPUT.rglob("voc_pipeline-*.whl"))
+if not package_wheels:
     raise SystemExit(f"no voc_pipeline wheel under {INPUT}: attach the dataset made by `voc-pipeline kernel build`")
+wheel_folder = package_wheels[-1].parent
+wheels = sorted(str(path) for path in wheel_folder.glob("*.whl"))
+print(f"installing from {wheel_folder}: {', '.join(Path(wheel).name for wheel in wheels)}")
 subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", *wheels], check=True)
 
 # %% [markdown]
 # ## ImageNet weights
-# Attached weight files (a dataset holding Keras's `*_no_top.h5` files) are copied where Keras looks for
-# them; without them and without internet the run falls back to random initialisation, loudly.
+# Weight files attached as a dataset (`voc-pipeline kernel weights`) are copied into Keras's home, where
+# `keras.applications` looks before downloading. Then every file the profile's backbones need must be
+# there, or the internet must be on so that Keras downloads it: otherwise the run stops here, saying so,
+# rather than training from random weights.
 
 # %%
-KERAS_MODELS = Path.home() / ".keras" / "models"
-attached = [Path(path) for path in glob.glob(str(INPUT / "**" / "*no_top*.h5"), recursive=True)]
-for path in attached:
-    KERAS_MODELS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, KERAS_MODELS / path.name)
+from voc_pipeline.kernel.weights import install_attached_weights  # noqa: E402 (installed by the cell above)
+
+overrides = list(arguments.assignments)
+configuration = ["--profile", arguments.profile, *(item for assignment in overrides for item in ("--set", assignment))]
+installed = install_attached_weights(INPUT)
+print(f"attached weight files copied into Keras's home: {', '.join(path.name for path in installed) or 'none'}")
 
 
 def internet_available() -> bool:
     try:
-        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
+        socket.create_connection(("storage.googleapis.com", 443), timeout=5).close()
         return True
     except OSError:
         return False
 
 
-overrides = list(arguments.assignments)
-if attached:
-    print(f"using {len(attached)} attached weight files: {', '.join(path.name for path in attached)}")
-elif not internet_available():
-    print("WARNING: no attached ImageNet weights and no internet: training from random initialisation "
-          "(attach the Keras no-top weight files as a dataset for a much better score)")
-    overrides += ["classifier.weights=none", "segmenter.weights=none"]
+# The plan builds backbones on the CPU in a child process, so this notebook's process never holds the GPU.
+verify = subprocess.run([sys.executable, "-m", "voc_pipeline", "kernel", "weights", "--verify", *configuration],
+                        capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+print(verify.stdout.strip())
+if verify.returncode:
+    if not internet_available():
+        raise SystemExit(f"{verify.stderr.strip()}\nThis kernel has no internet: attach the weights dataset made by "
+                         "`voc-pipeline kernel weights` (kernel build --weights-dataset OWNER/NAME), or turn internet on.")
+    print("internet is on: Keras downloads the missing weight files when training starts")
 
 # %% [markdown]
 # ## Run the stages: data check, classifier, segmenter, thresholds and joint rule, prediction, submission, evaluation
 # `voc-pipeline run --until evaluate` walks the package's stage graph in order, exactly as `make` does locally.
 
 # %%
-stage_arguments = ["--profile", arguments.profile, "--runs-dir", str(RUNS_DIR), "--run", RUN,
+stage_arguments = [*configuration, "--runs-dir", str(RUNS_DIR), "--run", RUN,
                    "--set", f'submit.output_dir="{WORKING}"', "--set", "submit.prune_output=true"]
-stage_arguments += [item for assignment in overrides for item in ("--set", assignment)]
 # The package finds the folder holding train/train_set.csv under /kaggle/input (either mount style).
-from voc_pipeline.data.competition import find_data_root  # noqa: E402 (installed by the cell above)
+from voc_pipeline.data.competition import find_data_root  # noqa: E402
 
 stage_arguments += ["--data", str(find_data_root(None, kaggle_input=INPUT))]
 subprocess.run([sys.executable, "-m", "voc_pipeline", "run", "--until", "evaluate", *stage_arguments], check=True)

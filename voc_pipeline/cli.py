@@ -95,15 +95,62 @@ def command_status(arguments) -> int:
 
 
 def command_kernel(arguments) -> int:
-    from voc_pipeline import kernel
+    from voc_pipeline.kernel import bundle, client, stack
 
-    if arguments.kernel_command == "build":
-        kernel.build_bundle(arguments.output, arguments.username, arguments.competition, tuple(arguments.weights_dataset),
-                            not arguments.no_gpu, arguments.internet)
-    elif arguments.kernel_command == "push":
-        kernel.push_bundle(arguments.bundle)
+    action = arguments.kernel_command
+    if action == "build":
+        bundle.build_bundle(arguments.output, arguments.username, arguments.competition, tuple(arguments.weights_dataset),
+                            not arguments.no_gpu, not arguments.no_internet)
+    elif action == "push":
+        client.push_bundle(arguments.bundle, arguments.weights,
+                           client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout))
+    elif action == "status":
+        client.follow_kernel(arguments.bundle, arguments.kernel,
+                             client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout))
+    elif action == "output":
+        from voc_pipeline.data.competition import find_data_root
+        from voc_pipeline.errors import DataError
+
+        try:
+            test_root = find_data_root(arguments.data)
+        except DataError:
+            test_root = None
+        client.fetch_kernel_output(arguments.bundle, arguments.runs_dir, test_root, arguments.kernel)
+    elif action == "weights":
+        command_kernel_weights(arguments)
+    elif action == "stack":
+        python = stack.build_stack_environment(arguments.output or stack.STACK_ENVIRONMENT)
+        print(f"Kaggle's stack: {python} (Python {stack.python_version_of(python)})")
     else:
-        kernel.check_kernel(arguments.bundle, arguments.data, tuple(arguments.assignments), arguments.profile)
+        stack.check_kernel(arguments.bundle, arguments.data, tuple(arguments.assignments), arguments.profile,
+                           arguments.stack)
+    return 0
+
+
+def command_kernel_weights(arguments) -> int:
+    """Plan (and fetch, or verify) the ImageNet weight files of a profile."""
+    from voc_pipeline.kernel import weights
+
+    config = build_config(arguments.profile, arguments.assignments)
+    plan = weights.plan_weights(config)
+    for weight in plan:
+        print(f"{weight.fname}  ({weight.used_by}; {weight.origin}{'; hash ' + weight.file_hash if weight.file_hash else ''})")
+    if arguments.verify:
+        missing = weights.missing_weights(config)
+        if missing:
+            from voc_pipeline.errors import KernelError
+
+            raise KernelError(f"Keras's cache lacks {len(missing)} ImageNet weight files this profile needs: "
+                              f"{', '.join(weight.fname for weight in missing)}")
+        print(f"all {len(plan)} weight files are in Keras's cache")
+        return 0
+    if arguments.username == "YOUR_KAGGLE_USERNAME" or "/" in arguments.username:
+        from voc_pipeline.errors import KernelError
+
+        raise KernelError("give your Kaggle user name with --username: it owns the weights dataset")
+    folder = weights.write_weights_dataset(plan, arguments.output, arguments.username, arguments.force)
+    print(f"weights dataset in {folder}: upload it with `voc-pipeline kernel push --weights {folder}` and attach it "
+          f"with `voc-pipeline kernel build --weights-dataset {arguments.username}/voc-pipeline-keras-weights`")
     return 0
 
 
@@ -234,17 +281,49 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--competition", default="kul-h02a5a-computer-vision-ga2-2022", help="competition slug")
     build.add_argument("--weights-dataset", action="append", default=[], metavar="OWNER/NAME",
                        help="a dataset with Keras ImageNet weight files to attach (repeatable)")
-    build.add_argument("--no-gpu", action="store_true", help="run the kernel without a GPU")
-    build.add_argument("--internet", action="store_true", help="enable internet in the kernel")
+    build.add_argument("--no-gpu", action="store_true", help="run the kernel without a GPU (default: two T4s)")
+    build.add_argument("--no-internet", action="store_true",
+                       help="turn the kernel's internet off (then --weights-dataset is required)")
     build.set_defaults(handler=command_kernel)
-    push = kernel_commands.add_parser("push", help="upload the bundle with the official kaggle CLI")
+    push = kernel_commands.add_parser("push", help="upload the datasets, wait until they are ready, push the kernel")
     push.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
+    push.add_argument("--weights", type=Path, help="also upload this weights dataset folder (from `kernel weights`)")
+    push.add_argument("--poll", type=float, default=10.0, help="seconds between checks of a dataset's status")
+    push.add_argument("--timeout", type=float, default=900.0, help="seconds to wait at most for a dataset to be ready")
     push.set_defaults(handler=command_kernel)
+    status = kernel_commands.add_parser("status", help="wait for the pushed kernel's run to end, showing its state")
+    status.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
+    status.add_argument("--kernel", metavar="OWNER/SLUG", help="another kernel than the bundle's")
+    status.add_argument("--poll", type=float, default=60.0, help="seconds between checks")
+    status.add_argument("--timeout", type=float, default=12 * 3600.0, help="seconds to wait at most")
+    status.set_defaults(handler=command_kernel)
+    output = kernel_commands.add_parser("output", help="download the kernel's output into runs/kaggle-<version>/ "
+                                                       "and validate its submission")
+    output.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
+    output.add_argument("--kernel", metavar="OWNER/SLUG", help="another kernel than the bundle's")
+    output.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    output.add_argument("--data", help="competition data root to check the submission against (default: found)")
+    output.set_defaults(handler=command_kernel)
+    weights = kernel_commands.add_parser("weights", help="list, fetch (with internet) or verify the ImageNet weight "
+                                                         "files a profile needs, as a Kaggle dataset folder")
+    weights.add_argument("--profile", default="kaggle")
+    weights.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
+    weights.add_argument("--output", type=Path, default=Path("kaggle/bundle/weights"))
+    weights.add_argument("--username", default="YOUR_KAGGLE_USERNAME", help="owner of the weights dataset")
+    weights.add_argument("--force", action="store_true", help="replace an existing output folder")
+    weights.add_argument("--verify", action="store_true", help="only check that Keras's cache holds every file")
+    weights.set_defaults(handler=command_kernel)
+    stack_parser = kernel_commands.add_parser("stack", help="build .venv-kaggle from kaggle/image.toml (Kaggle's "
+                                                            "Python, TensorFlow and Keras)")
+    stack_parser.add_argument("--output", type=Path, help="the environment's folder (default: .venv-kaggle in the checkout)")
+    stack_parser.set_defaults(handler=command_kernel)
     check = kernel_commands.add_parser("check", help="run the bundle's kernel against a simulated /kaggle tree")
     check.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
     check.add_argument("--data", type=Path, required=True, help="data root to mount as the competition input")
     check.add_argument("--profile", default="smoke")
     check.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
+    check.add_argument("--stack", choices=["kaggle", "local"], default="kaggle",
+                       help="Kaggle's versions from kaggle/image.toml (default) or this environment's")
     check.set_defaults(handler=command_kernel)
 
     config = commands.add_parser("config", help="print the resolved configuration as TOML")
