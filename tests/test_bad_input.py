@@ -98,7 +98,7 @@ def test_too_few_images_for_the_folds_names_the_key(data, tmp_path, capsys):
     ("segmenter.output_stride=0", "segmenter.output_stride = 0 is not one of: 8, 16"),
     ("seed=-1", "seed = -1, outside its range [0, 4294967295]"),
     ("classifier.head_epochs=-2", "classifier.head_epochs = -2, outside its range [0, 100000]"),
-    ("predict.batch_size=0", "predict.batch_size = 0, outside its range [1, 4096]"),
+    ("inference.batch_size=0", "inference.batch_size = 0, outside its range [1, 4096]"),
     ("attack.defence_bits=9", "attack.defence_bits = 9, outside its range [1, 8]"),
 ])
 def test_an_out_of_range_value_stops_before_any_work(data, tmp_path, capsys, assignment, fragment):
@@ -251,8 +251,8 @@ def snapshot(folder: Path) -> dict[str, int]:
 def test_a_bad_batch_size_leaves_the_finished_files_untouched(finished_run, capsys):
     run_dir, arguments = finished_run
     before = snapshot(run_dir)
-    assert main(["predict", *arguments, "--set", "predict.batch_size=0"]) == 2
-    one_line_error(capsys, "predict.batch_size = 0")
+    assert main(["predict", *arguments, "--set", "inference.batch_size=0"]) == 2
+    one_line_error(capsys, "inference.batch_size = 0")
     assert snapshot(run_dir) == before
 
 
@@ -326,8 +326,11 @@ def wait_for(predicate, seconds: float) -> bool:
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_a_write_leaves_no_partial_file(tmp_path, signal_number):
     output = tmp_path / "demo"
+    # A shell's background job starts with SIGINT ignored, and Python keeps an ignored SIGINT ignored: give the
+    # child the default disposition, as a terminal's foreground command has, whatever started the tests.
     process = subprocess.Popen([sys.executable, "-m", "voc_pipeline", "data", "demo", str(output), "--n-train", "5000",
-                                "--n-test", "5"], stderr=subprocess.PIPE, text=True)
+                                "--n-test", "5"], stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert wait_for(lambda: list(tmp_path.glob(".demo.*.tmp")), 60), "the atomic folder never appeared"
     process.send_signal(signal_number)
     _, error = process.communicate(timeout=60)

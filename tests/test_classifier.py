@@ -49,6 +49,24 @@ def test_preprocessing_maps_uint8_to_the_backbone_range(backbone, expected_black
     np.testing.assert_allclose(output[0, 0, 1], expected_white, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_strong_profile_classifier_builds_trains_a_step_predicts_and_reloads(tmp_path):
+    """kaggle-strong's classifier (EfficientNetV2-S, asymmetric loss) at a tiny size, random weights."""
+    model = build_classifier("efficientnetv2_s", image_size=64, num_classes=20, weights="none", dropout=0.3)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=classifier_loss("asymmetric"))
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8), (rng.random((4, 20)) < 0.2).astype("float32")
+    history = model.fit(images, labels, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    path = tmp_path / "classifier.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    photos = [rng.integers(0, 256, (70, 90, 3), dtype=np.uint8) for _ in range(3)]
+    before, after = (predict_probabilities([chosen], photos, 2, flip_tta=True) for chosen in (model, loaded))
+    assert before.shape == (3, 20) and np.all((before >= 0) & (before <= 1))
+    np.testing.assert_allclose(before, after, atol=1e-6)
+
+
 def test_caffe_preprocessing_reverses_channels():
     pixel = np.array([[[[10, 20, 30]]]], dtype=np.uint8)
     output = keras.ops.convert_to_numpy(preprocessing_layer("vgg16")(pixel))[0, 0, 0]

@@ -23,6 +23,8 @@ def test_shipped_profiles_load_and_override():
     for name in available_profiles():
         build_config(name)
     assert build_config("smoke").data.validation_fraction == 0.25
+    scratch = build_config("cpu-scratch")
+    assert (scratch.classifier.weights, scratch.segmenter.weights) == ("none", "none"), "cpu-scratch must need no download"
 
 
 def test_set_comes_after_the_profile_and_reads_toml_values():
@@ -53,7 +55,8 @@ def test_ints_are_accepted_for_floats():
         ("segmenter.output_stride=0", "segmenter.output_stride = 0 is not one of: 8, 16"),
         ("seed=-1", r"seed = -1, outside its range \[0, 4294967295\]"),
         ("classifier.head_epochs=-3", r"classifier.head_epochs = -3, outside its range \[0, 100000\]"),
-        ("predict.batch_size=0", r"predict.batch_size = 0, outside its range \[1, 4096\]"),
+        ("inference.batch_size=0", r"inference.batch_size = 0, outside its range \[1, 4096\]"),
+        ("inference.segmenter_scales=[0.75, 1.25]", "inference.segmenter_scales must include 1.0"),
         ("classifier.head_learning_rate=0", r"classifier.head_learning_rate = 0.0, outside its range \(0, 10\]"),
         ("segmenter.scale_range=[0.0, 1.0]", r"segmenter.scale_range = \[0.0, 1.0\] holds 0.0, outside its range \(0, 8\]"),
         ("joint.area_grid=[0.1, 2]", r"joint.area_grid = \[0.1, 2.0\] holds 2.0"),
@@ -70,7 +73,7 @@ def test_bad_overrides_name_the_key(assignment, message):
 
 
 def test_unknown_profile_lists_the_available_ones():
-    with pytest.raises(ConfigError, match="unknown profile 'gpu-huge'; available: cpu, kaggle, smoke"):
+    with pytest.raises(ConfigError, match="unknown profile .gpu-huge.; available: cpu, cpu-scratch, kaggle, kaggle-strong, smoke"):
         load_profile("gpu-huge")
 
 

@@ -52,7 +52,8 @@ def test_predict_reads_only_the_models_the_tuned_choices_and_the_test_images():
 def test_each_run_folder_file_belongs_to_one_artifact():
     names = ["splits.json", "classifier.keras", "classifier_fold3.keras", "classifier_history_fold0.csv",
              "classifier_curves.png", "classifier_per_class.png", "segmenter.keras", "segmenter_curves.png",
-             "thresholds.json", "joint_rule.json", "test_predictions.npz", "submission.csv", "report.md",
+             "thresholds.json", "joint_rule.json", "validation_predictions.npz", "test_predictions.npz", "submission.csv",
+             "report.md", "worst_validation_images.png", "pixel_confusion.png",
              "attack/attack.md", "metrics/tune.json"]
     every = [*artifacts.ARTIFACTS, *(artifacts.metrics(name) for name in STAGE_NAMES)]
     for name in names:
@@ -176,7 +177,8 @@ def test_an_unchanged_run_reruns_nothing_and_relative_data_paths_reuse_it(tiny_r
 @pytest.mark.parametrize(("assignment", "stage"), [
     ("thresholds.grid_step=0.05", "tune"),
     ("joint.area_grid=[0.3]", "tune"),
-    ("predict.batch_size=3", "predict"),
+    ("inference.segmenter_flip_tta=false", "tune"),
+    ("submit.keep=['runs']", "submit"),
     ("classifier.dropout=0.3", "train-cls"),
 ])
 def test_a_config_change_invalidates_its_stage_and_only_what_depends_on_it(tiny_run, assignment, stage):
@@ -188,7 +190,7 @@ def test_a_config_change_invalidates_its_stage_and_only_what_depends_on_it(tiny_
         if name not in affected:
             assert item.state == "current" or name == "attack", (name, item)
         elif name != stage:
-            assert item.state in ("waiting", "not run"), (name, item)
+            assert item.state in ("waiting", "not run", "stale"), (name, item)
     ran = rerun(config)
     assert stage in ran and ran <= affected, ran
     assert rerun(resolve_paths(tiny_run[0])) >= {stage}  # and back again: the original configuration reruns it

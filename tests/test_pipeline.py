@@ -92,5 +92,5 @@ def test_metrics_and_records_describe_every_stage_that_ran(smoke_run):
     info = json.loads((smoke_run.run_dir / "run_info.json").read_text())["stages"]["predict"]
     assert set(info["inputs"]["artifacts"]) == {"classifier.json", "classifier.keras", "segmenter.json", "segmenter.keras",
                                                "thresholds.json", "joint_rule.json"}
-    assert set(info["inputs"]["data"]) == {"test"} and set(info["inputs"]["config"]) == {"predict"}
+    assert set(info["inputs"]["data"]) == {"test"} and set(info["inputs"]["config"]) == {"inference"}
     assert set(info["outputs"]) == {"test_predictions.npz", "metrics/predict.json"}

@@ -3,32 +3,58 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from voc_pipeline.config import ConfigError, build_config
-from voc_pipeline.models.backbones import BACKBONES, BackboneError
+from voc_pipeline.config import build_config
+from voc_pipeline.errors import BackboneError, ConfigError
+from voc_pipeline.models.backbones import BACKBONES
 from voc_pipeline.models.input_pipeline import IGNORE_LABEL, random_scale_crop_flip, segmentation_dataset
 from voc_pipeline.models.losses import SegmentationLoss
-from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps
+from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps, probability_maps, scaled_canvas
+
+
+def small_segmenter(backbone: str, output_stride: int = 16, image_size: int = 64):
+    width = 0.5 if backbone.startswith("mobilenet") else 1.0
+    return build_segmenter(backbone, image_size, output_stride=output_stride, weights="none", width_multiplier=width,
+                           aspp_filters=16, decoder_filters=16)
 
 
 @pytest.mark.parametrize("backbone", ["mobilenet", "mobilenet_v2"])
 @pytest.mark.parametrize("output_stride", [8, 16])
-def test_output_is_21_logits_at_input_resolution(backbone, output_stride):
-    model = build_segmenter(backbone, 64, output_stride=output_stride, weights="none", width_multiplier=0.5,
-                            aspp_filters=16, decoder_filters=16)
-    logits = model.predict(np.zeros((2, 64, 64, 3), np.uint8), verbose=0)
-    assert logits.shape == (2, 64, 64, 21) and logits.dtype == np.float32
-    low_level, high_level = model.get_layer("backbone").outputs
-    assert tuple(low_level.shape[1:3]) == (16, 16), "the low-level tap is at stride 4"
-    assert tuple(high_level.shape[1:3]) == (64 // output_stride,) * 2, "the high-level tap is at the output stride"
+def test_output_is_21_logits_at_any_size_the_output_stride_divides(backbone, output_stride):
+    model = small_segmenter(backbone, output_stride)
+    for height, width in ((64, 64), (96, 128)):
+        logits = model.predict(np.zeros((2, height, width, 3), np.uint8), verbose=0)
+        assert logits.shape == (2, height, width, 21) and logits.dtype == np.float32
+        low_level, high_level = model.get_layer("backbone").predict(np.zeros((1, height, width, 3), np.float32), verbose=0)
+        assert low_level.shape[1:3] == (height // 4, width // 4), "the low-level tap is at stride 4"
+        assert high_level.shape[1:3] == (height // output_stride, width // output_stride), "the high-level tap is at the output stride"
     taps = BACKBONES[backbone].taps
     assert model.get_layer("backbone").get_layer(taps[4]) is not None
     assert model.get_layer("backbone").get_layer(taps[output_stride]) is not None
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["resnet50v2", "efficientnetv2_s"])
+def test_strong_backbones_build_train_a_step_predict_and_reload(backbone, tmp_path):
+    model = small_segmenter(backbone)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=SegmentationLoss(21, IGNORE_LABEL, 0.5))
+    rng = np.random.default_rng(0)
+    images, masks = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8), rng.integers(0, 21, (2, 64, 64))
+    history = model.fit(images, masks, epochs=1, batch_size=2, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    low_level, high_level = model.get_layer("backbone").predict(np.zeros((1, 96, 128, 3), np.float32), verbose=0)
+    assert low_level.shape[1:3] == (24, 32) and high_level.shape[1:3] == (6, 8)
+    path = tmp_path / "segmenter.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    photos = [rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)]
+    np.testing.assert_array_equal(predict_label_maps(model, photos, 64, 16, scales=(0.75, 1.0)),
+                                  predict_label_maps(loaded, photos, 64, 16, scales=(0.75, 1.0)))
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"backbone": "vgg16"}, "expected one of: mobilenet, mobilenet_v2"),
+        ({"backbone": "vgg16"}, "expected one of: mobilenet, mobilenet_v2, resnet50v2, efficientnetv2_s"),
         ({"image_size": 100}, "image size 100 is not divisible by the output stride 16"),
         ({"output_stride": 32}, "output stride must be one of"),
     ],
@@ -71,9 +97,16 @@ def test_label_maps_come_back_at_each_original_size():
     model = build_segmenter("mobilenet_v2", 64, weights="none", width_multiplier=0.35, aspp_filters=16, decoder_filters=16)
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in [(50, 70, 3), (90, 40, 3), (5, 3, 3), (64, 64, 3), (200, 120, 3)]]
-    maps = predict_label_maps([model], images, batch_size=2, flip_tta=True)
+    maps = predict_label_maps(model, images, 64, 16, batch_size=2, flip_tta=True, scales=(0.75, 1.0, 1.25))
     assert [label_map.shape for label_map in maps] == [image.shape[:2] for image in images]
     assert all(label_map.dtype == np.uint8 and label_map.max() <= 20 for label_map in maps)
+    per_scale = list(probability_maps(model, images, 64, 16, batch_size=2, flip_tta=False, scales=(0.5, 1.0)))
+    assert all(len(maps) == 2 and maps[0].shape == image.shape[:2] + (21,) for maps, image in zip(per_scale, images))
+    np.testing.assert_allclose(per_scale[0][1].sum(-1), 1.0, atol=1e-5)
+
+
+def test_scaled_canvases_are_multiples_of_the_output_stride():
+    assert [scaled_canvas(320, scale, 16) for scale in (0.5, 0.75, 1.0, 1.25, 0.01)] == [160, 240, 320, 400, 16]
 
 
 def test_prediction_argmaxes_after_resizing_probabilities_back():
@@ -84,7 +117,7 @@ def test_prediction_argmaxes_after_resizing_probabilities_back():
     logits = keras.ops.zeros((32, 32, 21)) + keras.ops.one_hot(7, 21) * 10 * left[None, :, None]
     outputs = keras.layers.Lambda(lambda x: keras.ops.zeros_like(keras.ops.cast(x, "float32")[..., :1]) + logits)(inputs)
     model = keras.Model(inputs, outputs)
-    label_map = predict_label_maps([model], [np.zeros((40, 40, 3), np.uint8)], flip_tta=False)[0]
+    label_map = predict_label_maps(model, [np.zeros((40, 40, 3), np.uint8)], 32, 16, flip_tta=False)[0]
     assert (label_map[:, :18] == 7).all() and (label_map[:, 22:] == 0).all()
 
 
@@ -125,4 +158,4 @@ def test_saved_segmenter_loads_and_predicts_identically(tmp_path):
     images = [np.random.default_rng(3).integers(0, 256, (45, 30, 3), dtype=np.uint8)]
     batch = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(model.predict(batch, verbose=0), loaded.predict(batch, verbose=0), atol=1e-5)
-    np.testing.assert_array_equal(predict_label_maps([model], images)[0], predict_label_maps([loaded], images)[0])
+    np.testing.assert_array_equal(predict_label_maps(model, images, 32, 16)[0], predict_label_maps(loaded, images, 32, 16)[0])

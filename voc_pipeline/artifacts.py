@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from voc_pipeline.core.classes import CLASS_NAMES
-from voc_pipeline.core.joint import JointRule
+from voc_pipeline.core.fusion import FusionModel
+from voc_pipeline.core.joint import InferencePlan, JointRule
 from voc_pipeline.data.splits import Splits, load_splits
 from voc_pipeline.errors import ArtifactError
 from voc_pipeline.files import load_label_maps
@@ -75,8 +76,6 @@ CLASSIFIER_HISTORY = Artifact("classifier_history*.csv", "train-cls", "per-epoch
 CLASSIFIER_CURVES = Artifact("classifier_curves*.png", "train-cls", "learning curves")
 SEGMENTER_MANIFEST = Artifact("segmenter.json", "train-seg", "the segmenter's model file and settings")
 SEGMENTER_MODEL = Artifact("segmenter.keras", "train-seg", "trained DeepLabV3+ segmenter")
-SEGMENTER_VALIDATION = Artifact("segmenter_validation.npz", "train-seg",
-                                "validation label maps at each image's own size")
 SEGMENTER_HISTORY = Artifact("segmenter_history.csv", "train-seg", "per-epoch training history")
 SEGMENTER_CURVES = Artifact("segmenter_curves.png", "train-seg", "learning curves")
 SEGMENTER_PER_CLASS = Artifact("segmenter_per_class.png", "train-seg", "validation IoU per class")
@@ -85,11 +84,15 @@ THRESHOLDS = Artifact("thresholds.json", "tune", "one decision threshold per cla
 THRESHOLD_COMPARISON = Artifact("threshold_comparison.md", "tune", "threshold strategies side by side")
 CLASSIFIER_PER_CLASS = Artifact("classifier_per_class.png", "tune", "per-class AP and F1 before and after tuning")
 JOINT_RULE = Artifact("joint_rule.json", "tune", "the rule reconciling the two heads, with every candidate's score")
+VALIDATION_PREDICTIONS = Artifact("validation_predictions.npz", "tune",
+                                  "the chosen rule on validation: row scores, pixel confusion, the worst images")
 TEST_PREDICTIONS = Artifact("test_predictions.npz", "predict",
                             "test probabilities, flags and label maps at each test image's size")
 SUBMISSION = Artifact("submission.csv", "submit", "the validated submission (also copied to submit.output_dir)")
 REPORT = Artifact("report.md", "evaluate", "validation report linking the figures")
 SCORE_COMPARISON = Artifact("score_comparison.png", "evaluate", "competition score against the baseline")
+WORST_IMAGES = Artifact("worst_validation_images.png", "evaluate", "the worst validation images, both heads' outputs")
+PIXEL_CONFUSION = Artifact("pixel_confusion.png", "evaluate", "pixel confusion heatmap of the chosen rule")
 ATTACK_FILES = Artifact("attack/*", "attack", "adversarial attacks: attack.md, attack.csv and example panels")
 
 
@@ -100,9 +103,10 @@ def metrics(stage: str) -> Artifact:
 
 ARTIFACTS: tuple[Artifact, ...] = (
     SPLITS, DATA_SUMMARY, CLASSIFIER_MANIFEST, CLASSIFIER_MODELS, CLASSIFIER_VALIDATION, CLASSIFIER_HISTORY,
-    CLASSIFIER_CURVES, SEGMENTER_MANIFEST, SEGMENTER_MODEL, SEGMENTER_VALIDATION, SEGMENTER_HISTORY, SEGMENTER_CURVES,
+    CLASSIFIER_CURVES, SEGMENTER_MANIFEST, SEGMENTER_MODEL, SEGMENTER_HISTORY, SEGMENTER_CURVES,
     SEGMENTER_PER_CLASS, SEGMENTER_OVERLAYS, THRESHOLDS, THRESHOLD_COMPARISON, CLASSIFIER_PER_CLASS, JOINT_RULE,
-    TEST_PREDICTIONS, SUBMISSION, REPORT, SCORE_COMPARISON, ATTACK_FILES,
+    VALIDATION_PREDICTIONS, TEST_PREDICTIONS, SUBMISSION, REPORT, SCORE_COMPARISON, WORST_IMAGES, PIXEL_CONFUSION,
+    ATTACK_FILES,
 )
 
 
@@ -175,11 +179,12 @@ def read_splits(run_dir: Path) -> Splits:
     return load_splits(SPLITS.path(run_dir))
 
 
-def read_thresholds(run_dir: Path) -> tuple[np.ndarray, bool]:
-    """(per-class thresholds in class order, whether the classifier uses flip TTA) from stage tune."""
+def read_thresholds(run_dir: Path, key: str = "thresholds") -> np.ndarray:
+    """Per-class thresholds in class order from stage tune: those of the chosen flag source ("thresholds"), or
+    those of the classifier alone ("classifier_thresholds")."""
     payload = read_json(THRESHOLDS, run_dir)
     try:
-        return np.array([float(payload["thresholds"][name]) for name in CLASS_NAMES]), bool(payload["flip_tta"])
+        return np.array([float(payload[key][name]) for name in CLASS_NAMES])
     except (KeyError, TypeError, ValueError) as error:
         raise unreadable(THRESHOLDS.path(run_dir), THRESHOLDS.stage, f"no threshold for {error}") from None
 
@@ -188,10 +193,23 @@ def read_joint_rule(run_dir: Path) -> tuple[JointRule, dict]:
     """(the chosen joint rule, the whole joint_rule.json payload) from stage tune."""
     payload = read_json(JOINT_RULE, run_dir)
     try:
-        rule = payload["rule"]
-        return JointRule(rule["add_area_fraction"], rule["remove_rejected_pixels"]), payload
+        return JointRule.from_dict(payload["rule"]), payload
     except (KeyError, TypeError) as error:
         raise unreadable(JOINT_RULE.path(run_dir), JOINT_RULE.stage, f"no rule field {error}") from None
+
+
+def read_inference_plan(run_dir: Path) -> tuple[InferencePlan, dict]:
+    """(everything tune chose, as one plan; its thresholds.json payload) from stage tune."""
+    thresholds = read_thresholds(run_dir)
+    payload = read_json(THRESHOLDS, run_dir)
+    rule, joint = read_joint_rule(run_dir)
+    try:
+        fusion = FusionModel.from_dict(payload["fusion"]) if payload.get("fusion") else None
+        plan = InferencePlan(thresholds, fusion, rule, tuple(float(scale) for scale in joint["scales"]),
+                             np.array(joint["class_boxes"], dtype=np.float64), float(joint["tiny_mask_fraction"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise unreadable(JOINT_RULE.path(run_dir), JOINT_RULE.stage, f"no field {error}") from None
+    return plan, payload
 
 
 @dataclass(frozen=True)
@@ -209,14 +227,14 @@ def read_classifier_validation(run_dir: Path) -> ClassifierValidation:
     return ClassifierValidation(arrays["ids"], arrays["labels"], arrays["probabilities"], arrays["probabilities_flip_tta"])
 
 
-def read_segmenter_validation(run_dir: Path) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(validation ids, predicted label maps at each image's own size) from stage train-seg."""
-    arrays, label_maps = read_label_map_npz(SEGMENTER_VALIDATION, run_dir)
-    return arrays["ids"], label_maps
+def read_validation_predictions(run_dir: Path) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """(all_ids, row scores, confusion, and for the worst images ids, probabilities, flags; their label maps)
+    from stage tune."""
+    return read_label_map_npz(VALIDATION_PREDICTIONS, run_dir)
 
 
 def read_test_predictions(run_dir: Path) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-    """(ids, probabilities, flags, classifier flags; label maps at each test image's size) from stage predict."""
+    """(ids, classifier probabilities, source probabilities, flags; label maps at each test image's size) from stage predict."""
     return read_label_map_npz(TEST_PREDICTIONS, run_dir)
 
 

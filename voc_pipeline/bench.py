@@ -142,7 +142,8 @@ def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, f
     batch_size = settings.batch_size
     figures = training_figures(model, pipeline, steps, batch_size)
     figures["predict_with_resize_back_images_per_second"] = prediction_rate(
-        lambda chosen: predict_label_maps([model], chosen, batch_size, flip_tta=False), images, batch_size)
+        lambda chosen: predict_label_maps(model, chosen, settings.image_size, settings.output_stride, batch_size,
+                                          flip_tta=False), images, batch_size)
     print_figures(f"segmenter DeepLabV3+ {settings.backbone} (output stride {settings.output_stride}) at "
                   f"{settings.image_size} px, batch {batch_size}, source images 375 x 500, {steps} steps after a warm-up:", figures)
     return figures
@@ -183,11 +184,12 @@ def bench_predict(config, num_images: int = 48) -> dict[str, float]:
                                 segmenter_settings.output_stride, "none", segmenter_settings.width_multiplier,
                                 segmenter_settings.aspp_filters, segmenter_settings.decoder_filters)
     thresholds = np.full(NUM_CLASSES, 0.5)
-    batch_size = config.predict.batch_size
+    batch_size = config.inference.batch_size
 
     def batched():
         flags = apply_thresholds(predict_probabilities([classifier], images, batch_size, flip_tta=False), thresholds)
-        maps = predict_label_maps([segmenter], images, batch_size, flip_tta=False)
+        maps = predict_label_maps(segmenter, images, segmenter_settings.image_size, segmenter_settings.output_stride,
+                                  batch_size, flip_tta=False)
         return submission_text(make_test_frame(ids, flags, maps))
 
     def one_at_a_time():
@@ -248,4 +250,100 @@ def bench_determinism(profile: str | None, assignments: tuple[str, ...], repeats
         off, on = rates[model, False], rates[model, True]
         figures[f"{model}_cost_fraction"] = 1.0 - on / off
         print(f"  {model:<12}{off:>18.1f}{on:>18.1f}{figures[f'{model}_cost_fraction']:>10.1%}")
+    return figures
+
+
+# Assumed sustained throughput of one T4 in mixed precision for these convolutional networks: between 5%
+# and 15% of its 65 TFLOPS tensor-core peak (depthwise convolutions, batch norm and input pipelines keep
+# real networks far from peak), and 1.8x for two of them under MirroredStrategy. An assumption, printed
+# with every estimate as a range.
+T4_FLOPS_RANGE = (3e12, 10e12)
+TWO_T4_SPEEDUP = 1.8
+COMPETITION_TRAIN_IMAGES, COMPETITION_TEST_IMAGES = 749, 750
+
+
+def forward_flops(model, image_size: int) -> float:
+    """Floating-point operations of one forward pass of one image_size square image (TensorFlow's profiler)."""
+    import tensorflow as tf
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    @tf.autograph.experimental.do_not_convert
+    def forward(images):
+        return model(images, training=False)
+
+    graph = tf.function(forward).get_concrete_function(tf.TensorSpec((1, image_size, image_size, 3), tf.uint8)).graph
+    options = option_builder.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return float(model_analyzer.profile(graph, options=options).total_float_ops)
+
+
+def measured_step_seconds(model, loss, batch: tuple[np.ndarray, np.ndarray]) -> float:
+    """Seconds of one training step here, after a warm-up step (which traces and compiles)."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=loss)
+    model.train_on_batch(*batch)
+    start = time.perf_counter()
+    model.train_on_batch(*batch)
+    return time.perf_counter() - start
+
+
+def bench_estimate(config) -> dict[str, float]:
+    """A measured training step of each head here, and an ESTIMATE of the profile's full run on Kaggle's two
+    T4s from the heads' counted FLOPs (training = 3x forward, every planned epoch run, no early stop)."""
+    from voc_pipeline.core.classes import NUM_CLASSES
+    from voc_pipeline.models.classifier import build_classifier
+    from voc_pipeline.models.input_pipeline import IGNORE_LABEL
+    from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
+    from voc_pipeline.models.segmenter import build_segmenter
+
+    classifier_settings, segmenter_settings = config.classifier, config.segmenter
+    rng = np.random.default_rng(config.seed)
+    classifier = build_classifier(classifier_settings.backbone, classifier_settings.image_size, NUM_CLASSES, "none",
+                                  classifier_settings.dropout, classifier_settings.width_multiplier)
+    segmenter = build_segmenter(segmenter_settings.backbone, segmenter_settings.image_size, NUM_CLASSES + 1,
+                                segmenter_settings.output_stride, "none", segmenter_settings.width_multiplier,
+                                segmenter_settings.aspp_filters, segmenter_settings.decoder_filters)
+    figures = {"classifier_forward_gflops": forward_flops(classifier, classifier_settings.image_size) / 1e9,
+               "segmenter_forward_gflops": forward_flops(segmenter, segmenter_settings.image_size) / 1e9}
+    size, batch = classifier_settings.image_size, classifier_settings.batch_size
+    figures["classifier_step_seconds_here"] = measured_step_seconds(
+        classifier, classifier_loss(classifier_settings.loss),
+        (rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), (rng.random((batch, NUM_CLASSES)) < 0.1).astype("float32")))
+    size, batch = segmenter_settings.image_size, segmenter_settings.batch_size
+    figures["segmenter_step_seconds_here"] = measured_step_seconds(
+        segmenter, SegmentationLoss(NUM_CLASSES + 1, IGNORE_LABEL, segmenter_settings.dice_weight),
+        (rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), rng.integers(0, NUM_CLASSES + 1, (batch, size, size))))
+
+    fit_images = COMPETITION_TRAIN_IMAGES * (1 - config.data.validation_fraction)
+    classifier_images = (COMPETITION_TRAIN_IMAGES * (config.data.num_folds - 1) if classifier_settings.kfold else fit_images)
+    classifier_epochs = classifier_settings.head_epochs + classifier_settings.finetune_epochs
+    segmenter_epochs = segmenter_settings.head_epochs + segmenter_settings.finetune_epochs
+    views = (2 if config.inference.classifier_flip_tta else 1) * (config.data.num_folds if classifier_settings.kfold else 1)
+    segmenter_views = (2 if config.inference.segmenter_flip_tta else 1) * sum(scale ** 2 for scale in config.inference.segmenter_scales)
+    # Each epoch also predicts its validation images once (K folds together validate every image once).
+    classifier_validation = COMPETITION_TRAIN_IMAGES if classifier_settings.kfold else COMPETITION_TRAIN_IMAGES - fit_images
+    flops = {
+        "classifier training": figures["classifier_forward_gflops"] * 1e9 * classifier_epochs
+                               * (3 * classifier_images + classifier_validation),
+        "segmenter training": figures["segmenter_forward_gflops"] * 1e9 * segmenter_epochs
+                              * (3 * fit_images + COMPETITION_TRAIN_IMAGES - fit_images),
+        "prediction (validation and test)": (figures["classifier_forward_gflops"] * views + figures["segmenter_forward_gflops"]
+                                             * segmenter_views * 2) * 1e9 * COMPETITION_TEST_IMAGES,
+    }
+    slow, fast = (flops_per_second * TWO_T4_SPEEDUP for flops_per_second in T4_FLOPS_RANGE)
+    print(f"profile at {classifier_settings.backbone} {classifier_settings.image_size} px and DeepLabV3+ "
+          f"{segmenter_settings.backbone} {segmenter_settings.image_size} px:")
+    print(f"  forward pass: classifier {figures['classifier_forward_gflops']:.1f} GFLOPs, segmenter "
+          f"{figures['segmenter_forward_gflops']:.1f} GFLOPs per image")
+    print(f"  measured here: one training step {figures['classifier_step_seconds_here']:.2f} s (classifier, batch "
+          f"{classifier_settings.batch_size}), {figures['segmenter_step_seconds_here']:.2f} s (segmenter, batch "
+          f"{segmenter_settings.batch_size})")
+    print(f"  ESTIMATE on Kaggle's two T4s (assumed {T4_FLOPS_RANGE[0] / 1e12:.0f} to {T4_FLOPS_RANGE[1] / 1e12:.0f} TFLOPS "
+          f"sustained per T4, {TWO_T4_SPEEDUP}x for two; every planned epoch run, no early stop; start-up and "
+          "data loading not counted):")
+    for name, total in [*flops.items(), ("total", sum(flops.values()))]:
+        key = f"estimated_hours_{name.split()[0]}"
+        figures[key + "_low"], figures[key + "_high"] = total / fast / 3600, total / slow / 3600
+        print(f"    {name:<34}{figures[key + '_low']:>6.2f} to {figures[key + '_high']:.2f} h")
     return figures

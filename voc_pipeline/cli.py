@@ -219,6 +219,8 @@ def command_bench(arguments) -> int:
         figures = bench.bench_segmenter(config_from_arguments(arguments), arguments.images or 64)
     elif arguments.target == "predict":
         figures = bench.bench_predict(config_from_arguments(arguments), arguments.images or 48)
+    elif arguments.target == "estimate":
+        figures = bench.bench_estimate(config_from_arguments(arguments))
     else:
         figures = bench.bench_determinism(arguments.profile, tuple(arguments.assignments), arguments.repeats)
     if arguments.json:
@@ -353,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(handler=command_prune)
 
     bench = commands.add_parser("bench", help="print speed figures measured on this machine")
-    bench.add_argument("target", choices=["submission", "classifier", "segmenter", "predict", "determinism"])
+    bench.add_argument("target", choices=["submission", "classifier", "segmenter", "predict", "determinism", "estimate"])
     bench.add_argument("--images", type=int, default=None, help="images to process (default: 750 for submission, 128 otherwise)")
     add_config_arguments(bench)
     bench.add_argument("--repeats", type=int, default=3)

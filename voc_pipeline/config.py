@@ -113,8 +113,6 @@ class ClassifierConfig:
     patience: int = bounded(6, 1, MANY)
     # Train one model per fold of data.num_folds and tune on out-of-fold probabilities (ensembled at prediction).
     kfold: bool = False
-    # Average the probabilities of each image and its mirror image at prediction.
-    flip_tta: bool = True
 
 
 @dataclass(frozen=True)
@@ -155,8 +153,6 @@ class SegmenterConfig:
     scale_range: tuple[float, ...] = bounded((0.5, 1.5), 0, 8, low_inclusive=False)
     # Epochs without validation improvement before stopping.
     patience: int = bounded(8, 1, MANY)
-    # Average the class probabilities of each image and its mirror image at prediction.
-    flip_tta: bool = True
     # Validation images drawn as image / truth / prediction panels.
     overlay_images: int = bounded(6, 0, 100)
 
@@ -173,12 +169,25 @@ class ThresholdConfig:
 class JointConfig:
     # Mask-area shares tried by the joint rule that adds a class the segmenter paints (chosen on validation).
     area_grid: tuple[float, ...] = bounded((0.005, 0.01, 0.02, 0.05, 0.1), **FRACTION)
+    # Try fusing the classifier's probability with the segmenter's evidence (kept only if it wins cross-validated).
+    fusion: bool = True
+    # An accepted class whose mask covers less than this share of the image counts as missing for the fallback.
+    tiny_mask_fraction: float = bounded(0.002, **FRACTION)
+    # Validation images with the lowest scores, drawn in the report with both heads' outputs.
+    worst_images: int = bounded(6, 0, 100)
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class InferenceConfig:
     # Images per prediction batch; memory stays bounded by one batch whatever the number of test images.
     batch_size: int = bounded(16, 1, 4096)
+    # Average the classifier's probabilities of each image and its mirror image.
+    classifier_flip_tta: bool = True
+    # Average the segmenter's probabilities of each image and its mirror image.
+    segmenter_flip_tta: bool = True
+    # Scales (of segmenter.image_size) at which the segmenter predicts, probabilities averaged at each image's
+    # size; 1.0 must be one of them: tune keeps the several scales only if they beat 1.0 alone on validation.
+    segmenter_scales: tuple[float, ...] = bounded((0.75, 1.0, 1.25), 0.25, 4)
 
 
 @dataclass(frozen=True)
@@ -225,7 +234,7 @@ class Config:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
     joint: JointConfig = field(default_factory=JointConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
 
@@ -367,6 +376,9 @@ def validate_config(config: Config) -> None:
                           f"{segmenter.output_stride}")
     if len(segmenter.scale_range) != 2 or segmenter.scale_range[0] > segmenter.scale_range[1]:
         raise ConfigError(f"segmenter.scale_range must be [low, high] with low <= high, got {list(segmenter.scale_range)}")
+    if 1.0 not in config.inference.segmenter_scales:
+        raise ConfigError(f"inference.segmenter_scales must include 1.0 (the scale the others are compared with), "
+                          f"got {list(config.inference.segmenter_scales)}")
     if not config.attack.epsilons:
         raise ConfigError("attack.epsilons must list at least one budget")
     if not re.fullmatch(RUN_NAME_PATTERN, config.run_name):

@@ -92,3 +92,20 @@ def plot_mask_overlays(images, true_maps, predicted_maps, titles, class_names, p
             axis.axis("off")
     figure.tight_layout()
     return save_figure(figure, path)
+
+
+def plot_confusion(confusion: np.ndarray, label_names, path: Path, title: str) -> Path:
+    """A heatmap of pixel counts, each true label's row normalised to shares of its pixels."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    shares = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(9, 8))
+    image = axis.imshow(shares, cmap="viridis", vmin=0, vmax=1)
+    axis.set_xticks(range(len(label_names)))
+    axis.set_xticklabels(label_names, rotation=90, fontsize=8)
+    axis.set_yticks(range(len(label_names)))
+    axis.set_yticklabels(label_names, fontsize=8)
+    axis.set_xlabel("predicted label")
+    axis.set_ylabel("true label")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, fraction=0.046, label="share of the true label's pixels")
+    return save_figure(figure, path)

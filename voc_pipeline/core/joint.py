@@ -1,65 +1,94 @@
 """The joint decision between the classification and segmentation heads (pure NumPy, no I/O).
 
-The two heads are trained apart and can disagree: the segmenter paints a class the classifier rejects,
-or the classifier accepts a class the segmenter never paints. Two simple rules reconcile them, and which
-ones to use (and the area threshold) is chosen on the validation split by the competition score:
-- add: a class whose predicted mask covers at least `add_area_fraction` of the image joins the flags;
-- remove: pixels of a class that is not among the final flags become background.
-"Independent heads" (neither rule) is always a candidate and wins ties.
+The two heads are trained apart and can disagree. A joint rule decides, per image, the final flags and
+the label map from the tuned flags and the segmenter's per-pixel probabilities:
+- flags: the tuned flags, plus (optionally) every class the segmenter paints over at least
+  `add_area_fraction` of the image;
+- mask: one of the mask rules of voc_pipeline.core.masks, given those flags;
+- fallback (optionally): an accepted class whose mask is empty or tiny gets its typical training box.
+Every combination is a candidate, scored on validation by the competition score; "independent heads"
+(the tuned flags and the segmenter's own argmax) comes first and wins ties.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.core.masks import MASK_RULES, class_evidence, fill_missing_classes, label_map
 from voc_pipeline.core.scoring import classification_row_scores, competition_score, segmentation_row_scores
+from voc_pipeline.core.thresholds import apply_thresholds
 
 
 @dataclass(frozen=True)
 class JointRule:
-    """add_area_fraction: None never adds classes from masks; remove_rejected_pixels: clear pixels of unflagged classes."""
+    """How the final flags and label map of an image are made from the tuned flags and the probabilities."""
 
     add_area_fraction: float | None = None
-    remove_rejected_pixels: bool = False
+    masks: str = "independent"
+    fallback: bool = False
 
     @property
     def name(self) -> str:
         parts = []
         if self.add_area_fraction is not None:
             parts.append(f"add classes covering >= {self.add_area_fraction:g} of the image")
-        if self.remove_rejected_pixels:
-            parts.append("remove pixels of rejected classes")
+        if self.masks != "independent":
+            parts.append(f"{self.masks} masks")
+        if self.fallback:
+            parts.append("typical box for a missing accepted class")
         return "; ".join(parts) or "independent heads"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "name": self.name}
+        return {"add_area_fraction": self.add_area_fraction, "masks": self.masks, "fallback": self.fallback,
+                "name": self.name}
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> JointRule:
+        return cls(payload["add_area_fraction"], payload["masks"], bool(payload["fallback"]))
 
 
-def class_area_fractions(label_maps: Sequence[np.ndarray], num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """(N, num_classes) share of each image's pixels predicted as each class."""
-    fractions = np.zeros((len(label_maps), num_classes))
-    for row, label_map in enumerate(label_maps):
-        counts = np.bincount(label_map.ravel(), minlength=num_classes + 1)[1:num_classes + 1]
-        fractions[row] = counts / max(label_map.size, 1)
-    return fractions
+def candidate_rules(area_grid: Sequence[float]) -> list[JointRule]:
+    """Independent heads first, then every combination of adding, mask rule and fallback."""
+    candidates = [JointRule()]
+    for area in (None, *area_grid):
+        for masks in MASK_RULES:
+            for fallback in (False, True):
+                rule = JointRule(area, masks, fallback)
+                if rule != JointRule():
+                    candidates.append(rule)
+    return candidates
 
 
-def apply_joint_rule(flags: np.ndarray, label_maps: Sequence[np.ndarray], rule: JointRule) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(flags, label maps) after the rule; the inputs are not modified."""
-    flags = np.asarray(flags).astype(np.int8).copy()
-    if rule.add_area_fraction is not None:
-        flags |= (class_area_fractions(label_maps, flags.shape[1]) >= rule.add_area_fraction).astype(np.int8)
-    if not rule.remove_rejected_pixels:
-        return flags, list(label_maps)
-    kept_maps = []
-    for image_flags, label_map in zip(flags, label_maps):
-        allowed = np.concatenate([[True], image_flags.astype(bool), np.zeros(256 - 1 - len(image_flags), bool)])
-        kept_maps.append(np.where(allowed[label_map], label_map, 0).astype(np.uint8))
-    return flags, kept_maps
+def final_flags(base_flags: np.ndarray, area_share: np.ndarray, add_area_fraction: float | None) -> np.ndarray:
+    """The tuned flags, plus the classes the segmenter paints over at least `add_area_fraction` of the image."""
+    flags = np.asarray(base_flags).astype(np.int8)
+    if add_area_fraction is None:
+        return flags.copy()
+    return flags | (np.asarray(area_share) >= add_area_fraction).astype(np.int8)
+
+
+class ImageDecisions:
+    """The outputs of every candidate rule for one image, each mask computed once per distinct flag set."""
+
+    def __init__(self, probabilities: np.ndarray, base_flags: np.ndarray, boxes: np.ndarray, tiny_fraction: float):
+        self.probabilities, self.base_flags = probabilities, np.asarray(base_flags).astype(np.int8)
+        self.boxes, self.tiny_fraction = boxes, tiny_fraction
+        self.largest, self.area_share = class_evidence(probabilities)
+        self._masks: dict[tuple, np.ndarray] = {}
+
+    def decide(self, rule: JointRule) -> tuple[np.ndarray, np.ndarray]:
+        """(final flags (20,), uint8 label map) of this image under `rule`."""
+        flags = final_flags(self.base_flags, self.area_share, rule.add_area_fraction)
+        key = (rule.masks, rule.fallback, flags.tobytes() if rule.masks != "independent" or rule.fallback else b"")
+        if key not in self._masks:
+            labels = label_map(self.probabilities, flags, rule.masks)
+            if rule.fallback:
+                labels = fill_missing_classes(labels, flags, self.boxes, self.tiny_fraction)
+            self._masks[key] = labels
+        return flags, self._masks[key]
 
 
 def score_predictions(flags: np.ndarray, label_maps: Sequence[np.ndarray], true_labels: np.ndarray,
@@ -68,23 +97,40 @@ def score_predictions(flags: np.ndarray, label_maps: Sequence[np.ndarray], true_
     return competition_score(classification_row_scores(flags, true_labels), segmentation_row_scores(label_maps, true_maps))
 
 
-def candidate_rules(area_grid: Sequence[float]) -> list[JointRule]:
-    """Independent heads first, then every combination of the add and remove rules."""
-    candidates = [JointRule()]
-    for area in (None, *area_grid):
-        for remove in (False, True):
-            rule = JointRule(area, remove)
-            if rule != JointRule():
-                candidates.append(rule)
-    return candidates
+def best_candidate(scores: Sequence[float]) -> int:
+    """The position of the highest score; the first on ties (candidates come simplest first)."""
+    return max(range(len(scores)), key=lambda index: (scores[index], -index))
 
 
-def choose_joint_rule(flags: np.ndarray, label_maps: Sequence[np.ndarray], true_labels: np.ndarray,
-                      true_maps: Sequence[np.ndarray], area_grid: Sequence[float]) -> tuple[JointRule, list[dict]]:
-    """The candidate with the highest competition score (the first on ties) and every candidate's scores."""
-    table = []
-    for rule in candidate_rules(area_grid):
-        rule_flags, rule_maps = apply_joint_rule(flags, label_maps, rule)
-        table.append({**rule.to_dict(), **score_predictions(rule_flags, rule_maps, true_labels, true_maps)})
-    best = max(range(len(table)), key=lambda index: (table[index]["score"], -index))
-    return candidate_rules(area_grid)[best], table
+@dataclass(frozen=True)
+class InferencePlan:
+    """Everything `tune` chose, applied to one image at a time by `tune` on validation and `predict` on test.
+
+    Attributes:
+        thresholds: (20,) thresholds on the flags' source probabilities.
+        fusion: the model fusing the classifier with the segmenter's evidence, or None (the classifier alone).
+        rule: the joint rule.
+        scales: the segmenter's scales.
+        boxes: (20, 4) typical boxes of the classes, for the fallback.
+        tiny_fraction: the mask share under which an accepted class counts as missing.
+    """
+
+    thresholds: np.ndarray
+    fusion: object | None
+    rule: JointRule
+    scales: tuple[float, ...]
+    boxes: np.ndarray
+    tiny_fraction: float
+
+    def base_flags(self, classifier_probabilities: np.ndarray, largest: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the flags' source probabilities, the tuned flags) of one image, all (20,)."""
+        source = (classifier_probabilities if self.fusion is None
+                  else self.fusion.probabilities(classifier_probabilities[None], largest[None], area[None])[0])
+        return source, apply_thresholds(source[None], self.thresholds)[0]
+
+    def decide(self, probabilities: np.ndarray, classifier_probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(source probabilities, final flags, uint8 label map) of one image from its (H, W, 21) probabilities."""
+        largest, area = class_evidence(probabilities)
+        source, flags = self.base_flags(classifier_probabilities, largest, area)
+        final, labels = ImageDecisions(probabilities, flags, self.boxes, self.tiny_fraction).decide(self.rule)
+        return source, final, labels

@@ -86,9 +86,15 @@ BACKBONES: dict[str, BackboneSpec] = {
         has_width_multiplier=True,
     ),
     "vgg16": BackboneSpec(keras.applications.VGG16, "caffe", None),
-    "resnet50v2": BackboneSpec(keras.applications.ResNet50V2, "tf", None),
-    "efficientnetv2_s": BackboneSpec(keras.applications.EfficientNetV2S, "raw", None,
-                                     extra_arguments={"include_preprocessing": True}),
+    # ResNetV2 strides in the last block of a stage, so each stage's full-depth output sits one block earlier.
+    "resnet50v2": BackboneSpec(
+        keras.applications.ResNet50V2, "tf", None,
+        taps={4: "conv2_block2_out", 8: "conv3_block3_out", 16: "conv4_block5_out", 32: "post_relu"},
+    ),
+    "efficientnetv2_s": BackboneSpec(
+        keras.applications.EfficientNetV2S, "raw", None, extra_arguments={"include_preprocessing": True},
+        taps={4: "block2d_add", 8: "block3d_add", 16: "block5i_add", 32: "top_activation"},
+    ),
     "simple_cnn": BackboneSpec(simple_cnn, "unit", None),
 }
 
@@ -127,8 +133,11 @@ def check_image_size(name: str, image_size: int, weights: str | None, pretrained
 
 
 def build_backbone(name: str, image_size: int, weights: str = "imagenet", width_multiplier: float = 1.0,
-                   pretrained_size_only: bool = True) -> keras.Model:
+                   pretrained_size_only: bool = True, any_size: bool = False) -> keras.Model:
     """The headless backbone as a keras.Model named 'backbone', taking preprocessed float input.
+
+    With `any_size`, the input's height and width are left open (dense prediction at several scales);
+    `image_size` then only checks the nominal size.
 
     Raises:
         BackboneError: unknown name, unsupported size or missing weights file.
@@ -137,7 +146,8 @@ def build_backbone(name: str, image_size: int, weights: str = "imagenet", width_
     spec = backbone_spec(name)
     resolved = resolve_weights(weights)
     check_image_size(name, image_size, resolved, pretrained_size_only)
-    arguments = dict(include_top=False, weights=resolved, input_shape=(image_size, image_size, 3), **spec.extra_arguments)
+    side = None if any_size else image_size
+    arguments = dict(include_top=False, weights=resolved, input_shape=(side, side, 3), **spec.extra_arguments)
     if spec.has_width_multiplier:
         arguments["alpha"] = width_multiplier
     elif width_multiplier != 1.0:

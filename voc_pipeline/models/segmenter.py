@@ -1,28 +1,58 @@
-"""DeepLabV3+ on a MobileNet backbone, and prediction of label maps at each image's own size.
+"""DeepLabV3+ on a keras.applications backbone, and per-pixel probabilities at each image's own size.
 
 Model (Chen et al., 2018): atrous spatial pyramid pooling on the backbone's output-stride features
 (a 1x1 branch, three 3x3 atrous branches, image-level pooling), a decoder that fuses the upsampled ASPP
 output with low-level stride-4 features reduced to 48 channels, two 3x3 convolutions, and bilinear
-upsampling of the class logits to the input size.
+upsampling of the class logits to the input size. The input may be any size that is a multiple of the
+output stride, so one model predicts at several scales.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import keras
 import numpy as np
-from keras import layers
+import tensorflow as tf
+from keras import layers, ops
 
 from voc_pipeline.core.classes import NUM_CLASSES
 from voc_pipeline.errors import BackboneError
 from voc_pipeline.models.backbones import backbone_spec, build_backbone, preprocessing_layer
 from voc_pipeline.models.input_pipeline import letterbox_for_prediction
 
-SEGMENTER_BACKBONES = ("mobilenet", "mobilenet_v2")
+SEGMENTER_BACKBONES = ("mobilenet", "mobilenet_v2", "resnet50v2", "efficientnetv2_s")
 ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 LOW_LEVEL_STRIDE = 4
+
+
+@keras.saving.register_keras_serializable(package="voc_pipeline")
+class SpreadOverFeatureMap(layers.Layer):
+    """Repeats a 1 x 1 image-level feature at every position of a reference feature map, whatever its size
+    (ASPP's image-pooling branch; a bilinear upsampling of a 1 x 1 map gives the same values)."""
+
+    def call(self, inputs):
+        pooled, reference = inputs
+        return pooled + ops.cast(ops.zeros_like(reference[..., :1]), pooled.dtype)
+
+
+@keras.saving.register_keras_serializable(package="voc_pipeline")
+class BilinearUpsampling(layers.Layer):
+    """Bilinear upsampling by an integer factor for inputs of any height and width (Keras's UpSampling2D
+    needs them known; this gives the same values: both are tf.image.resize)."""
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, inputs):
+        shape = tf.shape(inputs)
+        resized = tf.image.resize(inputs, (shape[1] * self.factor, shape[2] * self.factor), method="bilinear")
+        return tf.cast(resized, inputs.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
 
 
 def conv_bn_relu(features, filters: int, kernel_size: int, name: str, dilation_rate: int = 1):
@@ -33,14 +63,14 @@ def conv_bn_relu(features, filters: int, kernel_size: int, name: str, dilation_r
     return layers.ReLU(name=f"{name}_relu")(features)
 
 
-def atrous_spatial_pyramid_pooling(features, filters: int, rates: tuple[int, int, int], feature_size: int):
+def atrous_spatial_pyramid_pooling(features, filters: int, rates: tuple[int, int, int]):
     """ASPP: a 1x1 branch, three 3x3 atrous branches and image-level pooling, fused by a 1x1 convolution."""
     branches = [conv_bn_relu(features, filters, 1, "aspp_1x1")]
     for rate in rates:
         branches.append(conv_bn_relu(features, filters, 3, f"aspp_rate{rate}", dilation_rate=rate))
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name="aspp_image_pool")(features)
     pooled = conv_bn_relu(pooled, filters, 1, "aspp_image")
-    branches.append(layers.UpSampling2D(feature_size, interpolation="bilinear", name="aspp_image_upsample")(pooled))
+    branches.append(SpreadOverFeatureMap(name="aspp_image_spread")([pooled, features]))
     fused = layers.Concatenate(name="aspp_concat")(branches)
     fused = conv_bn_relu(fused, filters, 1, "aspp_project")
     return layers.Dropout(0.1, name="aspp_dropout")(fused)
@@ -49,15 +79,16 @@ def atrous_spatial_pyramid_pooling(features, filters: int, rates: tuple[int, int
 def build_segmenter(backbone: str = "mobilenet", image_size: int = 320, num_classes: int = NUM_CLASSES + 1,
                     output_stride: int = 16, weights: str = "imagenet", width_multiplier: float = 1.0,
                     aspp_filters: int = 256, decoder_filters: int = 256) -> keras.Model:
-    """An uncompiled DeepLabV3+ from raw uint8 RGB (image_size square) to float32 logits (image_size, image_size, num_classes).
+    """An uncompiled DeepLabV3+ from raw uint8 RGB to float32 logits of the same height and width.
 
     Args:
-        backbone: "mobilenet" (MobileNet v1) or "mobilenet_v2".
-        image_size: square input side; must be divisible by output_stride.
+        backbone: one of SEGMENTER_BACKBONES (their stride-4 and output-stride taps are named in backbones.py).
+        image_size: the nominal (training) square side; must be divisible by output_stride. The model
+            accepts any height and width divisible by output_stride.
         num_classes: 21 for VOC (background and the 20 classes).
         output_stride: 16 or 8: input size over the size of the features ASPP sees.
         weights: "imagenet", "none" or the path of the backbone's no-top weights file.
-        width_multiplier: MobileNet alpha.
+        width_multiplier: MobileNet alpha (1.0 for the others).
         aspp_filters, decoder_filters: channels of the ASPP branches and of the decoder convolutions.
 
     Raises:
@@ -71,20 +102,20 @@ def build_segmenter(backbone: str = "mobilenet", image_size: int = 320, num_clas
         raise BackboneError(f"image size {image_size} is not divisible by the output stride {output_stride}; "
                             f"use a multiple of {output_stride} (e.g. {image_size // output_stride * output_stride or output_stride})")
     spec = backbone_spec(backbone)
-    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
-    network = build_backbone(backbone, image_size, weights, width_multiplier, pretrained_size_only=False)
+    inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
+    network = build_backbone(backbone, image_size, weights, width_multiplier, pretrained_size_only=False, any_size=True)
     extractor = keras.Model(network.input, [network.get_layer(spec.taps[LOW_LEVEL_STRIDE]).output,
                                             network.get_layer(spec.taps[output_stride]).output], name="backbone")
     low_level, high_level = extractor(preprocessing_layer(backbone)(inputs))
 
-    context = atrous_spatial_pyramid_pooling(high_level, aspp_filters, ATROUS_RATES[output_stride], image_size // output_stride)
-    context = layers.UpSampling2D(output_stride // LOW_LEVEL_STRIDE, interpolation="bilinear", name="decoder_upsample")(context)
+    context = atrous_spatial_pyramid_pooling(high_level, aspp_filters, ATROUS_RATES[output_stride])
+    context = BilinearUpsampling(output_stride // LOW_LEVEL_STRIDE, name="decoder_upsample")(context)
     low_level = conv_bn_relu(low_level, 48, 1, "decoder_low_level")
     decoded = layers.Concatenate(name="decoder_concat")([context, low_level])
     decoded = conv_bn_relu(decoded, decoder_filters, 3, "decoder_conv1")
     decoded = conv_bn_relu(decoded, decoder_filters, 3, "decoder_conv2")
     logits = layers.Conv2D(num_classes, 1, name="classifier_conv")(decoded)
-    logits = layers.UpSampling2D(LOW_LEVEL_STRIDE, interpolation="bilinear", name="upsample_to_input")(logits)
+    logits = BilinearUpsampling(LOW_LEVEL_STRIDE, name="upsample_to_input")(logits)
     logits = layers.Activation("linear", dtype="float32", name="logits")(logits)
     return keras.Model(inputs, logits, name=f"deeplabv3plus_{backbone}")
 
@@ -96,31 +127,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exponentials / exponentials.sum(-1, keepdims=True)
 
 
-def predict_label_maps(models: Sequence[keras.Model], images: Sequence[np.ndarray], batch_size: int = 8,
-                       flip_tta: bool = True) -> list[np.ndarray]:
-    """One uint8 label map (values 0..20) per image, at that image's own height and width.
-
-    Each batch is letterboxed to the model's input size; class probabilities are averaged over the models
-    and, with flip_tta, over the mirror image; the valid (unpadded) region is then resized bilinearly to
-    the original size and only then reduced by argmax. Memory is bounded by one batch.
-    """
-    image_size = models[0].input_shape[1]
-    views = (False, True) if flip_tta else (False,)
-    label_maps = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        letterboxed = [letterbox_for_prediction(image, image_size) for image in chunk]
-        batch = np.stack([boxed.numpy() for boxed, _, _ in letterboxed])
-        probabilities = 0.0
-        for model in models:
-            for flip in views:
-                view = np.ascontiguousarray(batch[:, :, ::-1]) if flip else batch
-                view_probabilities = softmax(np.asarray(model.predict_on_batch(view), dtype=np.float32))
-                probabilities = probabilities + (view_probabilities[:, :, ::-1] if flip else view_probabilities)
-        for image, image_probabilities, (_, valid_height, valid_width) in zip(chunk, probabilities, letterboxed):
-            valid = np.ascontiguousarray(image_probabilities[:int(valid_height), :int(valid_width)])
-            label_maps.append(resize_probabilities(valid, *image.shape[:2]).argmax(-1).astype(np.uint8))
-    return label_maps
+def scaled_canvas(image_size: int, scale: float, output_stride: int) -> int:
+    """The square side for predicting at `scale`: image_size times scale, to the nearest multiple of the stride."""
+    return max(output_stride, int(round(image_size * scale / output_stride)) * output_stride)
 
 
 def resize_probabilities(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -129,3 +138,45 @@ def resize_probabilities(probabilities: np.ndarray, height: int, width: int) -> 
         return probabilities
     # OpenCV resizes at most 512 channels at once and any count below that; 21 is fine.
     return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+
+
+def canvas_probabilities(model: keras.Model, batch: np.ndarray, flip_tta: bool) -> np.ndarray:
+    """(B, S, S, C) softmax probabilities of a letterboxed batch, averaged with its mirror image when flip_tta."""
+    views = (False, True) if flip_tta else (False,)
+    total = 0.0
+    for flip in views:
+        view = np.ascontiguousarray(batch[:, :, ::-1]) if flip else batch
+        probabilities = softmax(np.asarray(model.predict_on_batch(view), dtype=np.float32))
+        total = total + (probabilities[:, :, ::-1] if flip else probabilities)
+    return total / len(views)
+
+
+def probability_maps(model: keras.Model, images: Sequence[np.ndarray], image_size: int, output_stride: int,
+                     batch_size: int = 8, flip_tta: bool = True,
+                     scales: Sequence[float] = (1.0,)) -> Iterator[list[np.ndarray]]:
+    """For each image, in order, one (H, W, C) float32 probability map per scale, at the image's own size.
+
+    Each batch is letterboxed (long side to image_size times the scale, padded to a square that is a
+    multiple of the output stride) and predicted, averaged over the mirror image with flip_tta; the valid
+    (unpadded) region is resized bilinearly to the original size. Memory is bounded by one batch.
+    """
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        per_scale = []
+        for scale in scales:
+            canvas = scaled_canvas(image_size, scale, output_stride)
+            letterboxed = [letterbox_for_prediction(image, canvas) for image in chunk]
+            batch = np.stack([boxed.numpy() for boxed, _, _ in letterboxed])
+            per_scale.append((canvas_probabilities(model, batch, flip_tta),
+                              [(int(height), int(width)) for _, height, width in letterboxed]))
+        for position, image in enumerate(chunk):
+            yield [resize_probabilities(np.ascontiguousarray(probabilities[position, :valid[position][0], :valid[position][1]]),
+                                        *image.shape[:2]) for probabilities, valid in per_scale]
+
+
+def predict_label_maps(model: keras.Model, images: Sequence[np.ndarray], image_size: int, output_stride: int,
+                       batch_size: int = 8, flip_tta: bool = True, scales: Sequence[float] = (1.0,)) -> list[np.ndarray]:
+    """One uint8 label map (values 0..20) per image, at its own size: the argmax of the probabilities
+    averaged over the scales."""
+    return [(sum(maps) / len(maps)).argmax(-1).astype(np.uint8)
+            for maps in probability_maps(model, images, image_size, output_stride, batch_size, flip_tta, scales)]

@@ -76,8 +76,9 @@ def run_attack(config: Config) -> dict:
     output = run_dir / ATTACK_DIR
     output.mkdir(exist_ok=True)
     classifiers, _ = artifacts.load_classifiers(run_dir)
-    thresholds, _ = artifacts.read_thresholds(run_dir)
-    segmenter, _ = artifacts.load_segmenter(run_dir)
+    # The classifier is attacked alone, so its own thresholds apply, not those of fused evidence.
+    thresholds = artifacts.read_thresholds(run_dir, "classifier_thresholds")
+    segmenter, segmenter_manifest = artifacts.load_segmenter(run_dir)
     train = load_split(config.data.root, "train")
     splits = artifacts.read_splits(run_dir)
     positions = positions_of(train.ids, splits.validation_ids)[: settings.num_images]
@@ -89,7 +90,7 @@ def run_attack(config: Config) -> dict:
     classifier_result = attack_classifier(classifier, images, labels, thresholds, epsilons, settings.pgd_steps,
                                           target_class, settings.defence_bits)
     segmentation_images, segmentation_masks = next(iter(segmentation_dataset(
-        train.images, train.masks, positions, segmenter.input_shape[1], len(positions), training=False)))
+        train.images, train.masks, positions, int(segmenter_manifest["image_size"]), len(positions), training=False)))
     segmenter_rows, segmenter_examples = attack_segmenter(segmenter, segmentation_images.numpy(), segmentation_masks.numpy(),
                                                           epsilons, settings.pgd_steps, target_class, settings.defence_bits)
 

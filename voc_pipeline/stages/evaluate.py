@@ -15,7 +15,7 @@ from voc_pipeline.core.joint import score_predictions
 from voc_pipeline.data.competition import load_split
 from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_text_atomic
-from voc_pipeline.plots import plt, save_figure
+from voc_pipeline.plots import plot_confusion, plot_mask_overlays, plt, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ FIGURES = [
     (artifacts.SEGMENTER_PER_CLASS.pattern, "Segmenter IoU per class"),
     (artifacts.SEGMENTER_OVERLAYS.pattern, "Validation images: truth and prediction"),
     (artifacts.SCORE_COMPARISON.pattern, "Competition score on validation"),
+    (artifacts.WORST_IMAGES.pattern, "The validation images the chosen rule scores worst"),
+    (artifacts.PIXEL_CONFUSION.pattern, "Pixel confusion of the chosen rule on validation"),
 ]
 
 
@@ -73,6 +75,47 @@ def per_class_table(tuning: dict, segmenter: dict) -> str:
     return "\n".join(lines)
 
 
+def flag_text(flags: np.ndarray, probabilities: np.ndarray) -> str:
+    return ", ".join(f"{CLASS_NAMES[index]} {probabilities[index]:.2f}" for index in np.flatnonzero(flags)) or "-"
+
+
+def plot_mistakes(run_dir, train) -> None:
+    """The worst validation images (image, truth, prediction; row scores, flags with their probabilities) and the
+    pixel confusion heatmap of the chosen rule."""
+    arrays, label_maps = artifacts.read_validation_predictions(run_dir)
+    scores = dict(zip(arrays["all_ids"].tolist(), zip(arrays["classification_scores"], arrays["segmentation_scores"])))
+    positions = positions_of(train.ids, arrays["ids"])
+    if len(positions):
+        titles = [f"image {image_id}: classification F1 {scores[int(image_id)][0]:.2f}, mask Dice "
+                  f"{scores[int(image_id)][1]:.2f}\nflags: {flag_text(flags, probabilities)}"
+                  for image_id, flags, probabilities in zip(arrays["ids"], arrays["flags"], arrays["probabilities"])]
+        plot_mask_overlays([train.images[p] for p in positions], [train.masks[p] for p in positions], label_maps,
+                           titles, CLASS_NAMES, artifacts.WORST_IMAGES.path(run_dir))
+    plot_confusion(arrays["confusion"], ("background", *CLASS_NAMES), artifacts.PIXEL_CONFUSION.path(run_dir),
+                   f"pixels of {len(arrays['all_ids'])} validation images (rows: truth)")
+
+
+def choices_section(tuning: dict) -> list[str]:
+    """What tune chose on validation, and what it was chosen against."""
+    scales = tuning["scales"]
+    lines = ["| segmenter scales | validation Dice of its own masks | seconds per image |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {row['segmentation_dice']:.4f} | {row['seconds_per_image']:.3f} |"
+              for name, row in scales["options"].items()]
+    fusion = tuning["fusion"]
+    fusion_text = ("Fused evidence was not tried (joint.fusion = false)." if fusion.get("classifier_cross_validated") is None
+                   else f"Fused evidence: cross-validated classification {fusion['fused_cross_validated']:.4f} against "
+                        f"{fusion['classifier_cross_validated']:.4f} for the classifier alone; flags from the "
+                        f"{fusion['chosen']}.")
+    candidates = sorted(tuning["joint"]["candidates"], key=lambda row: -row["score"])
+    table = ["| joint rule | overall | classification | segmentation |", "| --- | --- | --- | --- |"]
+    table += [f"| {row['name']} | {row['score']:.4f} | {row['classification']:.4f} | {row['segmentation']:.4f} |"
+              for row in candidates[:10]]
+    return ["## What tune chose on validation",
+            f"Scales used: {', '.join(f'{scale:g}' for scale in scales['chosen'])}.", "\n".join(lines), fusion_text,
+            f"Joint rule: **{tuning['joint']['chosen']}**, the best of {len(candidates)} candidates (the ten best):",
+            "\n".join(table)]
+
+
 def run_evaluate(config: Config) -> dict:
     """Stage `evaluate`: writes report.md and score_comparison.png; returns the validation scores."""
     run_dir = config.run_dir
@@ -94,7 +137,8 @@ def run_evaluate(config: Config) -> dict:
     classifier_manifest = artifacts.read_json(artifacts.CLASSIFIER_MANIFEST, run_dir)
     segmenter_manifest = artifacts.read_json(artifacts.SEGMENTER_MANIFEST, run_dir)
     classifier, segmenter = artifacts.read_metrics(run_dir, "train-cls"), artifacts.read_metrics(run_dir, "train-seg")
-    tuning = artifacts.read_metrics(run_dir, "tune")["thresholds"]
+    tuning = artifacts.read_metrics(run_dir, "tune")
+    plot_mistakes(run_dir, train)
     threshold_table = artifacts.THRESHOLD_COMPARISON.require(run_dir).read_text()
     sections = [
         f"# Run `{config.run_name}`: validation report",
@@ -111,7 +155,8 @@ def run_evaluate(config: Config) -> dict:
         f"{segmenter_manifest['image_size']} px. Validation mIoU {segmenter['mean_iou']:.4f}, "
         f"segmentation-row Dice {segmenter['segmentation_dice']:.4f} "
         f"(without flip TTA: {segmenter['segmentation_dice_without_flip_tta']:.4f}).",
-        "## Per class", per_class_table(tuning, segmenter),
+        *choices_section(tuning),
+        "## Per class", per_class_table(tuning["thresholds"], segmenter),
         "## Figures",
     ]
     sections += [f"### {title}\n![{title}]({name})" for name, title in FIGURES if (run_dir / name).exists()]

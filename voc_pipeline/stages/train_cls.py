@@ -127,7 +127,7 @@ def run_train_cls(config: Config) -> dict:
     write_json_atomic(artifacts.CLASSIFIER_MANIFEST.path(run_dir), {
         "models": [artifacts.classifier_file(part.tag) for part in parts],
         "backbone": settings.backbone, "image_size": settings.image_size, "loss": settings.loss,
-        "flip_tta": settings.flip_tta, "validation": validation, "precision_policy": policy,
+        "validation": validation, "precision_policy": policy,
     })
     plain_ap, flip_ap = average_precisions(labels, probabilities[evaluated]), average_precisions(labels, flipped[evaluated])
     metrics = {

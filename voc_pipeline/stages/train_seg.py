@@ -13,7 +13,7 @@ from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
 from voc_pipeline.core.scoring import segmentation_report
 from voc_pipeline.data.competition import fingerprint, load_split
 from voc_pipeline.data.splits import positions_of
-from voc_pipeline.files import save_label_maps_atomic, write_json_atomic
+from voc_pipeline.files import write_json_atomic
 from voc_pipeline.models.input_pipeline import IGNORE_LABEL, segmentation_dataset
 from voc_pipeline.models.losses import SegmentationLoss
 from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps
@@ -62,7 +62,7 @@ def train_segmenter_model(config: Config, images, masks, fit_positions, validati
 
 
 def run_train_seg(config: Config) -> dict:
-    """Stage `train-seg`: writes segmenter.keras, segmenter.json, segmenter_validation.npz, history, curves,
+    """Stage `train-seg`: writes segmenter.keras, segmenter.json, history, curves,
     per-class IoU bars and validation overlays; returns the validation figures."""
     run_dir = config.run_dir
     settings = config.segmenter
@@ -75,16 +75,16 @@ def run_train_seg(config: Config) -> dict:
     model = train_segmenter_model(config, train.images, train.masks, fit_positions, validation_positions, choose_strategy())
     write_json_atomic(artifacts.SEGMENTER_MANIFEST.path(run_dir), {
         "model": artifacts.SEGMENTER_MODEL.pattern, "backbone": settings.backbone, "image_size": settings.image_size,
-        "output_stride": settings.output_stride, "flip_tta": settings.flip_tta, "precision_policy": policy,
+        "output_stride": settings.output_stride, "precision_policy": policy,
     })
 
     validation_images = [train.images[position] for position in validation_positions]
     validation_masks = [train.masks[position] for position in validation_positions]
-    predicted = predict_label_maps([model], validation_images, settings.batch_size, settings.flip_tta)
-    save_label_maps_atomic(artifacts.SEGMENTER_VALIDATION.path(run_dir), train.ids[validation_positions], predicted)
+    geometry = (settings.image_size, settings.output_stride, settings.batch_size)
+    predicted = predict_label_maps(model, validation_images, *geometry, flip_tta=True)
     report = segmentation_report(predicted, validation_masks)
-    plain = predict_label_maps([model], validation_images, settings.batch_size, flip_tta=False) if settings.flip_tta else predicted
-    report_plain = segmentation_report(plain, validation_masks)
+    report_plain = segmentation_report(predict_label_maps(model, validation_images, *geometry, flip_tta=False),
+                                       validation_masks)
     metrics = {
         "validation_images": len(validation_positions),
         "mean_iou": report["mean_iou"],
