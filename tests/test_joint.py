@@ -122,7 +122,7 @@ def test_adding_classes_the_segmenter_paints():
 def test_image_decisions_apply_flags_then_mask_rule_then_fallback():
     probabilities = probabilities_of(np.full((4, 4), 0.9), np.full((4, 4), 0.1))
     boxes = np.tile([0.0, 0.0, 0.5, 0.5], (20, 1))
-    decisions = ImageDecisions(probabilities, accepted(2), boxes, tiny_fraction=0.1)
+    decisions = ImageDecisions(probabilities, accepted(2), class_evidence(probabilities)[1], boxes, tiny_fraction=0.1)
     flags, labels = decisions.decide(JointRule(None, "guided", False))
     assert np.flatnonzero(flags).tolist() == [1] and not labels.any()
     flags, labels = decisions.decide(JointRule(None, "guided", True))

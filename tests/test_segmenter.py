@@ -100,9 +100,14 @@ def test_label_maps_come_back_at_each_original_size():
     maps = predict_label_maps(model, images, 64, 16, batch_size=2, flip_tta=True, scales=(0.75, 1.0, 1.25))
     assert [label_map.shape for label_map in maps] == [image.shape[:2] for image in images]
     assert all(label_map.dtype == np.uint8 and label_map.max() <= 20 for label_map in maps)
-    per_scale = list(probability_maps(model, images, 64, 16, batch_size=2, flip_tta=False, scales=(0.5, 1.0)))
-    assert all(len(maps) == 2 and maps[0].shape == image.shape[:2] + (21,) for maps, image in zip(per_scale, images))
-    np.testing.assert_allclose(per_scale[0][1].sum(-1), 1.0, atol=1e-5)
+    averaged = list(probability_maps(model, images, 64, 16, batch_size=2, flip_tta=False, scales=(0.5, 1.0)))
+    half, whole = (list(probability_maps(model, images, 64, 16, batch_size=2, flip_tta=False, scales=(scale,)))
+                   for scale in (0.5, 1.0))
+    assert all(probabilities.shape == image.shape[:2] + (21,) for probabilities, image in zip(averaged, images))
+    for both, first, second in zip(averaged, half, whole):
+        np.testing.assert_allclose(both, (first + second) / 2, atol=1e-6)
+    np.testing.assert_allclose(averaged[0].sum(-1), 1.0, atol=1e-5)
+    assert not np.allclose(half[0], whole[0]), "the two scales must differ for the average to mean anything"
 
 
 def test_scaled_canvases_are_multiples_of_the_output_stride():

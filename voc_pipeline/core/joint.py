@@ -71,12 +71,16 @@ def final_flags(base_flags: np.ndarray, area_share: np.ndarray, add_area_fractio
 
 
 class ImageDecisions:
-    """The outputs of every candidate rule for one image, each mask computed once per distinct flag set."""
+    """The outputs of every candidate rule for one image, each mask computed once per distinct flag set.
 
-    def __init__(self, probabilities: np.ndarray, base_flags: np.ndarray, boxes: np.ndarray, tiny_fraction: float):
+    `area_share` is the second half of `class_evidence(probabilities)`, which the caller has already
+    computed for the tuned flags.
+    """
+
+    def __init__(self, probabilities: np.ndarray, base_flags: np.ndarray, area_share: np.ndarray, boxes: np.ndarray,
+                 tiny_fraction: float):
         self.probabilities, self.base_flags = probabilities, np.asarray(base_flags).astype(np.int8)
-        self.boxes, self.tiny_fraction = boxes, tiny_fraction
-        self.largest, self.area_share = class_evidence(probabilities)
+        self.area_share, self.boxes, self.tiny_fraction = area_share, boxes, tiny_fraction
         self._masks: dict[tuple, np.ndarray] = {}
 
     def decide(self, rule: JointRule) -> tuple[np.ndarray, np.ndarray]:
@@ -132,5 +136,5 @@ class InferencePlan:
         """(source probabilities, final flags, uint8 label map) of one image from its (H, W, 21) probabilities."""
         largest, area = class_evidence(probabilities)
         source, flags = self.base_flags(classifier_probabilities, largest, area)
-        final, labels = ImageDecisions(probabilities, flags, self.boxes, self.tiny_fraction).decide(self.rule)
+        final, labels = ImageDecisions(probabilities, flags, area, self.boxes, self.tiny_fraction).decide(self.rule)
         return source, final, labels

@@ -153,12 +153,12 @@ def canvas_probabilities(model: keras.Model, batch: np.ndarray, flip_tta: bool) 
 
 def probability_maps(model: keras.Model, images: Sequence[np.ndarray], image_size: int, output_stride: int,
                      batch_size: int = 8, flip_tta: bool = True,
-                     scales: Sequence[float] = (1.0,)) -> Iterator[list[np.ndarray]]:
-    """For each image, in order, one (H, W, C) float32 probability map per scale, at the image's own size.
+                     scales: Sequence[float] = (1.0,)) -> Iterator[np.ndarray]:
+    """For each image, in order, its (H, W, C) float32 probability map at its own size, averaged over `scales`.
 
-    Each batch is letterboxed (long side to image_size times the scale, padded to a square that is a
-    multiple of the output stride) and predicted, averaged over the mirror image with flip_tta; the valid
-    (unpadded) region is resized bilinearly to the original size. Memory is bounded by one batch.
+    At each scale a batch is letterboxed (long side to image_size times the scale, padded to a square that
+    is a multiple of the output stride) and predicted, averaged over the mirror image with flip_tta; the
+    valid (unpadded) region is resized bilinearly to the original size. Memory is bounded by one batch.
     """
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
@@ -170,13 +170,13 @@ def probability_maps(model: keras.Model, images: Sequence[np.ndarray], image_siz
             per_scale.append((canvas_probabilities(model, batch, flip_tta),
                               [(int(height), int(width)) for _, height, width in letterboxed]))
         for position, image in enumerate(chunk):
-            yield [resize_probabilities(np.ascontiguousarray(probabilities[position, :valid[position][0], :valid[position][1]]),
-                                        *image.shape[:2]) for probabilities, valid in per_scale]
+            yield sum(resize_probabilities(np.ascontiguousarray(probabilities[position, :valid[position][0], :valid[position][1]]),
+                                           *image.shape[:2]) for probabilities, valid in per_scale) / len(per_scale)
 
 
 def predict_label_maps(model: keras.Model, images: Sequence[np.ndarray], image_size: int, output_stride: int,
                        batch_size: int = 8, flip_tta: bool = True, scales: Sequence[float] = (1.0,)) -> list[np.ndarray]:
     """One uint8 label map (values 0..20) per image, at its own size: the argmax of the probabilities
     averaged over the scales."""
-    return [(sum(maps) / len(maps)).argmax(-1).astype(np.uint8)
-            for maps in probability_maps(model, images, image_size, output_stride, batch_size, flip_tta, scales)]
+    return [probabilities.argmax(-1).astype(np.uint8)
+            for probabilities in probability_maps(model, images, image_size, output_stride, batch_size, flip_tta, scales)]

@@ -34,8 +34,8 @@ def run_predict(config: Config) -> dict:
     sources, flags, label_maps = [], [], []
     maps = probability_maps(segmenter, test.images, int(manifest["image_size"]), int(manifest["output_stride"]),
                             settings.batch_size, settings.segmenter_flip_tta, plan.scales)
-    for image_probabilities, per_scale in zip(classifier_probabilities, maps):
-        source, final, labels = plan.decide(sum(per_scale) / len(per_scale), image_probabilities)
+    for image_probabilities, segmenter_probabilities in zip(classifier_probabilities, maps):
+        source, final, labels = plan.decide(segmenter_probabilities, image_probabilities)
         sources.append(source)
         flags.append(final)
         label_maps.append(labels)

@@ -123,9 +123,8 @@ class Validation:
     def maps(self, scales, positions=None):
         """Per image (of `positions`, default all): its probability map averaged over `scales`."""
         images = self.images if positions is None else [self.images[p] for p in positions]
-        for maps in probability_maps(self.model, images, self.image_size, self.output_stride, self.settings.batch_size,
-                                     self.settings.segmenter_flip_tta, scales):
-            yield sum(maps) / len(maps)
+        return probability_maps(self.model, images, self.image_size, self.output_stride, self.settings.batch_size,
+                                self.settings.segmenter_flip_tta, scales)
 
 
 # ---------------------------------------------------------------- 2. scales
@@ -208,7 +207,7 @@ def score_candidates(validation: Validation, plan: InferencePlan, rules: list[Jo
     for image, probabilities in enumerate(validation.maps(plan.scales)):
         largest, area = class_evidence(probabilities)
         _, flags = plan.base_flags(validation.classifier_probabilities[image], largest, area)
-        decisions = ImageDecisions(probabilities, flags, plan.boxes, plan.tiny_fraction)
+        decisions = ImageDecisions(probabilities, flags, area, plan.boxes, plan.tiny_fraction)
         truth = validation.masks[image]
         for index, rule in enumerate(rules):
             final, labels = decisions.decide(rule)
