@@ -17,7 +17,7 @@ from voc_pipeline.models.backbones import (
     build_backbone,
     preprocessing_layer,
 )
-from voc_pipeline.models.classifier import build_classifier, predict_probabilities
+from voc_pipeline.models.classifier import build_classifier, predict_plain_and_flip_tta, predict_probabilities
 from voc_pipeline.models.input_pipeline import classification_dataset
 from voc_pipeline.models.losses import AsymmetricLoss, classifier_loss
 from voc_pipeline.models.training import Phase, fit_in_phases, set_backbone_trainable
@@ -265,3 +265,15 @@ def test_interrupted_training_resumes_where_it_stopped(tmp_path, caplog):
     assert [(record["epoch"], record["phase"]) for record in records] == [(1, "head"), (2, "head"), (3, "finetune"), (4, "finetune")]
     assert len(epochs_started) == 2, "only the fine-tuning epochs ran again"
     assert not (tmp_path / "checkpoints" / "model_state").exists(), "state is removed once training completes"
+
+
+def test_plain_and_flip_tta_probabilities_from_one_pass_equal_the_two_separate_predictions():
+    keras.utils.set_random_seed(2)
+    models = [build_classifier("simple_cnn", 32, weights="none") for _ in range(2)]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (int(rng.integers(20, 60)), int(rng.integers(20, 60)), 3), dtype=np.uint8)
+              for _ in range(5)]
+    plain, flip_tta = predict_plain_and_flip_tta(models, images, batch_size=2)
+    np.testing.assert_array_equal(plain, predict_probabilities(models, images, 2, flip_tta=False))
+    np.testing.assert_array_equal(flip_tta, predict_probabilities(models, images, 2, flip_tta=True))
+    assert not np.array_equal(plain, flip_tta)

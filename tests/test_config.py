@@ -19,6 +19,7 @@ def test_defaults_are_the_baseline():
 
 
 def test_shipped_profiles_load_and_override():
+    """Every shipped profile builds, and so lies inside every declared range and choice."""
     assert {"smoke", "cpu", "kaggle"} <= set(available_profiles())
     for name in available_profiles():
         build_config(name)
@@ -63,6 +64,10 @@ def test_ints_are_accepted_for_floats():
         ("thresholds.grid_step=0.5", r"thresholds.grid_step = 0.5, outside its range \(0, 0.5\)"),
         ("mixed_precision=maybe", "mixed_precision = 'maybe' is not one of: auto, on, off"),
         ("classifier.loss=hinge", "classifier.loss = 'hinge' is not one of: bce, focal, asymmetric"),
+        ("classifier.backbone=mobilenetv2", "classifier.backbone = 'mobilenetv2' is not one of: mobilenet_v2, mobilenet, "
+                                            "vgg16, resnet50v2, efficientnetv2_s, simple_cnn"),
+        ("segmenter.backbone=vgg16", "segmenter.backbone = 'vgg16' is not one of: mobilenet_v2, mobilenet, resnet50v2, "
+                                     "efficientnetv2_s"),
         ("segmenter.image_size=100", "not divisible by segmenter.output_stride 16"),
         ("novalue", "key=value"),
     ],
@@ -117,11 +122,45 @@ def test_every_numeric_field_declares_its_range():
     assert undeclared == []
 
 
-def test_every_default_and_profile_lies_inside_the_declared_ranges():
-    for name in available_profiles():
-        build_config(name)  # validates every field
-
-
 def test_no_training_epoch_at_all_is_refused():
     with pytest.raises(ConfigError, match=r"segmenter.head_epochs \+ segmenter.finetune_epochs must be at least 1"):
         build_config(assignments=["segmenter.head_epochs=0", "segmenter.finetune_epochs=0"])
+
+
+def test_allowed_values_have_one_home_that_the_modules_use():
+    from voc_pipeline import choices
+    from voc_pipeline.models import backbones, losses, segmenter
+
+    assert tuple(backbones.BACKBONES) == choices.BACKBONES
+    assert segmenter.SEGMENTER_BACKBONES is choices.SEGMENTER_BACKBONES
+    assert losses.CLASSIFIER_LOSSES is choices.CLASSIFIER_LOSSES
+    for name, spec in backbones.BACKBONES.items():
+        assert spec.taps == choices.BACKBONE_TAPS[name], name
+    # A backbone can segment exactly when the table names its stride-4 and stride-16 taps.
+    assert choices.SEGMENTER_BACKBONES == tuple(name for name, taps in choices.BACKBONE_TAPS.items() if {4, 16} <= set(taps))
+
+
+def test_both_heads_share_one_training_schedule_with_their_own_defaults():
+    import dataclasses
+
+    from voc_pipeline.config import ClassifierConfig, SegmenterConfig, TrainingSchedule
+
+    schedule = {item.name: item for item in dataclasses.fields(TrainingSchedule)}
+    for section in (ClassifierConfig, SegmenterConfig):
+        fields = {item.name: item for item in dataclasses.fields(section)}
+        assert set(schedule) <= set(fields)
+        for name, item in schedule.items():
+            assert fields[name].metadata == item.metadata, f"{section.__name__}.{name} must keep the schedule's range"
+    assert (Config().classifier.batch_size, Config().segmenter.batch_size) == (32, 8)
+    with pytest.raises(ConfigError, match=r"segmenter.batch_size = 0, outside its range \[1, 4096\]"):
+        build_config(assignments=["segmenter.batch_size=0"])
+
+
+def test_a_config_toml_written_before_the_schedule_was_shared_still_loads(tmp_path):
+    """TOML keys stayed flat: a run folder's config.toml from before reads back to the same values."""
+    old = tmp_path / "config.toml"
+    old.write_text("[classifier]\nbackbone = \"mobilenet_v2\"\nhead_epochs = 2\nfinetune_learning_rate = 5e-05\n"
+                   "[segmenter]\npatience = 3\nweights = \"none\"\n")
+    config = build_config(str(old))
+    assert (config.classifier.head_epochs, config.classifier.finetune_learning_rate) == (2, 5e-05)
+    assert (config.segmenter.patience, config.segmenter.weights, config.segmenter.batch_size) == (3, "none", 8)

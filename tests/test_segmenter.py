@@ -8,7 +8,13 @@ from voc_pipeline.errors import BackboneError, ConfigError
 from voc_pipeline.models.backbones import BACKBONES
 from voc_pipeline.models.input_pipeline import IGNORE_LABEL, random_scale_crop_flip, segmentation_dataset
 from voc_pipeline.models.losses import SegmentationLoss
-from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps, probability_maps, scaled_canvas
+from voc_pipeline.models.segmenter import (
+    build_segmenter,
+    label_maps_with_and_without_flip,
+    predict_label_maps,
+    probability_maps,
+    scaled_canvas,
+)
 
 
 def small_segmenter(backbone: str, output_stride: int = 16, image_size: int = 64):
@@ -164,3 +170,17 @@ def test_saved_segmenter_loads_and_predicts_identically(tmp_path):
     batch = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(model.predict(batch, verbose=0), loaded.predict(batch, verbose=0), atol=1e-5)
     np.testing.assert_array_equal(predict_label_maps(model, images, 32, 16)[0], predict_label_maps(loaded, images, 32, 16)[0])
+
+
+def test_label_maps_with_and_without_flip_from_one_pass_equal_the_two_separate_predictions():
+    keras.utils.set_random_seed(4)
+    model = small_segmenter("mobilenet", image_size=32)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (int(rng.integers(20, 70)), int(rng.integers(20, 70)), 3), dtype=np.uint8)
+              for _ in range(5)]
+    with_flip, without_flip = label_maps_with_and_without_flip(model, images, 32, 16, batch_size=2)
+    for mine, reference in ((with_flip, predict_label_maps(model, images, 32, 16, 2, flip_tta=True)),
+                            (without_flip, predict_label_maps(model, images, 32, 16, 2, flip_tta=False))):
+        assert [label_map.shape for label_map in mine] == [image.shape[:2] for image in images]
+        for label_map, expected in zip(mine, reference):
+            np.testing.assert_array_equal(label_map, expected)

@@ -91,7 +91,7 @@ def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str,
     """
     import keras
 
-    from voc_pipeline.models.classifier import build_classifier, predict_probabilities
+    from voc_pipeline.models.classifier import classifier_from_config, predict_probabilities
     from voc_pipeline.models.input_pipeline import classification_dataset
     from voc_pipeline.models.losses import classifier_loss
     from voc_pipeline.models.training import seed_everything
@@ -101,8 +101,7 @@ def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str,
     rng = np.random.default_rng(config.seed)
     images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(num_images)]
     labels = (rng.random((num_images, NUM_CLASSES)) < 0.1).astype(np.float32)
-    model = build_classifier(settings.backbone, settings.image_size, NUM_CLASSES, "none", settings.dropout,
-                             settings.width_multiplier)
+    model = classifier_from_config(settings, weights="none")
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=classifier_loss(settings.loss))
     pipeline = classification_dataset(images, labels, np.arange(num_images), settings.image_size, settings.batch_size,
                                       training=True, seed=config.seed).repeat()
@@ -126,7 +125,7 @@ def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, f
 
     from voc_pipeline.models.input_pipeline import IGNORE_LABEL, segmentation_dataset
     from voc_pipeline.models.losses import SegmentationLoss
-    from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps
+    from voc_pipeline.models.segmenter import predict_label_maps, segmenter_from_config
     from voc_pipeline.models.training import seed_everything
 
     seed_everything(config.seed, config.deterministic)
@@ -134,8 +133,7 @@ def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, f
     rng = np.random.default_rng(config.seed)
     images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(num_images)]
     masks = voc_like_label_maps(num_images, config.seed)
-    model = build_segmenter(settings.backbone, settings.image_size, NUM_CLASSES + 1, settings.output_stride, "none",
-                            settings.width_multiplier, settings.aspp_filters, settings.decoder_filters)
+    model = segmenter_from_config(settings, weights="none")
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=SegmentationLoss(NUM_CLASSES + 1, IGNORE_LABEL))
     pipeline = segmentation_dataset(images, masks, np.arange(num_images), settings.image_size, settings.batch_size,
                                     training=True, seed=config.seed).repeat()
@@ -169,20 +167,18 @@ def bench_predict(config, num_images: int = 48) -> dict[str, float]:
     """
     import cv2
 
+    from voc_pipeline.core.probability import sigmoid
     from voc_pipeline.core.thresholds import apply_thresholds
-    from voc_pipeline.models.classifier import build_classifier, predict_probabilities, sigmoid
-    from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps, softmax
+    from voc_pipeline.models.classifier import classifier_from_config, predict_probabilities
+    from voc_pipeline.models.segmenter import predict_label_maps, segmenter_from_config, softmax
 
     rng = np.random.default_rng(config.seed)
     images = [rng.integers(0, 256, size=(int(rng.integers(300, 501)), int(rng.integers(300, 501)), 3), dtype=np.uint8)
               for _ in range(num_images)]
     ids = np.arange(num_images)
     classifier_settings, segmenter_settings = config.classifier, config.segmenter
-    classifier = build_classifier(classifier_settings.backbone, classifier_settings.image_size, NUM_CLASSES, "none",
-                                  classifier_settings.dropout, classifier_settings.width_multiplier)
-    segmenter = build_segmenter(segmenter_settings.backbone, segmenter_settings.image_size, NUM_CLASSES + 1,
-                                segmenter_settings.output_stride, "none", segmenter_settings.width_multiplier,
-                                segmenter_settings.aspp_filters, segmenter_settings.decoder_filters)
+    classifier = classifier_from_config(classifier_settings, weights="none")
+    segmenter = segmenter_from_config(segmenter_settings, weights="none")
     thresholds = np.full(NUM_CLASSES, 0.5)
     batch_size = config.inference.batch_size
 
@@ -292,18 +288,15 @@ def bench_estimate(config) -> dict[str, float]:
     """A measured training step of each head here, and an ESTIMATE of the profile's full run on Kaggle's two
     T4s from the heads' counted FLOPs (training = 3x forward, every planned epoch run, no early stop)."""
     from voc_pipeline.core.classes import NUM_CLASSES
-    from voc_pipeline.models.classifier import build_classifier
+    from voc_pipeline.models.classifier import classifier_from_config
     from voc_pipeline.models.input_pipeline import IGNORE_LABEL
     from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
-    from voc_pipeline.models.segmenter import build_segmenter
+    from voc_pipeline.models.segmenter import segmenter_from_config
 
     classifier_settings, segmenter_settings = config.classifier, config.segmenter
     rng = np.random.default_rng(config.seed)
-    classifier = build_classifier(classifier_settings.backbone, classifier_settings.image_size, NUM_CLASSES, "none",
-                                  classifier_settings.dropout, classifier_settings.width_multiplier)
-    segmenter = build_segmenter(segmenter_settings.backbone, segmenter_settings.image_size, NUM_CLASSES + 1,
-                                segmenter_settings.output_stride, "none", segmenter_settings.width_multiplier,
-                                segmenter_settings.aspp_filters, segmenter_settings.decoder_filters)
+    classifier = classifier_from_config(classifier_settings, weights="none")
+    segmenter = segmenter_from_config(segmenter_settings, weights="none")
     figures = {"classifier_forward_gflops": forward_flops(classifier, classifier_settings.image_size) / 1e9,
                "segmenter_forward_gflops": forward_flops(segmenter, segmenter_settings.image_size) / 1e9}
     size, batch = classifier_settings.image_size, classifier_settings.batch_size

@@ -16,6 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voc_pipeline.choices import (
+    BACKBONES,
+    CLASSIFIER_LOSSES,
+    DEFENCE_BITS,
+    MIXED_PRECISION_MODES,
+    OUTPUT_STRIDES,
+    PIXEL_LEVELS,
+    SEGMENTER_BACKBONES,
+)
+from voc_pipeline.config_view import unwrapped
 from voc_pipeline.core.classes import CLASS_NAMES
 from voc_pipeline.errors import ConfigError
 
@@ -51,9 +61,10 @@ class Range:
         return f"{'[' if self.low_inclusive else '('}{low}, {high}{']' if self.high_inclusive else ')'}"
 
 
-def bounded(default, low: float | None = None, high: float | None = None, *, low_inclusive: bool = True,
+def bounded(default=dataclasses.MISSING, low: float | None = None, high: float | None = None, *, low_inclusive: bool = True,
             high_inclusive: bool = True):
-    """A numeric field with the range of values it accepts, checked when the configuration is built."""
+    """A numeric field with the range of values it accepts, checked when the configuration is built (no
+    default: each configuration that inherits the field gives its own, with `default_for`)."""
     return field(default=default, metadata={"range": Range(low, high, low_inclusive, high_inclusive)})
 
 
@@ -62,7 +73,6 @@ def one_of(default, *choices):
     return field(default=default, metadata={"choices": choices})
 
 
-POSITIVE = {"low": 0, "low_inclusive": False}
 FRACTION = {"low": 0, "high": 1}
 # Epochs, images and filters beyond these are typing mistakes, not experiments.
 MANY = 100_000
@@ -78,81 +88,87 @@ class DataConfig:
     num_folds: int = bounded(5, 2, 100)
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
-    # mobilenet_v2 is the product's default; vgg16, resnet50v2, simple_cnn are baselines; efficientnetv2_s
-    # is the stronger option for a GPU budget.
-    backbone: str = "mobilenet_v2"
-    # Square input side; MobileNetV2's ImageNet weights exist for 96, 128, 160, 192 and 224.
-    image_size: int = bounded(224, 32, 2048)
+@dataclass(frozen=True, kw_only=True)
+class TrainingSchedule:
+    """The training recipe both heads share (voc_pipeline.models.training); its keys sit flat in the
+    [classifier] and [segmenter] sections. Fields without a default here get one from each head."""
+
     # "imagenet", "none", or the path of the backbone's no-top weights file (offline Kaggle kernels).
     weights: str = "imagenet"
     # MobileNet alpha; smaller is faster and weaker.
     width_multiplier: float = bounded(1.0, 0, 4, low_inclusive=False)
-    # Dropout before the logits: the head overfits 600 images quickly otherwise.
-    dropout: float = bounded(0.2, 0, 1, high_inclusive=False)
-    # bce, focal or asymmetric (down-weights the 19-to-1 negatives).
-    loss: str = one_of("bce", "bce", "focal", "asymmetric")
     # Images per training step.
-    batch_size: int = bounded(32, 1, 4096)
+    batch_size: int = bounded(low=1, high=4096)
     # Epochs with the backbone frozen (pretrained weights), to fit the new head before touching the backbone.
     head_epochs: int = bounded(5, 0, MANY)
-    # Epochs fine-tuning the top of the backbone at a lower rate.
-    finetune_epochs: int = bounded(25, 0, MANY)
+    # Epochs fine-tuning the backbone at a lower rate.
+    finetune_epochs: int = bounded(low=0, high=MANY)
     # Peak learning rate of the head phase (and of the single phase from random weights).
     head_learning_rate: float = bounded(1e-3, 0, 10, low_inclusive=False)
     # Peak learning rate of fine-tuning: lower, so the pretrained features are adapted, not erased.
-    finetune_learning_rate: float = bounded(1e-4, 0, 10, low_inclusive=False)
+    finetune_learning_rate: float = bounded(low=0, high=10, low_inclusive=False)
     # Linear warm-up at the start of fine-tuning, so the unfrozen layers are not shocked by the head's gradients.
     warmup_epochs: int = bounded(1, 0, MANY)
     # Share of the backbone's layers (from the top) that fine-tuning unfreezes; batch norm stays frozen.
-    unfreeze_fraction: float = bounded(0.5, **FRACTION)
+    unfreeze_fraction: float = bounded(**FRACTION)
     # AdamW weight decay.
     weight_decay: float = bounded(1e-4, 0, 1)
     # Epochs without validation improvement before stopping.
-    patience: int = bounded(6, 1, MANY)
+    patience: int = bounded(low=1, high=MANY)
+
+
+def default_for(name: str, default):
+    """A TrainingSchedule field with this head's default; its range stays the one declared in TrainingSchedule."""
+    return field(default=default, metadata=TrainingSchedule.__dataclass_fields__[name].metadata)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierConfig(TrainingSchedule):
+    # mobilenet_v2 is the product's default; vgg16, resnet50v2, simple_cnn are baselines; efficientnetv2_s
+    # is the stronger option for a GPU budget.
+    backbone: str = one_of("mobilenet_v2", *BACKBONES)
+    # Square input side; MobileNetV2's ImageNet weights exist for 96, 128, 160, 192 and 224.
+    image_size: int = bounded(224, 32, 2048)
+    # Dropout before the logits: the head overfits 600 images quickly otherwise.
+    dropout: float = bounded(0.2, 0, 1, high_inclusive=False)
+    # bce, focal or asymmetric (down-weights the 19-to-1 negatives).
+    loss: str = one_of("bce", *CLASSIFIER_LOSSES)
+    # A classifier's batch: 32 images of 224 px fit a T4 with room to spare.
+    batch_size: int = default_for("batch_size", 32)
+    # Fine-tuning epochs: the classifier converges in fewer than the segmenter.
+    finetune_epochs: int = default_for("finetune_epochs", 25)
+    finetune_learning_rate: float = default_for("finetune_learning_rate", 1e-4)
+    # The top half: a classifier's low-level ImageNet features transfer as they are.
+    unfreeze_fraction: float = default_for("unfreeze_fraction", 0.5)
+    patience: int = default_for("patience", 6)
     # Train one model per fold of data.num_folds and tune on out-of-fold probabilities (ensembled at prediction).
     kfold: bool = False
 
 
-@dataclass(frozen=True)
-class SegmenterConfig:
-    # mobilenet (MobileNet v1, the product's default) or mobilenet_v2.
-    backbone: str = "mobilenet"
+@dataclass(frozen=True, kw_only=True)
+class SegmenterConfig(TrainingSchedule):
+    # mobilenet (MobileNet v1, the product's default), mobilenet_v2, or a backbone with taps in
+    # voc_pipeline.choices.BACKBONE_TAPS.
+    backbone: str = one_of("mobilenet", *SEGMENTER_BACKBONES)
     # Square input side; images are letterboxed into it. Must be divisible by the output stride.
     image_size: int = bounded(320, 32, 2048)
     # Input size over ASPP's feature size: 16 (faster) or 8 (finer, heavier).
-    output_stride: int = one_of(16, 8, 16)
-    # "imagenet", "none", or the path of the backbone's no-top weights file.
-    weights: str = "imagenet"
-    # MobileNet alpha.
-    width_multiplier: float = bounded(1.0, 0, 4, low_inclusive=False)
+    output_stride: int = one_of(16, *OUTPUT_STRIDES)
     # Channels of the ASPP branches: the capacity of the context module.
     aspp_filters: int = bounded(256, 1, 4096)
     # Channels of the decoder's 3x3 convolutions.
     decoder_filters: int = bounded(256, 1, 4096)
     # Small batches; batch norm in the pretrained backbone stays frozen, the head's learns from many pixels.
-    batch_size: int = bounded(8, 1, 4096)
-    # Epochs with the backbone frozen (pretrained weights).
-    head_epochs: int = bounded(5, 0, MANY)
-    # Epochs fine-tuning the backbone.
-    finetune_epochs: int = bounded(30, 0, MANY)
-    # Peak learning rate of the head phase (and of the single phase from random weights).
-    head_learning_rate: float = bounded(1e-3, 0, 10, low_inclusive=False)
-    # Peak learning rate of fine-tuning.
-    finetune_learning_rate: float = bounded(2e-4, 0, 10, low_inclusive=False)
-    # Linear warm-up epochs at the start of fine-tuning.
-    warmup_epochs: int = bounded(1, 0, MANY)
-    # Share of backbone layers (from the top) unfrozen for fine-tuning; dense prediction benefits from all.
-    unfreeze_fraction: float = bounded(1.0, **FRACTION)
-    # AdamW weight decay.
-    weight_decay: float = bounded(1e-4, 0, 1)
+    batch_size: int = default_for("batch_size", 8)
+    finetune_epochs: int = default_for("finetune_epochs", 30)
+    finetune_learning_rate: float = default_for("finetune_learning_rate", 2e-4)
+    # Dense prediction benefits from adapting every layer.
+    unfreeze_fraction: float = default_for("unfreeze_fraction", 1.0)
+    patience: int = default_for("patience", 8)
     # Weight of the soft Dice term added to the cross-entropy (0 = cross-entropy only).
     dice_weight: float = bounded(0.0, 0, 100)
     # Random scale range of the training augmentation, relative to the letterboxed size.
     scale_range: tuple[float, ...] = bounded((0.5, 1.5), 0, 8, low_inclusive=False)
-    # Epochs without validation improvement before stopping.
-    patience: int = bounded(8, 1, MANY)
     # Validation images drawn as image / truth / prediction panels.
     overlay_images: int = bounded(6, 0, 100)
 
@@ -203,7 +219,7 @@ class SubmitConfig:
 @dataclass(frozen=True)
 class AttackConfig:
     # L-infinity budgets in pixel levels (0..255), smallest to largest.
-    epsilons: tuple[float, ...] = bounded((1.0, 2.0, 4.0, 8.0, 16.0), 0, 255)
+    epsilons: tuple[float, ...] = bounded((1.0, 2.0, 4.0, 8.0, 16.0), *PIXEL_LEVELS)
     # Iterations of PGD (FGSM is one step).
     pgd_steps: int = bounded(10, 1, 10_000)
     # Validation images attacked (one batch).
@@ -211,7 +227,7 @@ class AttackConfig:
     # The class targeted attacks make appear (classifier) or paint everywhere (segmenter).
     target_class: str = one_of("cat", *CLASS_NAMES)
     # Bits per channel kept by the bit-depth-reduction defence.
-    defence_bits: int = bounded(4, 1, 8)
+    defence_bits: int = bounded(4, *DEFENCE_BITS)
     # Images drawn in the example panels.
     examples: int = bounded(4, 0, 100)
 
@@ -225,7 +241,7 @@ class Config:
     # Parent folder of all run folders.
     runs_dir: str = "runs"
     # Mixed float16 precision: auto (on GPU only), on or off.
-    mixed_precision: str = one_of("auto", "auto", "on", "off")
+    mixed_precision: str = one_of("auto", *MIXED_PRECISION_MODES)
     # TensorFlow op determinism: the same seed, machine and data give the same bytes out. Off on GPUs, where
     # some kernels (depthwise convolution gradients, segment reductions) have no deterministic version.
     deterministic: bool = True
@@ -388,6 +404,7 @@ def validate_config(config: Config) -> None:
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """The configuration as nested plain dicts, tuples as lists (TOML- and JSON-ready)."""
+    config = unwrapped(config)
     result = {}
     for item in dataclasses.fields(config):
         value = getattr(config, item.name)

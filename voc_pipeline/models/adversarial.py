@@ -16,11 +16,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from voc_pipeline.choices import DEFENCE_BITS, PIXEL_LEVELS
 from voc_pipeline.core.classes import CLASS_NAMES
+from voc_pipeline.core.probability import sigmoid
 from voc_pipeline.core.scoring import classification_row_scores, segmentation_row_scores
 from voc_pipeline.core.thresholds import apply_thresholds
 from voc_pipeline.errors import ConfigError
-from voc_pipeline.models.classifier import sigmoid
 from voc_pipeline.models.input_pipeline import IGNORE_LABEL
 from voc_pipeline.models.segmenter import softmax
 
@@ -28,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 def check_epsilon(epsilon: float) -> float:
     """Epsilons are pixel levels: between 0 and 255."""
-    if not 0 <= epsilon <= 255:
-        raise ConfigError(f"epsilon must be between 0 and 255 pixel levels, got {epsilon}")
+    low, high = PIXEL_LEVELS
+    if not low <= epsilon <= high:
+        raise ConfigError(f"epsilon must be between {low} and {high} pixel levels, got {epsilon}")
     return float(epsilon)
 
 
@@ -101,8 +103,9 @@ def gradient_attack(forward, loss_function, images: np.ndarray, epsilon: float, 
 
 def reduce_bit_depth(images: np.ndarray, bits: int) -> np.ndarray:
     """Round every pixel to the nearest of 2**bits evenly spaced levels in 0..255."""
-    if not 1 <= bits <= 8:
-        raise ConfigError(f"bit depth must be between 1 and 8, got {bits}")
+    fewest, most = DEFENCE_BITS
+    if not fewest <= bits <= most:
+        raise ConfigError(f"bit depth must be between {fewest} and {most}, got {bits}")
     step = 255.0 / (2 ** bits - 1)
     return np.clip(np.round(np.asarray(images, dtype=np.float32) / step) * step, 0, 255).round().astype(np.uint8)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from voc_pipeline.choices import BACKBONE_TAPS
 from voc_pipeline.errors import BackboneError, WeightsUnavailableError
 
 WEIGHTS_HELP = (
@@ -61,7 +62,8 @@ class BackboneSpec:
             backbone preprocesses itself).
         imagenet_sizes: square input sizes with ImageNet weights; None means any size from min_size.
         min_size: the smallest input size the architecture accepts.
-        taps: layer names of the feature maps at output strides 4, 8, 16 and 32 (for the segmenter).
+        taps: layer names of the feature maps at output strides 4, 8, 16 and 32 (for the segmenter), from
+            voc_pipeline.choices.BACKBONE_TAPS.
         has_width_multiplier: accepts `alpha` (the MobileNets).
     """
 
@@ -77,23 +79,17 @@ class BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     "mobilenet_v2": BackboneSpec(
         keras.applications.MobileNetV2, "tf", (96, 128, 160, 192, 224),
-        taps={4: "block_3_expand_relu", 8: "block_6_expand_relu", 16: "block_13_expand_relu", 32: "out_relu"},
-        has_width_multiplier=True,
+        taps=BACKBONE_TAPS["mobilenet_v2"], has_width_multiplier=True,
     ),
     "mobilenet": BackboneSpec(
         keras.applications.MobileNet, "tf", (128, 160, 192, 224),
-        taps={4: "conv_pw_3_relu", 8: "conv_pw_5_relu", 16: "conv_pw_11_relu", 32: "conv_pw_13_relu"},
-        has_width_multiplier=True,
+        taps=BACKBONE_TAPS["mobilenet"], has_width_multiplier=True,
     ),
     "vgg16": BackboneSpec(keras.applications.VGG16, "caffe", None),
-    # ResNetV2 strides in the last block of a stage, so each stage's full-depth output sits one block earlier.
-    "resnet50v2": BackboneSpec(
-        keras.applications.ResNet50V2, "tf", None,
-        taps={4: "conv2_block2_out", 8: "conv3_block3_out", 16: "conv4_block5_out", 32: "post_relu"},
-    ),
+    "resnet50v2": BackboneSpec(keras.applications.ResNet50V2, "tf", None, taps=BACKBONE_TAPS["resnet50v2"]),
     "efficientnetv2_s": BackboneSpec(
         keras.applications.EfficientNetV2S, "raw", None, extra_arguments={"include_preprocessing": True},
-        taps={4: "block2d_add", 8: "block3d_add", 16: "block5i_add", 32: "top_activation"},
+        taps=BACKBONE_TAPS["efficientnetv2_s"],
     ),
     "simple_cnn": BackboneSpec(simple_cnn, "unit", None),
 }

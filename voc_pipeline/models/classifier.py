@@ -9,11 +9,12 @@ import numpy as np
 from keras import layers
 
 from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.core.probability import sigmoid
 from voc_pipeline.models.backbones import build_backbone, preprocessing_layer
 from voc_pipeline.models.input_pipeline import prediction_dataset
 
 
-def build_classifier(backbone: str = "mobilenet_v2", image_size: int = 224, num_classes: int = NUM_CLASSES,
+def build_classifier(backbone: str = "mobilenet_v2", image_size: int = 224, *, num_classes: int = NUM_CLASSES,
                      weights: str = "imagenet", dropout: float = 0.2, width_multiplier: float = 1.0) -> keras.Model:
     """An uncompiled functional classifier from raw uint8 RGB (image_size square) to `num_classes` logits.
 
@@ -37,9 +38,16 @@ def build_classifier(backbone: str = "mobilenet_v2", image_size: int = 224, num_
     return keras.Model(inputs, logits, name=f"classifier_{backbone}")
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """The logistic function, in a form that never overflows."""
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
+def classifier_from_config(settings, weights: str | None = None) -> keras.Model:
+    """`build_classifier` with every argument from a `classifier` configuration section, by keyword.
+
+    Args:
+        settings: the ClassifierConfig.
+        weights: another weights option than the section's (benchmarks build with "none").
+    """
+    return build_classifier(settings.backbone, settings.image_size, num_classes=NUM_CLASSES,
+                            weights=settings.weights if weights is None else weights, dropout=settings.dropout,
+                            width_multiplier=settings.width_multiplier)
 
 
 def predict_probabilities(models: Sequence[keras.Model], images: Sequence[np.ndarray], batch_size: int = 32,
@@ -57,3 +65,17 @@ def predict_probabilities(models: Sequence[keras.Model], images: Sequence[np.nda
         for flip in views:
             total = total + sigmoid(model.predict(prediction_dataset(images, image_size, batch_size, flip), verbose=0))
     return total / (len(models) * len(views))
+
+
+def predict_plain_and_flip_tta(models: Sequence[keras.Model], images: Sequence[np.ndarray],
+                               batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(plain, flip TTA) probabilities: the same values as predict_probabilities with flip_tta off and on, each
+    view of each image predicted once instead of the plain view twice."""
+    plain_total = both_total = 0.0
+    for model in models:
+        image_size = model.input_shape[1]
+        plain = sigmoid(model.predict(prediction_dataset(images, image_size, batch_size, False), verbose=0))
+        flipped = sigmoid(model.predict(prediction_dataset(images, image_size, batch_size, True), verbose=0))
+        plain_total = plain_total + plain
+        both_total = both_total + plain + flipped  # summed in predict_probabilities' order, so the bytes agree
+    return plain_total / len(models), both_total / (2 * len(models))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from voc_pipeline.choices import CLASSIFIER_LOSSES
 from voc_pipeline.errors import ConfigError
-
-CLASSIFIER_LOSSES = ("bce", "focal", "asymmetric")
 
 
 @keras.saving.register_keras_serializable(package="voc_pipeline")

@@ -17,13 +17,12 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from voc_pipeline.choices import ATROUS_RATES, SEGMENTER_BACKBONES
 from voc_pipeline.core.classes import NUM_CLASSES
 from voc_pipeline.errors import BackboneError
 from voc_pipeline.models.backbones import backbone_spec, build_backbone, preprocessing_layer
 from voc_pipeline.models.input_pipeline import letterbox_for_prediction
 
-SEGMENTER_BACKBONES = ("mobilenet", "mobilenet_v2", "resnet50v2", "efficientnetv2_s")
-ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 LOW_LEVEL_STRIDE = 4
 
 
@@ -76,7 +75,7 @@ def atrous_spatial_pyramid_pooling(features, filters: int, rates: tuple[int, int
     return layers.Dropout(0.1, name="aspp_dropout")(fused)
 
 
-def build_segmenter(backbone: str = "mobilenet", image_size: int = 320, num_classes: int = NUM_CLASSES + 1,
+def build_segmenter(backbone: str = "mobilenet", image_size: int = 320, *, num_classes: int = NUM_CLASSES + 1,
                     output_stride: int = 16, weights: str = "imagenet", width_multiplier: float = 1.0,
                     aspp_filters: int = 256, decoder_filters: int = 256) -> keras.Model:
     """An uncompiled DeepLabV3+ from raw uint8 RGB to float32 logits of the same height and width.
@@ -120,6 +119,21 @@ def build_segmenter(backbone: str = "mobilenet", image_size: int = 320, num_clas
     return keras.Model(inputs, logits, name=f"deeplabv3plus_{backbone}")
 
 
+def segmenter_from_config(settings, weights: str | None = None) -> keras.Model:
+    """`build_segmenter` with every argument from a `segmenter` configuration section, by keyword (so that
+    the adjacent integers aspp_filters and decoder_filters cannot be swapped).
+
+    Args:
+        settings: the SegmenterConfig.
+        weights: another weights option than the section's (benchmarks build with "none").
+    """
+    return build_segmenter(settings.backbone, settings.image_size, num_classes=NUM_CLASSES + 1,
+                           output_stride=settings.output_stride,
+                           weights=settings.weights if weights is None else weights,
+                           width_multiplier=settings.width_multiplier, aspp_filters=settings.aspp_filters,
+                           decoder_filters=settings.decoder_filters)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax over the last axis."""
     shifted = logits - logits.max(-1, keepdims=True)
@@ -140,15 +154,39 @@ def resize_probabilities(probabilities: np.ndarray, height: int, width: int) -> 
     return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
 
 
+def view_probabilities(model: keras.Model, batch: np.ndarray, flip: bool) -> np.ndarray:
+    """(B, S, S, C) softmax probabilities of a letterboxed batch, or of its mirror image mirrored back."""
+    view = np.ascontiguousarray(batch[:, :, ::-1]) if flip else batch
+    probabilities = softmax(np.asarray(model.predict_on_batch(view), dtype=np.float32))
+    return probabilities[:, :, ::-1] if flip else probabilities
+
+
 def canvas_probabilities(model: keras.Model, batch: np.ndarray, flip_tta: bool) -> np.ndarray:
     """(B, S, S, C) softmax probabilities of a letterboxed batch, averaged with its mirror image when flip_tta."""
     views = (False, True) if flip_tta else (False,)
     total = 0.0
     for flip in views:
-        view = np.ascontiguousarray(batch[:, :, ::-1]) if flip else batch
-        probabilities = softmax(np.asarray(model.predict_on_batch(view), dtype=np.float32))
-        total = total + (probabilities[:, :, ::-1] if flip else probabilities)
+        total = total + view_probabilities(model, batch, flip)
     return total / len(views)
+
+
+def label_maps_with_and_without_flip(model: keras.Model, images: Sequence[np.ndarray], image_size: int,
+                                     output_stride: int, batch_size: int = 8) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(label maps with flip TTA, label maps without) at scale 1, each batch predicted once plain and once
+    mirrored: the same maps as predict_label_maps with flip_tta on and off, for half the predictions."""
+    with_flip, without_flip = [], []
+    canvas = scaled_canvas(image_size, 1.0, output_stride)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        letterboxed = [letterbox_for_prediction(image, canvas) for image in chunk]
+        batch = np.stack([boxed.numpy() for boxed, _, _ in letterboxed])
+        plain = view_probabilities(model, batch, flip=False)
+        averaged = (plain + view_probabilities(model, batch, flip=True)) / 2
+        for position, (image, (_, height, width)) in enumerate(zip(chunk, letterboxed)):
+            for probabilities, maps in ((averaged, with_flip), (plain, without_flip)):
+                valid = np.ascontiguousarray(probabilities[position, :int(height), :int(width)])
+                maps.append(resize_probabilities(valid, *image.shape[:2]).argmax(-1).astype(np.uint8))
+    return with_flip, without_flip
 
 
 def probability_maps(model: keras.Model, images: Sequence[np.ndarray], image_size: int, output_stride: int,

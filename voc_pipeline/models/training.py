@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from voc_pipeline.choices import MIXED_PRECISION_MODES
+from voc_pipeline.config import TrainingSchedule
 from voc_pipeline.errors import ConfigError, TrainingDivergedError
 from voc_pipeline.files import write_text_atomic
 from voc_pipeline.plots import plot_learning_curves
@@ -46,8 +48,8 @@ def choose_strategy() -> tf.distribute.Strategy:
 
 def configure_precision(mode: str) -> str:
     """Set Keras's global dtype policy: mixed_float16 on GPU when mode is 'auto' or 'on', else float32."""
-    if mode not in ("auto", "on", "off"):
-        raise ConfigError(f"mixed_precision must be auto, on or off, got {mode!r}")
+    if mode not in MIXED_PRECISION_MODES:
+        raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_MODES)}, got {mode!r}")
     use_mixed = mode == "on" or (mode == "auto" and bool(tf.config.list_logical_devices("GPU")))
     policy = "mixed_float16" if use_mixed else "float32"
     keras.mixed_precision.set_global_policy(policy)
@@ -133,20 +135,20 @@ class Phase:
     trainable_fraction: float | None  # None: everything trainable (random initialisation)
 
 
-def plan_phases(settings) -> list[Phase]:
+def plan_phases(schedule: TrainingSchedule) -> list[Phase]:
     """Two phases for pretrained weights (frozen backbone, then fine-tune the top); one for random weights.
 
     Args:
-        settings: the `classifier` or `segmenter` configuration section (weights, epochs, learning rates,
+        schedule: the `classifier` or `segmenter` configuration section (weights, epochs, learning rates,
             warm-up and unfreeze fraction).
     """
-    if settings.weights.lower() == "none":
-        return [Phase("full", settings.head_epochs + settings.finetune_epochs, settings.head_learning_rate,
-                      settings.warmup_epochs, None)]
-    phases = [Phase("head", settings.head_epochs, settings.head_learning_rate, 0, 0.0)]
-    if settings.finetune_epochs > 0:
-        phases.append(Phase("finetune", settings.finetune_epochs, settings.finetune_learning_rate, settings.warmup_epochs,
-                            settings.unfreeze_fraction))
+    if schedule.weights.lower() == "none":
+        return [Phase("full", schedule.head_epochs + schedule.finetune_epochs, schedule.head_learning_rate,
+                      schedule.warmup_epochs, None)]
+    phases = [Phase("head", schedule.head_epochs, schedule.head_learning_rate, 0, 0.0)]
+    if schedule.finetune_epochs > 0:
+        phases.append(Phase("finetune", schedule.finetune_epochs, schedule.finetune_learning_rate, schedule.warmup_epochs,
+                            schedule.unfreeze_fraction))
     return phases
 
 
@@ -284,14 +286,14 @@ class ModelFiles:
     checkpoint: Path
 
 
-def train_model(model: keras.Model, settings, compile_arguments, train_data: tf.data.Dataset,
+def train_model(model: keras.Model, schedule: TrainingSchedule, compile_arguments, train_data: tf.data.Dataset,
                 validation_data: tf.data.Dataset, num_fit_examples: int, files: ModelFiles, monitor: str,
                 identity: dict, strategy: tf.distribute.Strategy, title: str) -> keras.Model:
     """Train a freshly built model in phases and save it; returns the best epoch's model, reloaded from its file.
 
     Args:
         model: the uncompiled model, built under the strategy's scope.
-        settings: the `classifier` or `segmenter` configuration section.
+        schedule: the `classifier` or `segmenter` configuration section.
         compile_arguments: () -> the loss and metrics for `model.compile` (made under the strategy's scope);
             the optimizer is AdamW with the section's weight decay and each phase's schedule.
         monitor: the validation metric ("val_...") that picks the best epoch; higher is better.
@@ -299,17 +301,17 @@ def train_model(model: keras.Model, settings, compile_arguments, train_data: tf.
         title: the learning curves' title.
     """
 
-    def compile_model(model, schedule):
+    def compile_model(model, learning_rate):
         with strategy.scope():
-            model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay),
+            model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=schedule.weight_decay),
                           **compile_arguments())
 
     # The history grows beside the checkpoint while training, so that an interruption keeps it for the
     # resume; only a finished training's history reaches the run folder.
     live_history = files.checkpoint.with_name(f"{files.checkpoint.stem}_history.csv")
-    fit_in_phases(model, compile_model, plan_phases(settings), train_data, validation_data,
-                  steps_per_epoch(num_fit_examples, settings.batch_size), files.checkpoint, live_history,
-                  monitor=monitor, mode="max", patience=settings.patience, identity=identity)
+    fit_in_phases(model, compile_model, plan_phases(schedule), train_data, validation_data,
+                  steps_per_epoch(num_fit_examples, schedule.batch_size), files.checkpoint, live_history,
+                  monitor=monitor, mode="max", patience=schedule.patience, identity=identity)
     promote_checkpoint(files.checkpoint, files.model)
     history = pd.read_csv(live_history)
     write_history(history.to_dict("records"), files.history)

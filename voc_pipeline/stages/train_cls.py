@@ -21,7 +21,7 @@ from voc_pipeline.core.scoring import average_precisions
 from voc_pipeline.data.competition import ImageSet, fingerprint, load_split
 from voc_pipeline.data.splits import Splits, positions_of
 from voc_pipeline.files import save_npz_atomic, write_json_atomic
-from voc_pipeline.models.classifier import build_classifier, predict_probabilities
+from voc_pipeline.models.classifier import classifier_from_config, predict_plain_and_flip_tta
 from voc_pipeline.models.input_pipeline import classification_dataset, object_box
 from voc_pipeline.models.losses import classifier_loss
 from voc_pipeline.models.training import (
@@ -77,8 +77,7 @@ def train_one_classifier(config: Config, train: ImageSet, part: TrainingPart, bo
     """Build, train and save one classifier; returns the best epoch's model."""
     settings = config.classifier
     with strategy.scope():
-        model = build_classifier(settings.backbone, settings.image_size, NUM_CLASSES, settings.weights,
-                                 settings.dropout, settings.width_multiplier)
+        model = classifier_from_config(settings)
 
     def compile_arguments():
         return {"loss": classifier_loss(settings.loss),
@@ -116,8 +115,8 @@ def run_train_cls(config: Config) -> dict:
         warn_about_missing_classes(train.labels[part.fit_positions], f"the training part of classifier{part.tag}")
         model = train_one_classifier(config, train, part, boxes, strategy)
         validation_images = [train.images[position] for position in part.validation_positions]
-        probabilities[part.validation_positions] = predict_probabilities([model], validation_images, settings.batch_size, False)
-        flipped[part.validation_positions] = predict_probabilities([model], validation_images, settings.batch_size, True)
+        probabilities[part.validation_positions], flipped[part.validation_positions] = predict_plain_and_flip_tta(
+            [model], validation_images, settings.batch_size)
 
     evaluated = np.flatnonzero(~np.isnan(probabilities[:, 0]))
     labels = train.labels[evaluated]

@@ -16,7 +16,7 @@ from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_json_atomic
 from voc_pipeline.models.input_pipeline import IGNORE_LABEL, segmentation_dataset
 from voc_pipeline.models.losses import SegmentationLoss
-from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps
+from voc_pipeline.models.segmenter import label_maps_with_and_without_flip, segmenter_from_config
 from voc_pipeline.models.training import (
     ModelFiles,
     choose_strategy,
@@ -42,8 +42,7 @@ def train_segmenter_model(config: Config, images, masks, fit_positions, validati
     """Build, train and save the segmenter; returns the best epoch's model."""
     settings = config.segmenter
     with strategy.scope():
-        model = build_segmenter(settings.backbone, settings.image_size, NUM_LABELS, settings.output_stride,
-                                settings.weights, settings.width_multiplier, settings.aspp_filters, settings.decoder_filters)
+        model = segmenter_from_config(settings)
 
     def compile_arguments():
         return {"loss": SegmentationLoss(NUM_LABELS, IGNORE_LABEL, settings.dice_weight),
@@ -80,11 +79,10 @@ def run_train_seg(config: Config) -> dict:
 
     validation_images = [train.images[position] for position in validation_positions]
     validation_masks = [train.masks[position] for position in validation_positions]
-    geometry = (settings.image_size, settings.output_stride, settings.batch_size)
-    predicted = predict_label_maps(model, validation_images, *geometry, flip_tta=True)
+    predicted, predicted_plain = label_maps_with_and_without_flip(model, validation_images, settings.image_size,
+                                                                  settings.output_stride, settings.batch_size)
     report = segmentation_report(predicted, validation_masks)
-    report_plain = segmentation_report(predict_label_maps(model, validation_images, *geometry, flip_tta=False),
-                                       validation_masks)
+    report_plain = segmentation_report(predicted_plain, validation_masks)
     metrics = {
         "validation_images": len(validation_positions),
         "mean_iou": report["mean_iou"],
