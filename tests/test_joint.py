@@ -11,7 +11,6 @@ from voc_pipeline.core.joint import (
     ImageDecisions,
     InferencePlan,
     JointRule,
-    best_candidate,
     candidate_rules,
     final_flags,
 )
@@ -109,7 +108,6 @@ def test_candidates_start_with_independent_heads_and_cover_every_combination():
     assert len(rules) == len(set(rules)) == 3 * len(MASK_RULES) * 2
     assert JointRule(0.2, "two-step", True) in rules
     assert JointRule.from_dict(JointRule(0.2, "guided", True).to_dict()) == JointRule(0.2, "guided", True)
-    assert best_candidate([0.5, 0.7, 0.7]) == 1
 
 
 def test_adding_classes_the_segmenter_paints():

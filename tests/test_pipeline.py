@@ -9,7 +9,9 @@ import pytest
 from voc_pipeline import artifacts
 from voc_pipeline.cli import main
 from voc_pipeline.config import build_config
+from voc_pipeline.core.scoring import classification_row_scores, competition_score, segmentation_row_scores
 from voc_pipeline.data.competition import load_split
+from voc_pipeline.data.splits import positions_of
 from voc_pipeline.data.submission import read_submission, validate_submission
 from voc_pipeline.errors import ArtifactError
 from voc_pipeline.files import load_label_maps
@@ -43,10 +45,22 @@ def test_predictions_hold_maps_at_each_test_size(smoke_run):
     assert arrays["probabilities"].min() >= 0 and arrays["probabilities"].max() <= 1
 
 
-def test_joint_rule_is_chosen_and_never_worse_than_independent_heads(smoke_run):
+def test_the_chosen_rule_is_scored_by_what_it_predicted_on_validation(smoke_run):
+    """The candidate table's figure for the chosen rule is the competition score of the per-image rows tune kept, and
+    the worst images' saved flags and maps, scored again here against the truth, give those rows."""
     joint = json.loads((smoke_run.run_dir / "joint_rule.json").read_text())
-    candidates = {row["name"]: row["score"] for row in joint["candidates"]}
-    assert candidates[joint["rule"]["name"]] >= candidates["independent heads"]
+    chosen = next(row for row in joint["candidates"] if row["name"] == joint["rule"]["name"])
+    arrays, label_maps = artifacts.read_validation_predictions(smoke_run.run_dir)
+    kept = competition_score(arrays["classification_scores"], arrays["segmentation_scores"])
+    assert kept == pytest.approx({key: chosen[key] for key in ("score", "classification", "segmentation")})
+    train = load_split(smoke_run.data.root, "train", show_progress=False)
+    positions = positions_of(train.ids, arrays["ids"])
+    rows = positions_of(arrays["all_ids"], arrays["ids"])
+    assert len(positions) == smoke_run.joint.worst_images
+    np.testing.assert_allclose(classification_row_scores(arrays["flags"], train.labels[positions]),
+                               arrays["classification_scores"][rows])
+    np.testing.assert_allclose(segmentation_row_scores(label_maps, [train.masks[p] for p in positions]),
+                               arrays["segmentation_scores"][rows])
     splits = artifacts.read_splits(smoke_run.run_dir)
     assert sorted(joint["validation_ids"]) == sorted(splits.validation_ids.tolist())
     rule, _ = artifacts.read_joint_rule(smoke_run.run_dir)

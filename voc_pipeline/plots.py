@@ -109,3 +109,57 @@ def plot_confusion(confusion: np.ndarray, label_names, path: Path, title: str) -
     axis.set_title(title)
     figure.colorbar(image, ax=axis, fraction=0.046, label="share of the true label's pixels")
     return save_figure(figure, path)
+
+
+def plot_score_comparison(rows: dict[str, dict[str, float]], path) -> None:
+    """Grouped bars of the overall, classification and segmentation scores of each answer."""
+    figure, axis = plt.subplots(figsize=(8, 3.6))
+    kinds = ("score", "classification", "segmentation")
+    width = 0.8 / len(rows)
+    for offset, (name, row) in enumerate(rows.items()):
+        positions = np.arange(len(kinds)) + offset * width - 0.4 + width / 2
+        bars = axis.bar(positions, [row[kind] for kind in kinds], width, label=name)
+        axis.bar_label(bars, fmt="%.3f", fontsize=7)
+    axis.set_xticks(np.arange(len(kinds)))
+    axis.set_xticklabels(["overall", "classification rows", "segmentation rows"])
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("mean Dice")
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    save_figure(figure, path)
+
+
+def plot_examples(originals, adversarials, titles_clean, titles_adversarial, epsilon, path, overlays=None) -> None:
+    """Rows of: original, perturbation amplified to the full range, adversarial image; predictions in titles."""
+    count = len(originals)
+    figure, axes = plt.subplots(count, 3, figsize=(9, 3.1 * count), squeeze=False)
+    for row in range(count):
+        perturbation = adversarials[row].astype(np.float32) - originals[row].astype(np.float32)
+        amplified = np.clip(127.5 + perturbation * (127.5 / max(epsilon, 1e-6)), 0, 255).astype(np.uint8)
+        panels = [(originals[row], f"original: {titles_clean[row]}"),
+                  (amplified, f"perturbation x{127.5 / max(epsilon, 1e-6):.0f} (eps {epsilon:g})"),
+                  (adversarials[row], f"adversarial: {titles_adversarial[row]}")]
+        if overlays is not None:
+            panels[0] = (overlays[0][row], panels[0][1])
+            panels[2] = (overlays[1][row], panels[2][1])
+        for axis, (picture, title) in zip(axes[row], panels):
+            axis.imshow(np.asarray(picture, dtype=np.uint8))
+            axis.set_title(title, fontsize=7)
+            axis.axis("off")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def plot_success_curves(frame: pd.DataFrame, path) -> None:
+    """Success rate versus epsilon for every attack, PGD, with the defence dashed."""
+    figure, axis = plt.subplots(figsize=(8, 4))
+    for (model, attack, defence), group in frame[frame["method"] == "PGD"].groupby(["model", "attack", "defence"]):
+        axis.plot(group["epsilon"], group["success_rate"], marker="o", linestyle="--" if defence != "none" else "-",
+                  label=f"{model}: {attack}{' + ' + defence if defence != 'none' else ''}")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("epsilon (pixel levels)")
+    axis.set_ylabel("success rate")
+    axis.set_ylim(-0.02, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=6)
+    save_figure(figure, path)

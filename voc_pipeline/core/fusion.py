@@ -14,17 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EPSILON = 1e-6
+from voc_pipeline.core.probability import logit, sigmoid
+from voc_pipeline.core.selection import cross_validated
+from voc_pipeline.core.thresholds import mean_image_f1
+
 FEATURES = ("classifier logit", "segmenter largest probability", "segmenter area share")
-
-
-def logit(probabilities: np.ndarray) -> np.ndarray:
-    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), EPSILON, 1 - EPSILON)
-    return np.log(clipped / (1 - clipped))
-
-
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * values))
 
 
 def features(classifier_probabilities: np.ndarray, largest: np.ndarray, area: np.ndarray) -> np.ndarray:
@@ -70,3 +64,49 @@ def fit_fusion(classifier_probabilities: np.ndarray, largest: np.ndarray, area: 
         if np.abs(step).max() < 1e-8:
             break
     return FusionModel(tuple(float(value) for value in parameters[:-1]), float(parameters[-1]))
+
+
+@dataclass(frozen=True)
+class FusionComparison:
+    """Fused evidence against the classifier alone, each with thresholds fitted on one half of the
+    validation images and scored on the other (core.selection.cross_validated)."""
+
+    classifier_cross_validated: float
+    fused_cross_validated: float
+
+    @property
+    def use_fusion(self) -> bool:
+        """Fusion is kept only when it wins: a tie (or a score that cannot be computed) keeps the simpler answer."""
+        return bool(self.fused_cross_validated > self.classifier_cross_validated)
+
+    def to_dict(self) -> dict:
+        """JSON-ready; a score that could not be computed (fewer than two images) is None."""
+        return {"classifier_cross_validated": finite_or_none(self.classifier_cross_validated),
+                "fused_cross_validated": finite_or_none(self.fused_cross_validated),
+                "chosen": "fused" if self.use_fusion else "classifier"}
+
+
+def finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def compare_fusion(classifier_probabilities: np.ndarray, largest: np.ndarray, area: np.ndarray, labels: np.ndarray,
+                   choose_thresholds, seed: int) -> FusionComparison:
+    """Cross-validated classification score of the classifier alone and of fused evidence, all (N, C) inputs.
+
+    Args:
+        choose_thresholds: (probabilities, labels) -> thresholds, the strategy chosen for the classifier.
+        seed: the seed of the split into halves (the same split for both candidates).
+    """
+
+    def classifier_alone(fit_half: np.ndarray, score_half: np.ndarray) -> float:
+        thresholds = choose_thresholds(classifier_probabilities[fit_half], labels[fit_half])
+        return mean_image_f1(classifier_probabilities[score_half], labels[score_half], thresholds)
+
+    def fused(fit_half: np.ndarray, score_half: np.ndarray) -> float:
+        model = fit_fusion(classifier_probabilities[fit_half], largest[fit_half], area[fit_half], labels[fit_half])
+        probabilities = model.probabilities(classifier_probabilities, largest, area)
+        thresholds = choose_thresholds(probabilities[fit_half], labels[fit_half])
+        return mean_image_f1(probabilities[score_half], labels[score_half], thresholds)
+
+    return FusionComparison(cross_validated(classifier_alone, len(labels), seed), cross_validated(fused, len(labels), seed))

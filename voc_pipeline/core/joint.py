@@ -12,13 +12,21 @@ Every combination is a candidate, scored on validation by the competition score;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from voc_pipeline.core.classes import NUM_CLASSES
 from voc_pipeline.core.masks import MASK_RULES, class_evidence, fill_missing_classes, label_map
-from voc_pipeline.core.scoring import classification_row_scores, competition_score, segmentation_row_scores
+from voc_pipeline.core.scoring import (
+    classification_row_scores,
+    competition_score,
+    confusion_matrix,
+    segmentation_row_score,
+    segmentation_row_scores,
+)
+from voc_pipeline.core.selection import best_candidate
 from voc_pipeline.core.thresholds import apply_thresholds
 
 
@@ -95,15 +103,48 @@ class ImageDecisions:
         return flags, self._masks[key]
 
 
+def score_rules(maps: Iterable[np.ndarray], classifier_probabilities: np.ndarray, true_labels: np.ndarray,
+                true_maps: Sequence[np.ndarray], plan: InferencePlan,
+                rules: Sequence[JointRule]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every rule applied to every image, with the plan's flags and typical boxes.
+
+    Args:
+        maps: per image, the segmenter's (H, W, 21) probabilities (a generator keeps one image in memory).
+        classifier_probabilities: (N, 20); true_labels (N, 20); true_maps: N label maps without void.
+
+    Returns:
+        (classification row scores (R, N), segmentation row scores (R, N), pixel confusion matrices (R, 21, 21)).
+    """
+    count = len(true_labels)
+    classification, segmentation = np.zeros((len(rules), count)), np.zeros((len(rules), count))
+    confusion = np.zeros((len(rules), NUM_CLASSES + 1, NUM_CLASSES + 1), dtype=np.int64)
+    for image, probabilities in enumerate(maps):
+        largest, area = class_evidence(probabilities)
+        _, flags = plan.base_flags(classifier_probabilities[image], largest, area)
+        decisions = ImageDecisions(probabilities, flags, area, plan.boxes, plan.tiny_fraction)
+        for index, rule in enumerate(rules):
+            final, labels = decisions.decide(rule)
+            classification[index, image] = classification_row_scores(final[None], true_labels[image][None])[0]
+            segmentation[index, image] = segmentation_row_score(labels, true_maps[image])
+            confusion[index] += confusion_matrix(labels, true_maps[image])
+    return classification, segmentation, confusion
+
+
 def score_predictions(flags: np.ndarray, label_maps: Sequence[np.ndarray], true_labels: np.ndarray,
                       true_maps: Sequence[np.ndarray]) -> dict[str, float]:
     """The competition score of predicted flags and maps against the truth."""
     return competition_score(classification_row_scores(flags, true_labels), segmentation_row_scores(label_maps, true_maps))
 
 
-def best_candidate(scores: Sequence[float]) -> int:
-    """The position of the highest score; the first on ties (candidates come simplest first)."""
-    return max(range(len(scores)), key=lambda index: (scores[index], -index))
+def candidate_table(rules: Sequence[JointRule], classification: np.ndarray, segmentation: np.ndarray) -> list[dict]:
+    """Each rule with its competition score on validation, from (R, N) classification and segmentation row scores."""
+    return [{**rule.to_dict(), **competition_score(classification[index], segmentation[index])}
+            for index, rule in enumerate(rules)]
+
+
+def choose_rule(table: Sequence[dict]) -> int:
+    """The position of the rule with the best overall score (independent heads, listed first, wins ties)."""
+    return best_candidate([row["score"] for row in table])
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,12 @@ non-empty truth, so every image gets at least its most probable class.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from voc_pipeline.core.scoring import classification_row_scores
+from voc_pipeline.core.selection import cross_validated
 
 # Threshold of a class that cannot be tuned (no positive example among the tuning images).
 DEFAULT_THRESHOLD = 0.5
@@ -104,21 +107,28 @@ def tune_thresholds(probabilities: np.ndarray, labels: np.ndarray, grid: np.ndar
     return thresholds, untunable
 
 
-def cross_validated_score(probabilities: np.ndarray, labels: np.ndarray, choose_thresholds, seed: int) -> float:
-    """Mean per-image F1 of thresholds scored on images they were not chosen on.
+ThresholdChooser = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-    The images are split in two halves; thresholds chosen by `choose_thresholds(probabilities, labels)`
-    on one half are scored on the other, and the other way round.
-    """
-    order = np.random.default_rng(seed).permutation(len(labels))
-    halves = (order[: len(order) // 2], order[len(order) // 2:])
-    if min(len(half) for half in halves) == 0:
-        return float("nan")
-    total = 0.0
-    for tune_half, score_half in (halves, halves[::-1]):
-        thresholds = choose_thresholds(probabilities[tune_half], labels[tune_half])
-        total += mean_image_f1(probabilities[score_half], labels[score_half], thresholds) * len(score_half)
-    return float(total / len(labels))
+
+def threshold_chooser(strategy: str, grid: np.ndarray, rounds: int) -> ThresholdChooser:
+    """(probabilities, labels) -> thresholds of a strategy: "global" (one threshold for every class) or
+    "per-class" (coordinate ascent from the best global one)."""
+    if strategy == "global":
+        return lambda probabilities, labels: best_global_threshold(probabilities, labels, grid)[0]
+    if strategy == "per-class":
+        return lambda probabilities, labels: tune_thresholds(probabilities, labels, grid, rounds)[0]
+    raise ValueError(f"unknown threshold strategy {strategy!r}; expected global or per-class")
+
+
+def cross_validated_score(probabilities: np.ndarray, labels: np.ndarray, choose_thresholds: ThresholdChooser,
+                          seed: int) -> float:
+    """Mean per-image F1 of thresholds scored on images they were not chosen on (core.selection's halves)."""
+
+    def fit_and_score(fit_half: np.ndarray, score_half: np.ndarray) -> float:
+        thresholds = choose_thresholds(probabilities[fit_half], labels[fit_half])
+        return mean_image_f1(probabilities[score_half], labels[score_half], thresholds)
+
+    return cross_validated(fit_and_score, len(labels), seed)
 
 
 def compare_strategies(probabilities: np.ndarray, labels: np.ndarray, grid: np.ndarray, rounds: int, seed: int) -> dict:
@@ -133,8 +143,8 @@ def compare_strategies(probabilities: np.ndarray, labels: np.ndarray, grid: np.n
     """
     global_threshold, global_score = best_global_threshold(probabilities, labels, grid)
     per_class_thresholds, untuned = tune_thresholds(probabilities, labels, grid, rounds)
-    per_class_cv = cross_validated_score(probabilities, labels, lambda p, y: tune_thresholds(p, y, grid, rounds)[0], seed)
-    global_cv = cross_validated_score(probabilities, labels, lambda p, y: best_global_threshold(p, y, grid)[0], seed)
+    per_class_cv = cross_validated_score(probabilities, labels, threshold_chooser("per-class", grid, rounds), seed)
+    global_cv = cross_validated_score(probabilities, labels, threshold_chooser("global", grid, rounds), seed)
     use_per_class = not per_class_cv < global_cv
     return {
         "threshold_0.5": mean_image_f1(probabilities, labels, 0.5),

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from voc_pipeline import artifacts
+from voc_pipeline import artifacts, markdown
 from voc_pipeline.config import Config
 from voc_pipeline.core.classes import CLASS_NAMES, class_index
 from voc_pipeline.core.thresholds import apply_thresholds
@@ -27,7 +27,7 @@ from voc_pipeline.models.adversarial import (
     classifier_probabilities,
 )
 from voc_pipeline.models.input_pipeline import classification_dataset, segmentation_dataset
-from voc_pipeline.plots import overlay, plt, save_figure
+from voc_pipeline.plots import overlay, plot_examples, plot_success_curves
 
 logger = logging.getLogger(__name__)
 
@@ -35,36 +35,12 @@ logger = logging.getLogger(__name__)
 ATTACK_DIR = artifacts.ATTACK_FILES.pattern.partition("/")[0]
 
 
-def plot_examples(originals, adversarials, titles_clean, titles_adversarial, epsilon, path, overlays=None) -> None:
-    """Rows of: original, perturbation amplified to the full range, adversarial image; predictions in titles."""
-    count = len(originals)
-    figure, axes = plt.subplots(count, 3, figsize=(9, 3.1 * count), squeeze=False)
-    for row in range(count):
-        perturbation = adversarials[row].astype(np.float32) - originals[row].astype(np.float32)
-        amplified = np.clip(127.5 + perturbation * (127.5 / max(epsilon, 1e-6)), 0, 255).astype(np.uint8)
-        panels = [(originals[row], f"original: {titles_clean[row]}"),
-                  (amplified, f"perturbation x{127.5 / max(epsilon, 1e-6):.0f} (eps {epsilon:g})"),
-                  (adversarials[row], f"adversarial: {titles_adversarial[row]}")]
-        if overlays is not None:
-            panels[0] = (overlays[0][row], panels[0][1])
-            panels[2] = (overlays[1][row], panels[2][1])
-        for axis, (picture, title) in zip(axes[row], panels):
-            axis.imshow(np.asarray(picture, dtype=np.uint8))
-            axis.set_title(title, fontsize=7)
-            axis.axis("off")
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
 def flag_names(flags: np.ndarray) -> list[str]:
     return [", ".join(CLASS_NAMES[index] for index in np.flatnonzero(row)) or "-" for row in flags]
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{value:.3f}" if isinstance(value, float) else str(value) for value in row) + " |")
-    return "\n".join(lines)
+def attack_table(frame: pd.DataFrame) -> str:
+    return markdown.table(list(frame.columns), frame.itertuples(index=False), float_format="{:.3f}")
 
 
 def run_attack(config: Config) -> dict:
@@ -119,11 +95,11 @@ def run_attack(config: Config) -> dict:
         "target class appears or the top class disappears (targeted), or the share of pixels painted as the target "
         "(segmenter). Scores: classification rows' mean F1, segmentation rows' mean Dice.",
         "## Findings", "\n".join(f"- {finding}" for finding in findings(frame)),
-        markdown_table(frame), "![success versus epsilon](success_vs_epsilon.png)",
+        attack_table(frame), "![success versus epsilon](success_vs_epsilon.png)",
         "![classifier examples](classifier_examples.png)", "![segmenter examples](segmenter_examples.png)",
     ]) + "\n")
     summary = {"images": len(positions), "epsilons": epsilons, "rows": len(frame)}
-    print(markdown_table(frame[frame["method"] == "PGD"]))
+    print(attack_table(frame[frame["method"] == "PGD"]))
     return summary
 
 
@@ -156,16 +132,3 @@ def findings(frame: pd.DataFrame) -> list[str]:
     return observations
 
 
-def plot_success_curves(frame: pd.DataFrame, path) -> None:
-    """Success rate versus epsilon for every attack, PGD, with the defence dashed."""
-    figure, axis = plt.subplots(figsize=(8, 4))
-    for (model, attack, defence), group in frame[frame["method"] == "PGD"].groupby(["model", "attack", "defence"]):
-        axis.plot(group["epsilon"], group["success_rate"], marker="o", linestyle="--" if defence != "none" else "-",
-                  label=f"{model}: {attack}{' + ' + defence if defence != 'none' else ''}")
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("epsilon (pixel levels)")
-    axis.set_ylabel("success rate")
-    axis.set_ylim(-0.02, 1.02)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=6)
-    save_figure(figure, path)

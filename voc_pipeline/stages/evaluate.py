@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from voc_pipeline import artifacts
+from voc_pipeline import artifacts, markdown
 from voc_pipeline.config import Config
 from voc_pipeline.core.baseline import baseline_flags, centre_box_map, most_frequent_class
 from voc_pipeline.core.classes import CLASS_NAMES
@@ -15,7 +15,7 @@ from voc_pipeline.core.joint import score_predictions
 from voc_pipeline.data.competition import load_split
 from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_text_atomic
-from voc_pipeline.plots import plot_confusion, plot_mask_overlays, plt, save_figure
+from voc_pipeline.plots import plot_confusion, plot_mask_overlays, plot_score_comparison
 
 logger = logging.getLogger(__name__)
 
@@ -38,41 +38,19 @@ def baseline_scores(fit_labels: np.ndarray, true_labels: np.ndarray, true_maps: 
     return score_predictions(baseline_flags(fit_labels, len(true_labels)), maps, true_labels, true_maps)
 
 
-def plot_score_comparison(rows: dict[str, dict[str, float]], path) -> None:
-    """Grouped bars of the overall, classification and segmentation scores of each answer."""
-    figure, axis = plt.subplots(figsize=(8, 3.6))
-    kinds = ("score", "classification", "segmentation")
-    width = 0.8 / len(rows)
-    for offset, (name, row) in enumerate(rows.items()):
-        positions = np.arange(len(kinds)) + offset * width - 0.4 + width / 2
-        bars = axis.bar(positions, [row[kind] for kind in kinds], width, label=name)
-        axis.bar_label(bars, fmt="%.3f", fontsize=7)
-    axis.set_xticks(np.arange(len(kinds)))
-    axis.set_xticklabels(["overall", "classification rows", "segmentation rows"])
-    axis.set_ylim(0, 1.05)
-    axis.set_ylabel("mean Dice")
-    axis.legend(fontsize=8)
-    axis.grid(axis="y", alpha=0.3)
-    save_figure(figure, path)
-
-
 def score_table(rows: dict[str, dict[str, float]]) -> str:
-    lines = ["| answer | overall | classification rows | segmentation rows |", "| --- | --- | --- | --- |"]
-    lines += [f"| {name} | {row['score']:.4f} | {row['classification']:.4f} | {row['segmentation']:.4f} |"
-              for name, row in rows.items()]
-    return "\n".join(lines)
+    return markdown.table(("answer", "overall", "classification rows", "segmentation rows"),
+                          [(name, row["score"], row["classification"], row["segmentation"]) for name, row in rows.items()])
 
 
 def per_class_table(tuning: dict, segmenter: dict) -> str:
     thresholds = tuning.get("per_class", {})
     iou = segmenter.get("iou_per_class", {})
     fmt = lambda value: "-" if value is None else f"{value:.3f}"  # noqa: E731
-    lines = ["| class | threshold | average precision | F1 at 0.5 | F1 tuned | IoU |", "| --- | --- | --- | --- | --- | --- |"]
-    for name in CLASS_NAMES:
-        row = thresholds.get(name, {})
-        lines.append(f"| {name} | {fmt(row.get('threshold'))} | {fmt(row.get('average_precision'))} | "
-                     f"{fmt(row.get('f1_at_0.5'))} | {fmt(row.get('f1_tuned'))} | {fmt(iou.get(name))} |")
-    return "\n".join(lines)
+    rows = [(name, *(fmt(thresholds.get(name, {}).get(key)) for key in ("threshold", "average_precision", "f1_at_0.5",
+                                                                          "f1_tuned")), fmt(iou.get(name)))
+            for name in CLASS_NAMES]
+    return markdown.table(("class", "threshold", "average precision", "F1 at 0.5", "F1 tuned", "IoU"), rows)
 
 
 def flag_text(flags: np.ndarray, probabilities: np.ndarray) -> str:
@@ -98,22 +76,31 @@ def plot_mistakes(run_dir, train) -> None:
 def choices_section(tuning: dict) -> list[str]:
     """What tune chose on validation, and what it was chosen against."""
     scales = tuning["scales"]
-    lines = ["| segmenter scales | validation Dice of its own masks | seconds per image |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {row['segmentation_dice']:.4f} | {row['seconds_per_image']:.3f} |"
-              for name, row in scales["options"].items()]
+    scale_table = markdown.table(("segmenter scales", "validation Dice of its own masks", "seconds per image"),
+                                 [(name, f"{row['segmentation_dice']:.4f}", f"{row['seconds_per_image']:.3f}")
+                                  for name, row in scales["options"].items()])
     fusion = tuning["fusion"]
     fusion_text = ("Fused evidence was not tried (joint.fusion = false)." if fusion.get("classifier_cross_validated") is None
                    else f"Fused evidence: cross-validated classification {fusion['fused_cross_validated']:.4f} against "
                         f"{fusion['classifier_cross_validated']:.4f} for the classifier alone; flags from the "
                         f"{fusion['chosen']}.")
     candidates = sorted(tuning["joint"]["candidates"], key=lambda row: -row["score"])
-    table = ["| joint rule | overall | classification | segmentation |", "| --- | --- | --- | --- |"]
-    table += [f"| {row['name']} | {row['score']:.4f} | {row['classification']:.4f} | {row['segmentation']:.4f} |"
-              for row in candidates[:10]]
+    rule_table = markdown.table(("joint rule", "overall", "classification", "segmentation"),
+                                [(row["name"], row["score"], row["classification"], row["segmentation"])
+                                 for row in candidates[:10]])
     return ["## What tune chose on validation",
-            f"Scales used: {', '.join(f'{scale:g}' for scale in scales['chosen'])}.", "\n".join(lines), fusion_text,
+            f"Scales used: {', '.join(f'{scale:g}' for scale in scales['chosen'])}.", scale_table, fusion_text,
             f"Joint rule: **{tuning['joint']['chosen']}**, the best of {len(candidates)} candidates (the ten best):",
-            "\n".join(table)]
+            rule_table]
+
+
+def chosen_row(table: list[dict], name: str, run_dir) -> dict:
+    """The candidate-table row of the chosen rule, or an ArtifactError when joint_rule.json does not hold it."""
+    for row in table:
+        if row["name"] == name:
+            return row
+    raise artifacts.unreadable(artifacts.JOINT_RULE.path(run_dir), artifacts.JOINT_RULE.stage,
+                               f"its chosen rule {name!r} is not among its {len(table)} candidates")
 
 
 def run_evaluate(config: Config) -> dict:
@@ -130,7 +117,7 @@ def run_evaluate(config: Config) -> dict:
     rows = {
         "most frequent class + centre box": baseline_scores(fit_labels, labels, masks),
         "independent heads": table[0],
-        f"joint rule ({rule.name})": next(row for row in table if row["name"] == rule.name),
+        f"joint rule ({rule.name})": chosen_row(table, rule.name, run_dir),
     }
     rows = {name: {kind: float(row[kind]) for kind in ("score", "classification", "segmentation")} for name, row in rows.items()}
     plot_score_comparison(rows, artifacts.SCORE_COMPARISON.path(run_dir))

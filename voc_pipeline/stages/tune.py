@@ -17,30 +17,35 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import f1_score
 
-from voc_pipeline import artifacts
+from voc_pipeline import artifacts, markdown
 from voc_pipeline.config import Config
-from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
-from voc_pipeline.core.fusion import fit_fusion
-from voc_pipeline.core.joint import ImageDecisions, InferencePlan, JointRule, best_candidate, candidate_rules
+from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
+from voc_pipeline.core.fusion import FusionModel, compare_fusion, fit_fusion
+from voc_pipeline.core.joint import (
+    InferencePlan,
+    JointRule,
+    candidate_rules,
+    candidate_table,
+    choose_rule,
+    score_rules,
+)
 from voc_pipeline.core.masks import class_evidence, typical_boxes
 from voc_pipeline.core.scoring import (
     average_precisions,
-    classification_row_scores,
-    confusion_matrix,
     segmentation_row_score,
 )
+from voc_pipeline.core.selection import choose_scales, scale_options
 from voc_pipeline.core.thresholds import (
     DEFAULT_THRESHOLD,
     apply_thresholds,
-    best_global_threshold,
     compare_strategies,
     default_grid,
-    mean_image_f1,
-    tune_thresholds,
+    threshold_chooser,
 )
 from voc_pipeline.data.competition import ImageSet, load_split
 from voc_pipeline.data.splits import positions_of
@@ -54,13 +59,12 @@ logger = logging.getLogger(__name__)
 
 def markdown_table(rows: dict[str, dict]) -> str:
     """The threshold comparison as a markdown table, one row per probability source."""
-    lines = ["| probabilities | 0.5 | best global (t) | global, cross-validated | per-class | per-class, cross-validated | chosen |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, row in rows.items():
-        lines.append(f"| {name} | {row['threshold_0.5']:.4f} | {row['global']:.4f} ({row['global_threshold']:.2f}) | "
-                     f"{row['global_cross_validated']:.4f} | {row['per_class']:.4f} | "
-                     f"{row['per_class_cross_validated']:.4f} | {row['chosen_strategy']} |")
-    return "\n".join(lines)
+    return markdown.table(
+        ("probabilities", "0.5", "best global (t)", "global, cross-validated", "per-class", "per-class, cross-validated",
+         "chosen"),
+        [(name, f"{row['threshold_0.5']:.4f}", f"{row['global']:.4f} ({row['global_threshold']:.2f})",
+          f"{row['global_cross_validated']:.4f}", f"{row['per_class']:.4f}", f"{row['per_class_cross_validated']:.4f}",
+          row["chosen_strategy"]) for name, row in rows.items()])
 
 
 def summary_of(comparison: dict) -> dict:
@@ -70,8 +74,16 @@ def summary_of(comparison: dict) -> dict:
 # ---------------------------------------------------------------- 1. thresholds on the classifier alone
 
 
-def compare_classifier_thresholds(config: Config, validation: artifacts.ClassifierValidation) -> tuple[dict, str]:
-    """The threshold strategies on plain and flip-TTA probabilities; (comparison, name of the one used)."""
+def classifier_source(validation: artifacts.ClassifierValidation, flip_tta: bool) -> tuple[str, np.ndarray]:
+    """The one place that picks which of the classifier's validation probabilities the flags use:
+    ("flip_tta" or "plain", the (N, 20) probabilities)."""
+    if flip_tta:
+        return "flip_tta", validation.probabilities_flip_tta
+    return "plain", validation.probabilities
+
+
+def compare_classifier_thresholds(config: Config, validation: artifacts.ClassifierValidation) -> dict:
+    """The threshold strategies on plain and flip-TTA probabilities, written as threshold_comparison.md."""
     grid = default_grid(config.thresholds.grid_step)
     comparison = {name: compare_strategies(probabilities, validation.labels, grid, config.thresholds.rounds, config.seed)
                   for name, probabilities in (("plain", validation.probabilities),
@@ -79,7 +91,7 @@ def compare_classifier_thresholds(config: Config, validation: artifacts.Classifi
     table = markdown_table(comparison)
     write_text_atomic(artifacts.THRESHOLD_COMPARISON.path(config.run_dir), table + "\n")
     print(table)
-    return comparison, "flip_tta" if config.inference.classifier_flip_tta else "plain"
+    return comparison
 
 
 def plot_classifier_per_class(config: Config, labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray,
@@ -101,20 +113,19 @@ def plot_classifier_per_class(config: Config, labels: np.ndarray, probabilities:
 class Validation:
     """The images both heads were validated on, their truth, and the segmenter that runs on them."""
 
-    def __init__(self, config: Config, classifier: artifacts.ClassifierValidation, train: ImageSet):
+    def __init__(self, config: Config, classifier_ids: np.ndarray, classifier_probabilities: np.ndarray, train: ImageSet):
         run_dir = config.run_dir
         splits = artifacts.read_splits(run_dir)
-        self.ids = np.intersect1d(classifier.ids, splits.validation_ids)
+        self.ids = np.intersect1d(classifier_ids, splits.validation_ids)
         if self.ids.size == 0:
             raise ArtifactError(f"the classifier's validation images ({artifacts.CLASSIFIER_VALIDATION.path(run_dir)}) "
                                 f"and the run's validation split do not overlap: rerun train-cls "
                                 f"(`voc-pipeline run --until tune --force` after data check)")
-        source = classifier.probabilities_flip_tta if config.inference.classifier_flip_tta else classifier.probabilities
-        self.classifier_probabilities = source[positions_of(classifier.ids, self.ids)]
+        self.classifier_probabilities = classifier_probabilities[positions_of(classifier_ids, self.ids)]
         positions = positions_of(train.ids, self.ids)
         self.images = [train.images[p] for p in positions]
         self.labels = train.labels[positions]
-        self.masks = [np.where(train.masks[p] == 255, 0, train.masks[p]) for p in positions]
+        self.masks = [np.where(train.masks[p] == VOID_LABEL, 0, train.masks[p]) for p in positions]
         self.boxes = typical_boxes([train.masks[p] for p in positions_of(train.ids, splits.train_ids)])
         self.model, manifest = artifacts.load_segmenter(run_dir)
         self.image_size, self.output_stride = int(manifest["image_size"]), int(manifest["output_stride"])
@@ -132,9 +143,7 @@ class Validation:
 
 def compare_scales(config: Config, validation: Validation) -> tuple[tuple[float, ...], dict, dict]:
     """(chosen scales, figures, per-scale-choice evidence (largest, area) of every validation image)."""
-    options = [(1.0,)]
-    if tuple(config.inference.segmenter_scales) != (1.0,):
-        options.append(tuple(config.inference.segmenter_scales))
+    options = scale_options(config.inference.segmenter_scales)
     figures, evidence = {}, {}
     for scales in options:
         list(validation.maps(scales, [0]))  # traces the model for these sizes, so the timing below is of predicting
@@ -144,89 +153,88 @@ def compare_scales(config: Config, validation: Validation) -> tuple[tuple[float,
             image_largest, image_area = class_evidence(probabilities)
             largest.append(image_largest)
             area.append(image_area)
-        name = ", ".join(f"{scale:g}" for scale in scales)
-        figures[name] = {"segmentation_dice": float(np.mean(dice)),
-                         "seconds_per_image": (time.perf_counter() - started) / len(validation.ids)}
+        figures[scale_name(scales)] = {"segmentation_dice": float(np.mean(dice)),
+                                       "seconds_per_image": (time.perf_counter() - started) / len(validation.ids)}
         evidence[scales] = (np.array(largest), np.array(area))
-    names = list(figures)
-    chosen = options[best_candidate([figures[name]["segmentation_dice"] for name in names])]
+    chosen = choose_scales(options, [figures[scale_name(scales)]["segmentation_dice"] for scales in options])
     for name, row in figures.items():
         logger.info("segmenter at scales %s: validation Dice %.4f, %.3f s per image", name, row["segmentation_dice"],
                     row["seconds_per_image"])
     return chosen, {"options": figures, "chosen": list(chosen)}, evidence
 
 
-# ---------------------------------------------------------------- 3. fused evidence
+def scale_name(scales: tuple[float, ...]) -> str:
+    return ", ".join(f"{scale:g}" for scale in scales)
 
 
-def choose_thresholds_with(strategy: str, grid: np.ndarray, rounds: int):
-    """A threshold chooser (probabilities, labels) -> thresholds of the given strategy."""
-    if strategy == "global":
-        return lambda probabilities, labels: best_global_threshold(probabilities, labels, grid)[0]
-    return lambda probabilities, labels: tune_thresholds(probabilities, labels, grid, rounds)[0]
+# ---------------------------------------------------------------- 3. the flags' source: the classifier or fused evidence
 
 
-def halves(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(count)
-    return order[: count // 2], order[count // 2:]
+@dataclass(frozen=True)
+class FlagSource:
+    """What the tuned flags are thresholds on, chosen in step 3.
+
+    Attributes:
+        title: for the per-class figure ("flip tta", "plain" or "fused evidence").
+        probabilities, labels: the source's probabilities and the truth of the images they were tuned on.
+        comparison: compare_strategies' result on them (thresholds, strategy, untuned classes, scores).
+        fusion: the fitted fusion model, or None for the classifier alone.
+        figures: the fusion comparison's figures.
+    """
+
+    title: str
+    probabilities: np.ndarray
+    labels: np.ndarray
+    comparison: dict
+    fusion: FusionModel | None
+    figures: dict
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return self.comparison["thresholds"].round(4)
+
+    @property
+    def untuned(self) -> list[str]:
+        return [CLASS_NAMES[index] for index in self.comparison["untuned"]]
 
 
-def compare_fusion(config: Config, validation: Validation, largest: np.ndarray, area: np.ndarray,
-                   strategy: str) -> tuple[bool, dict]:
-    """Fusion against the classifier alone, each with thresholds chosen on one half and scored on the other."""
+def choose_flag_source(config: Config, validation: Validation, classifier: tuple[str, np.ndarray, np.ndarray],
+                       comparison: dict, largest: np.ndarray, area: np.ndarray) -> FlagSource:
+    """The classifier's probabilities (with the thresholds step 1 chose on all its validation images), or fused
+    evidence (thresholds chosen again on the images both heads saw) when it wins cross-validated.
+
+    Args:
+        classifier: (source name, probabilities, labels) of every classifier validation image.
+        comparison: step 1's threshold comparison of those probabilities.
+        largest, area: the segmenter's evidence on the validation images, at the chosen scales.
+    """
+    name, probabilities, labels = classifier
+    classifier_alone = FlagSource(name.replace("_", " "), probabilities, labels, comparison, None, {"chosen": "classifier"})
+    if not config.joint.fusion:
+        return classifier_alone
     grid = default_grid(config.thresholds.grid_step)
-    choose = choose_thresholds_with(strategy, grid, config.thresholds.rounds)
-    probabilities, labels = validation.classifier_probabilities, validation.labels
-    first, second = halves(len(labels), config.seed)
-    if min(len(first), len(second)) == 0:
-        return False, {"classifier_cross_validated": None, "fused_cross_validated": None, "chosen": "classifier"}
-    classifier_total = fused_total = 0.0
-    for tune_half, score_half in ((first, second), (second, first)):
-        classifier_total += mean_image_f1(probabilities[score_half], labels[score_half],
-                                          choose(probabilities[tune_half], labels[tune_half])) * len(score_half)
-        model = fit_fusion(probabilities[tune_half], largest[tune_half], area[tune_half], labels[tune_half])
-        fused = model.probabilities(probabilities, largest, area)
-        fused_total += mean_image_f1(fused[score_half], labels[score_half],
-                                     choose(fused[tune_half], labels[tune_half])) * len(score_half)
-    classifier_cv, fused_cv = classifier_total / len(labels), fused_total / len(labels)
-    use_fusion = fused_cv > classifier_cv
+    chooser = threshold_chooser(comparison["chosen_strategy"], grid, config.thresholds.rounds)
+    outcome = compare_fusion(validation.classifier_probabilities, largest, area, validation.labels, chooser, config.seed)
     logger.info("fused evidence: cross-validated classification %.4f against %.4f for the classifier alone: %s",
-                fused_cv, classifier_cv, "kept" if use_fusion else "not kept")
-    return use_fusion, {"classifier_cross_validated": classifier_cv, "fused_cross_validated": fused_cv,
-                        "chosen": "fused" if use_fusion else "classifier"}
+                outcome.fused_cross_validated, outcome.classifier_cross_validated,
+                "kept" if outcome.use_fusion else "not kept")
+    if not outcome.use_fusion:
+        return FlagSource(**{**classifier_alone.__dict__, "figures": outcome.to_dict()})
+    fusion = fit_fusion(validation.classifier_probabilities, largest, area, validation.labels)
+    fused = fusion.probabilities(validation.classifier_probabilities, largest, area)
+    return FlagSource("fused evidence", fused, validation.labels,
+                      compare_strategies(fused, validation.labels, grid, config.thresholds.rounds, config.seed), fusion,
+                      outcome.to_dict())
 
 
 # ---------------------------------------------------------------- 4. the joint rule
 
 
-def score_candidates(validation: Validation, plan: InferencePlan, rules: list[JointRule]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(classification row scores (R, N), segmentation row scores (R, N), pixel confusion matrices (R, 21, 21))."""
-    classification = np.zeros((len(rules), len(validation.ids)))
-    segmentation = np.zeros((len(rules), len(validation.ids)))
-    confusion = np.zeros((len(rules), NUM_CLASSES + 1, NUM_CLASSES + 1), dtype=np.int64)
-    for image, probabilities in enumerate(validation.maps(plan.scales)):
-        largest, area = class_evidence(probabilities)
-        _, flags = plan.base_flags(validation.classifier_probabilities[image], largest, area)
-        decisions = ImageDecisions(probabilities, flags, area, plan.boxes, plan.tiny_fraction)
-        truth = validation.masks[image]
-        for index, rule in enumerate(rules):
-            final, labels = decisions.decide(rule)
-            classification[index, image] = classification_row_scores(final[None], validation.labels[image][None])[0]
-            segmentation[index, image] = segmentation_row_score(labels, truth)
-            confusion[index] += confusion_matrix(labels, truth)
-    return classification, segmentation, confusion
-
-
-def candidate_table(rules: list[JointRule], classification: np.ndarray, segmentation: np.ndarray) -> list[dict]:
-    return [{**rule.to_dict(), "score": float((classification[index].mean() + segmentation[index].mean()) / 2),
-             "classification": float(classification[index].mean()), "segmentation": float(segmentation[index].mean())}
-            for index, rule in enumerate(rules)]
-
-
-def save_validation_predictions(config: Config, validation: Validation, plan: InferencePlan, rows: np.ndarray,
+def save_validation_predictions(config: Config, validation: Validation, plan: InferencePlan,
                                 classification: np.ndarray, segmentation: np.ndarray, confusion: np.ndarray) -> None:
     """The chosen rule on validation: every image's row scores, the pixel confusion matrix, and the worst images'
     flags, probabilities and label maps, recomputed for those images only."""
+    rows = (classification + segmentation) / 2
     worst = np.argsort(rows, kind="stable")[: config.joint.worst_images]
     probabilities, flags, maps = [], [], []
     for position, map_probabilities in zip(worst, validation.maps(plan.scales, worst)):
@@ -240,66 +248,68 @@ def save_validation_predictions(config: Config, validation: Validation, plan: In
                            flags=np.array(flags, dtype=np.int8).reshape(-1, NUM_CLASSES))
 
 
+def choose_joint_rule(config: Config, validation: Validation, flags: FlagSource,
+                      scales: tuple[float, ...]) -> tuple[InferencePlan, list[dict]]:
+    """Every candidate rule scored by the competition score on validation; (the plan with the best, the table).
+    Also saves the chosen rule's validation predictions."""
+    rules = candidate_rules(config.joint.area_grid)
+    plan = InferencePlan(flags.thresholds, flags.fusion, JointRule(), scales, validation.boxes,
+                         config.joint.tiny_mask_fraction)
+    classification, segmentation, confusion = score_rules(validation.maps(plan.scales), validation.classifier_probabilities,
+                                                          validation.labels, validation.masks, plan, rules)
+    table = candidate_table(rules, classification, segmentation)
+    best = choose_rule(table)
+    plan = InferencePlan(flags.thresholds, flags.fusion, rules[best], scales, validation.boxes,
+                         config.joint.tiny_mask_fraction)
+    logger.info("joint rule: %s (validation score %.4f; independent heads %.4f)", rules[best].name, table[best]["score"],
+                table[0]["score"])
+    save_validation_predictions(config, validation, plan, classification[best], segmentation[best], confusion[best])
+    return plan, table
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def write_choices(config: Config, flags: FlagSource, classifier_comparison: dict, plan: InferencePlan,
+                  validation: Validation, table: list[dict]) -> None:
+    """thresholds.json and joint_rule.json: what predict applies to the test images."""
+    write_json_atomic(artifacts.THRESHOLDS.path(config.run_dir), {
+        "source": "fused" if flags.fusion else "classifier",
+        "fusion": flags.fusion.to_dict() if flags.fusion else None,
+        "strategy": flags.comparison["chosen_strategy"],
+        "thresholds": dict(zip(CLASS_NAMES, flags.thresholds.tolist())),
+        "classifier_thresholds": dict(zip(CLASS_NAMES, classifier_comparison["thresholds"].round(4).tolist())),
+        "classifier_flip_tta": config.inference.classifier_flip_tta,
+        "default_threshold": DEFAULT_THRESHOLD,
+        "untuned_classes": flags.untuned,
+        "rule": "flag = source probability >= threshold; an image without any flag gets its most probable class",
+    })
+    write_json_atomic(artifacts.JOINT_RULE.path(config.run_dir), {
+        "rule": plan.rule.to_dict(), "scales": list(plan.scales),
+        "segmenter_flip_tta": config.inference.segmenter_flip_tta, "tiny_mask_fraction": plan.tiny_fraction,
+        "class_boxes": validation.boxes.round(4).tolist(), "validation_ids": validation.ids.tolist(), "candidates": table,
+    })
+
+
 def run_tune(config: Config) -> dict:
     """Stage `tune`: writes thresholds.json, threshold_comparison.md, classifier_per_class.png,
     joint_rule.json and validation_predictions.npz; returns the figures of every choice."""
-    run_dir = config.run_dir
-    classifier = artifacts.read_classifier_validation(run_dir)
-    comparison, source_name = compare_classifier_thresholds(config, classifier)
-    strategy = comparison[source_name]["chosen_strategy"]
-    validation = Validation(config, classifier, load_split(config.data.root, "train"))
-
+    classifier = artifacts.read_classifier_validation(config.run_dir)
+    source_name, source_probabilities = classifier_source(classifier, config.inference.classifier_flip_tta)
+    comparison = compare_classifier_thresholds(config, classifier)
+    validation = Validation(config, classifier.ids, source_probabilities, load_split(config.data.root, "train"))
     scales, scale_figures, evidence = compare_scales(config, validation)
-    largest, area = evidence[scales]
-    use_fusion, fusion_figures = (compare_fusion(config, validation, largest, area, strategy) if config.joint.fusion
-                                  else (False, {"chosen": "classifier"}))
-    grid = default_grid(config.thresholds.grid_step)
-    if use_fusion:
-        fusion = fit_fusion(validation.classifier_probabilities, largest, area, validation.labels)
-        fused = fusion.probabilities(validation.classifier_probabilities, largest, area)
-        chosen = compare_strategies(fused, validation.labels, grid, config.thresholds.rounds, config.seed)
-        thresholds, labels, source, title = chosen["thresholds"], validation.labels, fused, "fused evidence"
-    else:
-        fusion, chosen = None, comparison[source_name]
-        source = classifier.probabilities_flip_tta if source_name == "flip_tta" else classifier.probabilities
-        thresholds, labels, title = chosen["thresholds"], classifier.labels, source_name.replace("_", " ")
-    thresholds = thresholds.round(4)
-    untuned = [CLASS_NAMES[index] for index in chosen["untuned"]]
-    if untuned:
-        logger.warning("no validation positive for %s: their thresholds stay at the default %.2f", ", ".join(untuned),
-                       DEFAULT_THRESHOLD)
-    per_class = plot_classifier_per_class(config, labels, source, thresholds,
-                                          f"classifier on {len(labels)} validation images ({title})")
-
-    rules = candidate_rules(config.joint.area_grid)
-    plan = InferencePlan(thresholds, fusion, JointRule(), scales, validation.boxes, config.joint.tiny_mask_fraction)
-    classification, segmentation, confusion = score_candidates(validation, plan, rules)
-    table = candidate_table(rules, classification, segmentation)
-    best = best_candidate([row["score"] for row in table])
-    plan = InferencePlan(thresholds, fusion, rules[best], scales, validation.boxes, config.joint.tiny_mask_fraction)
-    logger.info("joint rule: %s (validation score %.4f; independent heads %.4f)", rules[best].name, table[best]["score"],
-                table[0]["score"])
-    save_validation_predictions(config, validation, plan, (classification[best] + segmentation[best]) / 2,
-                                classification[best], segmentation[best], confusion[best])
-
-    write_json_atomic(artifacts.THRESHOLDS.path(run_dir), {
-        "source": "fused" if use_fusion else "classifier",
-        "fusion": fusion.to_dict() if fusion else None,
-        "strategy": chosen["chosen_strategy"],
-        "thresholds": dict(zip(CLASS_NAMES, thresholds.tolist())),
-        "classifier_thresholds": dict(zip(CLASS_NAMES, comparison[source_name]["thresholds"].round(4).tolist())),
-        "classifier_flip_tta": config.inference.classifier_flip_tta,
-        "default_threshold": DEFAULT_THRESHOLD,
-        "untuned_classes": untuned,
-        "rule": "flag = source probability >= threshold; an image without any flag gets its most probable class",
-    })
-    write_json_atomic(artifacts.JOINT_RULE.path(run_dir), {
-        "rule": rules[best].to_dict(), "scales": list(scales), "segmenter_flip_tta": config.inference.segmenter_flip_tta,
-        "tiny_mask_fraction": config.joint.tiny_mask_fraction, "class_boxes": validation.boxes.round(4).tolist(),
-        "validation_ids": validation.ids.tolist(), "candidates": table,
-    })
+    flags = choose_flag_source(config, validation, (source_name, source_probabilities, classifier.labels),
+                               comparison[source_name], *evidence[scales])
+    if flags.untuned:
+        logger.warning("no validation positive for %s: their thresholds stay at the default %.2f",
+                       ", ".join(flags.untuned), DEFAULT_THRESHOLD)
+    per_class = plot_classifier_per_class(config, flags.labels, flags.probabilities, flags.thresholds,
+                                          f"classifier on {len(flags.labels)} validation images ({flags.title})")
+    plan, table = choose_joint_rule(config, validation, flags, scales)
+    write_choices(config, flags, comparison[source_name], plan, validation, table)
     return {"thresholds": {**{name: summary_of(row) for name, row in comparison.items()}, "chosen": source_name,
-                           "mean_average_precision": float(np.nanmean(average_precisions(labels, source))),
+                           "mean_average_precision": float(np.nanmean(average_precisions(flags.labels, flags.probabilities))),
                            "per_class": per_class},
-            "scales": scale_figures, "fusion": fusion_figures,
-            "joint": {"chosen": rules[best].name, "validation_images": int(len(validation.ids)), "candidates": table}}
+            "scales": scale_figures, "fusion": flags.figures,
+            "joint": {"chosen": plan.rule.name, "validation_images": int(len(validation.ids)), "candidates": table}}

@@ -1,0 +1,164 @@
+"""tune's decisions, each on small arrays where the right answer is known by construction."""
+
+import numpy as np
+import pytest
+
+from voc_pipeline.core.fusion import compare_fusion
+from voc_pipeline.core.joint import InferencePlan, JointRule, candidate_table, choose_rule, score_rules
+from voc_pipeline.core.scoring import competition_score
+from voc_pipeline.core.selection import best_candidate, choose_scales, cross_validated, halves, scale_options
+from voc_pipeline.core.thresholds import compare_strategies, default_grid, mean_image_f1, threshold_chooser
+
+NUM_CLASSES = 20
+
+
+@pytest.mark.parametrize("count", [2, 7, 40, 41])
+def test_halves_split_every_image_once_and_repeat_by_seed(count):
+    first, second = halves(count, seed=4)
+    assert sorted(np.concatenate([first, second]).tolist()) == list(range(count))
+    assert len(first) == count // 2 and len(second) == count - count // 2
+    again = halves(count, seed=4)
+    assert (again[0] == first).all() and (again[1] == second).all()
+    assert not (halves(count, seed=5)[0] == first).all() or count == 2
+
+
+def test_a_candidate_that_only_remembers_its_fit_images_scores_zero_cross_validated():
+    """It scores 1 on the images it was fitted on and 0 elsewhere: in-sample it would look perfect."""
+    def memoriser(fit, score):
+        remembered = set(fit.tolist())
+        return float(np.mean([position in remembered for position in score]))
+
+    assert cross_validated(memoriser, 30, seed=0) == 0.0
+    assert np.isnan(cross_validated(memoriser, 1, seed=0)), "one image cannot be split in two halves"
+
+
+def test_the_cross_validated_score_weights_each_half_by_its_size():
+    first, second = halves(5, seed=2)
+    # Scoring the 2-image half gives 1.0, the 3-image half 0.0: (2 * 1 + 3 * 0) / 5.
+    score = cross_validated(lambda fit, held_out: 1.0 if len(held_out) == len(first) else 0.0, 5, seed=2)
+    assert score == pytest.approx(len(first) / 5)
+
+
+def test_ties_go_to_the_first_candidate():
+    assert best_candidate([0.5, 0.7, 0.7]) == 1
+    assert best_candidate([0.7, 0.7]) == 0 and best_candidate([0.1]) == 0
+
+
+def noisy_labels(seed: int, images: int = 40):
+    """Every class drawn alike: one threshold is right for all, and per-class tuning can only fit noise."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((images, NUM_CLASSES)) < 0.15).astype(np.int8)
+    probabilities = np.clip(0.35 * labels + rng.random((images, NUM_CLASSES)) * 0.6, 0, 1)
+    return probabilities, labels
+
+
+@pytest.mark.parametrize("seed", [7, 8, 9])
+def test_one_global_threshold_is_kept_when_per_class_tuning_only_fits_noise(seed):
+    probabilities, labels = noisy_labels(seed)
+    result = compare_strategies(probabilities, labels, default_grid(0.01), rounds=3, seed=0)
+    assert result["per_class"] > result["global"], "in-sample, per-class tuning always looks better"
+    assert result["per_class_cross_validated"] < result["per_class"] - 0.02, "off its own images it must lose that"
+    assert result["chosen_strategy"] == "global"
+    assert (result["thresholds"] == result["global_threshold"]).all() and result["untuned"] == []
+
+
+def test_the_cross_validated_strategy_scores_are_those_of_halves_scored_by_the_other_half():
+    probabilities, labels = noisy_labels(7)
+    grid = default_grid(0.01)
+    result = compare_strategies(probabilities, labels, grid, rounds=3, seed=0)
+    first, second = halves(len(labels), seed=0)
+    for strategy, key in (("global", "global_cross_validated"), ("per-class", "per_class_cross_validated")):
+        choose = threshold_chooser(strategy, grid, 3)
+        by_hand = sum(mean_image_f1(probabilities[held_out], labels[held_out],
+                                    choose(probabilities[fit], labels[fit])) * len(held_out)
+                      for fit, held_out in ((first, second), (second, first))) / len(labels)
+        assert result[key] == pytest.approx(by_hand, abs=1e-12), strategy
+
+
+def segmenter_evidence(labels: np.ndarray, informative: bool, seed: int):
+    """(largest probability, painted share) per (image, class): telling the classes apart, or noise."""
+    rng = np.random.default_rng(seed)
+    if informative:
+        return 0.2 + 0.7 * labels + 0.05 * rng.random(labels.shape), 0.3 * labels + 0.01 * rng.random(labels.shape)
+    return rng.random(labels.shape), 0.3 * rng.random(labels.shape)
+
+
+def one_class_each(images: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((images, NUM_CLASSES), dtype=np.int8)
+    labels[np.arange(images), rng.integers(0, NUM_CLASSES, images)] = 1
+    return labels
+
+
+def test_fusion_that_adds_only_noise_to_a_sure_classifier_is_not_kept():
+    labels = one_class_each(60, seed=1)
+    sure = np.where(labels == 1, 0.95, 0.05)
+    largest, area = segmenter_evidence(labels, informative=False, seed=2)
+    chooser = threshold_chooser("global", default_grid(0.05), 1)
+    outcome = compare_fusion(sure, largest, area, labels, chooser, seed=0)
+    assert outcome.classifier_cross_validated == pytest.approx(1.0)
+    assert not outcome.use_fusion and outcome.to_dict()["chosen"] == "classifier"
+
+
+def test_fusion_wins_when_the_segmenter_knows_what_the_classifier_does_not():
+    labels = one_class_each(60, seed=3)
+    clueless = np.random.default_rng(4).uniform(0.2, 0.8, labels.shape)
+    largest, area = segmenter_evidence(labels, informative=True, seed=5)
+    chooser = threshold_chooser("global", default_grid(0.05), 1)
+    outcome = compare_fusion(clueless, largest, area, labels, chooser, seed=0)
+    assert outcome.fused_cross_validated > 0.95 > 0.5 > outcome.classifier_cross_validated
+    assert outcome.use_fusion and outcome.to_dict()["chosen"] == "fused"
+
+
+def test_more_scales_are_used_only_when_they_score_better():
+    options = scale_options([0.75, 1.0, 1.25])
+    assert options == [(1.0,), (0.75, 1.0, 1.25)]
+    assert choose_scales(options, [0.40, 0.45]) == (0.75, 1.0, 1.25)
+    assert choose_scales(options, [0.45, 0.45]) == (1.0,), "a tie keeps the cheaper single scale"
+    assert choose_scales(options, [0.45, 0.40]) == (1.0,)
+    assert scale_options([1.0]) == [(1.0,)]
+
+
+def test_the_candidate_table_is_the_competition_score_of_each_rule():
+    rules = [JointRule(), JointRule(masks="guided"), JointRule(masks="two-step")]
+    classification = np.array([[1.0, 0.0], [1.0, 1.0], [0.5, 0.5]])
+    segmentation = np.array([[0.0, 0.0], [0.2, 0.4], [1.0, 0.6]])
+    table = candidate_table(rules, classification, segmentation)
+    assert [row["name"] for row in table] == [rule.name for rule in rules]
+    assert table[1]["score"] == pytest.approx(competition_score(classification[1], segmentation[1])["score"])
+    assert [row["score"] for row in table] == pytest.approx([0.25, 0.65, 0.65])
+    assert choose_rule(table) == 1, "two-step ties guided and comes later: the earlier (simpler) one is chosen"
+
+
+def picture_with_a_missed_class():
+    """A 10 x 10 image: the left half is a cat (class 8) the segmenter sees; the classifier also sees a dog (class 12)
+    in the right half, where the segmenter's most probable label is background (0.45) but its foreground labels
+    together (dog 0.40, bird 0.15) outweigh it."""
+    probabilities = np.zeros((10, 10, NUM_CLASSES + 1))
+    probabilities[:, :5, 8] = 0.9
+    probabilities[:, :5, 0] = 0.1
+    probabilities[:, 5:, 0] = 0.45
+    probabilities[:, 5:, 12] = 0.40
+    probabilities[:, 5:, 3] = 0.15
+    truth = np.zeros((10, 10), dtype=np.uint8)
+    truth[:, :5], truth[:, 5:] = 8, 12
+    labels = np.zeros((1, NUM_CLASSES), dtype=np.int8)
+    labels[0, [7, 11]] = 1
+    classifier = np.full((1, NUM_CLASSES), 0.05)
+    classifier[0, [7, 11]] = 0.9
+    return probabilities, truth, labels, classifier
+
+
+def test_the_rule_that_paints_a_class_the_classifier_accepts_is_chosen():
+    probabilities, truth, labels, classifier = picture_with_a_missed_class()
+    plan = InferencePlan(np.full(NUM_CLASSES, 0.5), None, JointRule(), (1.0,), np.tile([0, 0, 1, 1], (NUM_CLASSES, 1)),
+                         0.002)
+    rules = [JointRule(), JointRule(masks="two-step")]
+    classification, segmentation, confusion = score_rules([probabilities], classifier, labels, [truth], plan, rules)
+    assert classification.tolist() == [[1.0], [1.0]], "both rules keep the classifier's two flags"
+    # Independent heads paint only the cat: Dice 2 * 50 / (50 + 100). Two-step paints the accepted dog where the
+    # segmenter sees more foreground than background: the whole mask is right.
+    assert segmentation[0, 0] == pytest.approx(2 * 50 / 150) and segmentation[1, 0] == pytest.approx(1.0)
+    assert confusion[0].sum() == confusion[1].sum() == 100 and confusion[1][12, 12] == 50
+    table = candidate_table(rules, classification, segmentation)
+    assert choose_rule(table) == 1
