@@ -1,6 +1,7 @@
 """The stage graph: its shape, its cache keys, and what each kind of change makes rerun."""
 
 import ast
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 
 from voc_pipeline import artifacts
 from voc_pipeline.cli import build_parser, main
-from voc_pipeline.config import build_config
+from voc_pipeline.config import build_config, config_to_dict
+from voc_pipeline.config_view import ConfigView, UndeclaredConfigKeyError, declares
 from voc_pipeline.data.competition import fingerprint
 from voc_pipeline.errors import ConfigError, StaleStageError
 from voc_pipeline.graph import (
@@ -20,6 +22,7 @@ from voc_pipeline.graph import (
     STAGES,
     describe_changes,
     downstream,
+    execute,
     resolve_paths,
     run_stage,
     run_until,
@@ -27,6 +30,7 @@ from voc_pipeline.graph import (
     status,
     upstream,
 )
+from voc_pipeline.run_folder import read_record
 
 PACKAGE = Path(__file__).resolve().parents[1] / "voc_pipeline"
 
@@ -98,8 +102,10 @@ def test_every_stage_function_exists_with_its_documented_name():
 
 @pytest.mark.slow
 def test_the_pure_core_loads_neither_tensorflow_nor_keras():
-    code = ("import sys, voc_pipeline.core.rle, voc_pipeline.core.scoring, voc_pipeline.core.thresholds, "
-            "voc_pipeline.core.joint, voc_pipeline.core.baseline, voc_pipeline.core.classes; "
+    core = sorted(f"voc_pipeline.core.{path.stem}" for path in Path(artifacts.__file__).with_name("core").glob("*.py"))
+    assert len(core) >= 10
+    # The allowed values and the configuration are read by every command, before any model is needed.
+    code = (f"import sys, {', '.join(core)}, voc_pipeline.choices, voc_pipeline.config, voc_pipeline.config_view; "
             "print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
@@ -238,3 +244,43 @@ def test_a_forced_rerun_of_a_stage_reruns_only_what_depends_on_it(tiny_run):
     ran = rerun(config)
     assert ran <= {later.name for later in downstream(stage_named("train-cls"))} and "predict" in ran
     assert os.path.exists(config.submit.output_dir + "/submission.csv")
+
+
+# ---------------------------------------------------------------- what a stage reads of the configuration
+
+
+def test_a_view_hands_out_declared_keys_and_records_them():
+    config = build_config("smoke")
+    view = ConfigView(config, "train-cls", ("seed", "classifier"))
+    assert view.classifier.image_size == config.classifier.image_size and view.seed == config.seed
+    assert view.run_dir == config.run_dir  # a property reads through the view: run_name and runs_dir are locations
+    assert config_to_dict(view.classifier) == config_to_dict(config.classifier)  # unwrapping records the whole section
+    assert view.reads == sorted({"seed", "run_name", "runs_dir", *(f"classifier.{key}" for key in
+                                                                   config_to_dict(config.classifier))})
+    with pytest.raises(UndeclaredConfigKeyError, match="stage train-cls read the configuration key 'segmenter.image_size'"):
+        assert view.segmenter.image_size is None  # never reached: reading it raises
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        view.seed = 3
+
+
+def test_a_stage_that_reads_a_key_its_declaration_leaves_out_fails(tmp_path, demo_root):
+    """The planted fault: the data stage's real code under a declaration that forgot data.num_folds."""
+    config = resolve_paths(build_config("smoke", [f'data.root="{demo_root}"', f'runs_dir="{tmp_path}"']))
+    forgetful = dataclasses.replace(stage_named("data"), config_keys=("seed", "data.validation_fraction"))
+    with pytest.raises(UndeclaredConfigKeyError, match="'data.num_folds'"):
+        execute(config, forgetful)
+    assert read_record(config.run_dir, "data") == {}, "a stage that failed must leave no record"
+
+
+@pytest.mark.slow
+def test_every_stage_reads_exactly_what_its_declaration_lists(tiny_run):
+    """Each stage ran on a view that refuses undeclared keys (so none read one), and each declared entry was read:
+    a declaration that lists more than the stage reads reruns it for nothing."""
+    config, _ = tiny_run
+    run_until(config, "attack")  # the shared run stops at evaluate; the attack's own files change nothing upstream
+    for stage in STAGES:
+        read = read_record(config.run_dir, stage.name)["config_read"]
+        assert all(declares(stage.config_keys, key) for key in read), (stage.name, read)
+        unread = [entry for entry in stage.config_keys
+                  if not any(key == entry or key.startswith(entry + ".") for key in read)]
+        assert unread == [], f"stage {stage.name} declares {unread} but never read them"

@@ -1,5 +1,6 @@
 """The Kaggle kernel: bundle, weights, the push through a stand-in `kaggle` CLI, and a run on Kaggle's stack."""
 
+import ast
 import json
 import shutil
 import stat
@@ -11,7 +12,7 @@ import zipfile
 import pytest
 from packaging.requirements import Requirement
 
-from voc_pipeline.cli import main
+from voc_pipeline.cli import build_parser, main
 from voc_pipeline.config import build_config
 from voc_pipeline.data.demo import write_demo_data
 from voc_pipeline.errors import KernelError
@@ -43,7 +44,32 @@ def test_the_shipped_kernel_has_text_code_and_unique_cell_ids():
     assert kinds.count("markdown") >= 4 and kinds.count("code") >= 4
     ids = [cell["id"] for cell in notebook["cells"]]
     assert len(set(ids)) == len(ids) and all(1 <= len(cell_id) <= 64 for cell_id in ids)
-    assert "sigmoid" in "".join(notebook["cells"][0]["source"])
+
+
+def commands_in_kernel() -> list[list[str]]:
+    """The literal words of every `python -m voc_pipeline ...` call in the kernel's code cells."""
+    notebook = notebook_from_percent(KERNEL_SOURCE.read_text())
+    code = "\n".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code")
+    commands = []
+    for node in ast.walk(ast.parse(code)):
+        if not isinstance(node, ast.List):
+            continue
+        words = [element.value if isinstance(element, ast.Constant) else None for element in node.elts]
+        if "voc_pipeline" in words and words[words.index("voc_pipeline") - 1] == "-m":
+            rest = words[words.index("voc_pipeline") + 1:]
+            commands.append(rest[: rest.index(None)] if None in rest else rest)
+    return commands
+
+
+def test_the_kernel_calls_only_commands_the_command_line_has():
+    """The notebook runs the same CLI a user runs: a renamed command or option fails here, not on Kaggle."""
+    commands = commands_in_kernel()
+    assert ["run", "--until", "evaluate"] in commands
+    for words in commands:
+        try:
+            build_parser().parse_known_args(words)
+        except SystemExit as exit_:
+            pytest.fail(f"the kernel calls `voc-pipeline {' '.join(words)}`, which the command line refuses ({exit_})")
 
 
 def test_metadata_asks_for_two_t4s_and_internet_by_default():

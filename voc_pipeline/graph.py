@@ -24,6 +24,7 @@ from pathlib import Path
 from voc_pipeline import artifacts
 from voc_pipeline.artifacts import Artifact
 from voc_pipeline.config import Config, config_to_dict
+from voc_pipeline.config_view import ConfigView
 from voc_pipeline.data.competition import find_data_root, fingerprint
 from voc_pipeline.errors import ConfigError, StaleStageError
 from voc_pipeline.files import ensure_writable_folder, write_json_atomic
@@ -41,7 +42,8 @@ class Stage:
         command: its own command-line words.
         function: "module:function" of `run_<stage>(config) -> dict of figures`.
         summary: one line for --help and the README.
-        config_keys: the configuration sections or dotted keys it reads.
+        config_keys: the configuration sections or dotted keys it reads; the stage runs on a ConfigView that
+            refuses any other key (voc_pipeline.config_view), so this list is its cache key's exact scope.
         reads: the run-folder artifacts it reads.
         data: the data splits it reads ("train", "test").
         copies_to: a configuration key naming a folder the stage also copies its files into.
@@ -97,7 +99,7 @@ STAGES: tuple[Stage, ...] = (
           ("train",)),
     Stage("attack", ("attack",), "voc_pipeline.stages.attack:run_attack",
           "adversarial examples against the run's models, attack/attack.md",
-          ("seed", "attack"), (artifacts.SPLITS, *CLASSIFIER_FILES, *SEGMENTER_FILES, artifacts.THRESHOLDS), ("train",)),
+          ("attack",), (artifacts.SPLITS, *CLASSIFIER_FILES, *SEGMENTER_FILES, artifacts.THRESHOLDS), ("train",)),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
@@ -303,14 +305,16 @@ def execute(config: Config, stage: Stage) -> dict:
     record = start_record()
     earlier = {path: file_identity(path) for path in output_paths(config, stage) if path.is_relative_to(run_dir)}
     started = time.perf_counter()
-    figures = import_function(stage.function)(config)
+    view = ConfigView(config, stage.name, stage.config_keys)
+    figures = import_function(stage.function)(view)
     write_json_atomic(artifacts.metrics(stage.name).path(run_dir), figures)
     for path, identity in earlier.items():
         if path.exists() and file_identity(path) == identity:
             path.unlink()
     outputs = {record_name(config, path): hash_file(path) for path in output_paths(config, stage)}
     write_record(run_dir, stage.name, {**record, "finished": now(), "seconds": round(time.perf_counter() - started, 1),
-                                       "key": input_key(inputs), "inputs": inputs, "outputs": outputs})
+                                       "key": input_key(inputs), "inputs": inputs, "outputs": outputs,
+                                       "config_read": view.reads})
     return figures
 
 
@@ -336,6 +340,9 @@ def run_stage(config: Config, name: str, force: bool = False) -> str:
                     name, config.run_dir)
         return "current"
     logger.info("stage %s: running (%s)", name, "forced" if own.state == "current" else own.describe())
+    logger.debug("stage %s reads the configuration keys %s, the artifacts %s and the %s data", name,
+                 ", ".join(stage.config_keys) or "(none)", ", ".join(artifact.pattern for artifact in stage.reads) or "(none)",
+                 " and ".join(stage.data) or "no")
     execute(config, stage)
     return "ran"
 
