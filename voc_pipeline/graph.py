@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from voc_pipeline import artifacts
+from voc_pipeline import artifacts, run_folder
 from voc_pipeline.artifacts import Artifact
 from voc_pipeline.config import Config, config_to_dict
 from voc_pipeline.data.competition import find_data_root, fingerprint
@@ -336,7 +336,8 @@ def run_stage(config: Config, name: str, force: bool = False) -> str:
                     name, config.run_dir)
         return "current"
     logger.info("stage %s: running (%s)", name, "forced" if own.state == "current" else own.describe())
-    execute(config, stage)
+    with run_folder.running_stage(config.run_dir, name):  # the run lock; a full disk as one error
+        execute(config, stage)
     return "ran"
 
 
