@@ -212,6 +212,7 @@ def command_prune(arguments) -> int:
 def command_bench(arguments) -> int:
     from voc_pipeline import bench
 
+    bench.check_counts(arguments.images, arguments.repeats)
     if arguments.target == "submission":
         figures = bench.bench_submission(arguments.images or 750, arguments.repeats)
     elif arguments.target == "classifier":

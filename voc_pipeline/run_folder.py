@@ -222,5 +222,5 @@ def running_stage(run_dir: str | os.PathLike, stage: str) -> Iterator[None]:
     run_dir = ensure_writable_folder(run_dir)
     unchanged = (f"every file is whole (each is replaced only once written in full) and stage {stage}'s record is "
                  f"not updated, so it reruns next time")
-    with run_lock(run_dir, stage), reporting_full_disk(run_dir, unchanged):
+    with reporting_full_disk(run_dir, unchanged), run_lock(run_dir, stage):  # the lock's record is a write too
         yield
