@@ -18,6 +18,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,9 @@ os.umask(UMASK)
 
 
 FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How writers that lose the errno say it: the system's words, or NumPy's short write ("53550 requested and
+# 8064 written"), which only a full disk causes on a regular file.
+FULL_DISK_TEXT = re.compile(r"No space left|Disk quota exceeded|\d+ requested and \d+ written")
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -42,7 +46,7 @@ def is_disk_full(error: BaseException) -> bool:
     """
     if not isinstance(error, OSError):
         return False
-    return error.errno in FULL_DISK_ERRNOS or any(text in str(error) for text in ("No space left", "Disk quota exceeded"))
+    return error.errno in FULL_DISK_ERRNOS or bool(FULL_DISK_TEXT.search(str(error)))
 
 
 def byte_size(count: int) -> str:

@@ -127,8 +127,16 @@ def read_label_csv(path: Path, split: str) -> pd.DataFrame:
         return frame.astype(np.int64).set_index("Id")
     if not pd.api.types.is_integer_dtype(frame["Id"]) or frame["Id"].duplicated().any():
         raise DataError(f"{path}: the Id column must hold unique integers")
-    values = frame[list(CLASS_NAMES)]
     allowed = (0, 1) if split == "train" else (-1, 0, 1)
+    # One text cell makes pandas read its whole column as text: name that cell, then compare numbers.
+    numeric = frame[list(CLASS_NAMES)].apply(pd.to_numeric, errors="coerce")
+    text = numeric.isna().to_numpy()
+    if text.any():
+        row, column = np.argwhere(text)[0]
+        raise DataError(f"{path}: Id {frame['Id'].iloc[row]}, class {CLASS_NAMES[column]}: value "
+                        f"{frame[CLASS_NAMES[column]].iloc[row]!r} is not a number; expected one of {allowed}")
+    frame[list(CLASS_NAMES)] = numeric
+    values = frame[list(CLASS_NAMES)]
     bad = ~values.isin(allowed)
     if bad.any().any():
         row, column = np.argwhere(bad.to_numpy())[0]
