@@ -20,7 +20,7 @@ from voc_pipeline.core.fusion import FusionModel
 from voc_pipeline.core.joint import InferencePlan, JointRule
 from voc_pipeline.data.splits import Splits, load_splits
 from voc_pipeline.errors import ArtifactError
-from voc_pipeline.files import load_label_maps
+from voc_pipeline.files import json_kind, load_label_maps, read_text_file
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,14 @@ def read_json(artifact: Artifact, run_dir: Path) -> dict:
     """A JSON artifact as a dict."""
     path = artifact.require(run_dir)
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        payload = json.loads(read_text_file(path, "a JSON object", error_type=ArtifactError))
+    except json.JSONDecodeError as error:
         raise unreadable(path, artifact.stage, f"not valid JSON: {error}") from None
+    except ArtifactError as error:  # a folder, binary, not UTF-8: said in the file reader's words
+        raise unreadable(path, artifact.stage, str(error).removeprefix(f"{path} ")) from None
+    if not isinstance(payload, dict):
+        raise unreadable(path, artifact.stage, f"it holds {json_kind(payload)}, expected a JSON object")
+    return payload
 
 
 def read_npz(artifact: Artifact, run_dir: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -176,7 +181,10 @@ def read_label_map_npz(artifact: Artifact, run_dir: Path) -> tuple[dict[str, np.
 def read_splits(run_dir: Path) -> Splits:
     """The run's splits (stage data)."""
     read_json(SPLITS, run_dir)  # turns a cut file into a clear error before it is parsed
-    return load_splits(SPLITS.path(run_dir))
+    try:
+        return load_splits(SPLITS.path(run_dir))
+    except (KeyError, TypeError, ValueError) as error:
+        raise unreadable(SPLITS.path(run_dir), SPLITS.stage, f"no valid field {error}") from None
 
 
 def read_thresholds(run_dir: Path, key: str = "thresholds") -> np.ndarray:
@@ -258,10 +266,15 @@ def load_model_file(path: Path, stage: str):
 def load_classifiers(run_dir: Path) -> tuple[list, dict]:
     """The run's trained classifier(s) and their manifest."""
     manifest = read_json(CLASSIFIER_MANIFEST, run_dir)
-    return [load_model_file(Path(run_dir) / name, CLASSIFIER_MANIFEST.stage) for name in manifest["models"]], manifest
+    names = manifest.get("models")
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise unreadable(CLASSIFIER_MANIFEST.path(run_dir), CLASSIFIER_MANIFEST.stage, "no list of model files in 'models'")
+    return [load_model_file(Path(run_dir) / name, CLASSIFIER_MANIFEST.stage) for name in names], manifest
 
 
 def load_segmenter(run_dir: Path) -> tuple[object, dict]:
     """The run's trained segmenter and its manifest."""
     manifest = read_json(SEGMENTER_MANIFEST, run_dir)
+    if not isinstance(manifest.get("model"), str):
+        raise unreadable(SEGMENTER_MANIFEST.path(run_dir), SEGMENTER_MANIFEST.stage, "no model file name in 'model'")
     return load_model_file(Path(run_dir) / manifest["model"], SEGMENTER_MANIFEST.stage), manifest

@@ -9,6 +9,14 @@ import numpy as np
 
 from voc_pipeline.core.classes import NUM_CLASSES
 from voc_pipeline.data.submission import make_test_frame, reference_submission_csv, submission_text
+from voc_pipeline.errors import ConfigError
+
+
+def check_counts(images: int | None, repeats: int) -> None:
+    """--images and --repeats must each be at least 1 (a best of none, or a rate over no image, is no figure)."""
+    for option, value in (("--images", images), ("--repeats", repeats)):
+        if value is not None and value < 1:
+            raise ConfigError(f"bench {option} {value}: give at least 1")
 
 
 def voc_like_label_maps(count: int, seed: int = 0, height: int = 375, width: int = 500) -> list[np.ndarray]:

@@ -144,10 +144,9 @@ def command_kernel_weights(arguments) -> int:
                               f"{', '.join(weight.fname for weight in missing)}")
         print(f"all {len(plan)} weight files are in Keras's cache")
         return 0
-    if arguments.username == "YOUR_KAGGLE_USERNAME" or "/" in arguments.username:
-        from voc_pipeline.errors import KernelError
+    from voc_pipeline.kernel.bundle import check_username
 
-        raise KernelError("give your Kaggle user name with --username: it owns the weights dataset")
+    check_username(arguments.username)  # it owns the weights dataset
     folder = weights.write_weights_dataset(plan, arguments.output, arguments.username, arguments.force)
     print(f"weights dataset in {folder}: upload it with `voc-pipeline kernel push --weights {folder}` and attach it "
           f"with `voc-pipeline kernel build --weights-dataset {arguments.username}/voc-pipeline-keras-weights`")
@@ -163,7 +162,9 @@ def test_root_for(solution: Path, data: str | None) -> Path:
     """The data root whose test set a submission is checked against: --data, else the solution's own folder
     when it holds the test split (demo data, converted devkits), else the usual search."""
     from voc_pipeline.data.competition import find_data_root
+    from voc_pipeline.data.submission import check_solution_path
 
+    check_solution_path(solution)  # before the data root is looked for: a mistyped path is named as such
     if not data and (solution.parent / "test" / "test_set.csv").exists():
         return solution.parent
     return find_data_root(data)
@@ -211,6 +212,7 @@ def command_prune(arguments) -> int:
 def command_bench(arguments) -> int:
     from voc_pipeline import bench
 
+    bench.check_counts(arguments.images, arguments.repeats)
     if arguments.target == "submission":
         figures = bench.bench_submission(arguments.images or 750, arguments.repeats)
     elif arguments.target == "classifier":

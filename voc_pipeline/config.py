@@ -274,8 +274,10 @@ def load_profile(name: str) -> dict[str, Any]:
             raise ConfigError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
     if not path.exists():
         raise ConfigError(f"profile file {path} does not exist")
+    from voc_pipeline.files import read_text_file  # names a folder, a gzip or non-UTF-8 file as what it is
+
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(read_text_file(path, "a TOML profile", error_type=ConfigError))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"profile {path} is not valid TOML: {error}") from None
 
@@ -307,6 +309,11 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if expected in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r}")
+    if expected is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # `--set submit.output_dir=2024`: TOML reads 2024 as a number; a text key takes it as text
+    if expected is str and isinstance(value, float):
+        raise ConfigError(f"{key}: expected text, got the number {value!r}; quote it to keep it as typed, "
+                          f"e.g. --set '{key}=\"{value}\"'")
     if not isinstance(value, expected):
         raise ConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
     return value

@@ -43,6 +43,14 @@ class OutputFolderError(VocPipelineError):
     """An output folder that cannot be written, or pruned safely."""
 
 
+class DiskFullError(OutputFolderError):
+    """A write found no space left on its file system (or the user's quota spent); nothing was replaced."""
+
+
+class RunLockedError(VocPipelineError):
+    """Another command is running a stage in the same run folder."""
+
+
 class BackboneError(VocPipelineError, ValueError):
     """An unknown backbone, an unsupported image size or weights that cannot be had."""
 

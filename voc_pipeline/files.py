@@ -5,14 +5,20 @@ interrupted run never leaves a half-written CSV, JSON or array that a later stag
 temporary file is removed when the block fails or is interrupted (the command line turns SIGTERM into
 the same interruption as Ctrl-C). Written files get the permissions the user's umask gives any new
 file, not the private ones of a temporary file, and a folder that cannot be written is an
-OutputFolderError naming it.
+OutputFolderError naming it. A write that finds the disk full is a DiskFullError naming the folder, how
+much the write needed where that is known, and that the target is as it was.
+
+`read_text_file` is the one reader of text the user hands over (profiles, CSVs, id lists, JSON
+bookkeeping): a folder, a compressed or binary file, or text that is not UTF-8 is named as what it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,15 +26,80 @@ from pathlib import Path
 
 import numpy as np
 
-from voc_pipeline.errors import OutputExistsError, OutputFolderError
+from voc_pipeline.errors import DiskFullError, OutputExistsError, OutputFolderError, VocPipelineError
 
 # Read once: the permissions a new file or folder gets are 0o666 / 0o777 without the umask's bits.
 UMASK = os.umask(0o022)
 os.umask(UMASK)
 
 
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How writers that lose the errno say it: the system's words, or NumPy's short write ("53550 requested and
+# 8064 written"), which only a full disk causes on a regular file.
+FULL_DISK_TEXT = re.compile(r"No space left|Disk quota exceeded|\d+ requested and \d+ written")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` says the file system (or the user's quota) has no room left.
+
+    HDF5 and zip writers report it as an OSError whose errno is not always set, so the text counts too.
+    """
+    if not isinstance(error, OSError):
+        return False
+    return error.errno in FULL_DISK_ERRNOS or bool(FULL_DISK_TEXT.search(str(error)))
+
+
+def byte_size(count: int) -> str:
+    """A byte count as people read it: 812 bytes, 3.4 kB, 1.2 MB, 2.0 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def free_space(folder: Path) -> int | None:
+    """Bytes free for the user on the file system of `folder` (or of its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def disk_full(folder: Path, needed: int | None, unchanged: str, at_least: bool = False) -> DiskFullError:
+    """The error for a write that found no space left in `folder`.
+
+    Args:
+        needed: the bytes the write needed, or None when that is not known.
+        unchanged: what the user can rely on, e.g. "nothing was changed (submission.csv is as it was)".
+        at_least: `needed` is what had been written when the disk filled, so the write needed more.
+    """
+    free = free_space(folder)
+    need = ("the write's size is not known" if needed is None else
+            f"the write needed more than the {byte_size(needed)} it had written" if at_least else
+            f"the write needed {byte_size(needed)}")
+    have = f", {byte_size(free)} free" if free is not None else ""
+    return DiskFullError(f"no space left on the disk of {folder} ({need}{have}); {unchanged}; free some space "
+                         f"there or choose another folder")
+
+
+@contextlib.contextmanager
+def reporting_full_disk(folder: str | os.PathLike, unchanged: str = "no file was left half-written") -> Iterator[None]:
+    """Turn a full disk met anywhere in the block (a Keras checkpoint, a plot) into one DiskFullError."""
+    try:
+        yield
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        raise disk_full(Path(folder), None, unchanged) from None
+
+
 def cannot_write(path: Path, error: OSError) -> OutputFolderError:
     """The error for a file or folder that cannot be created, with the reason the system gave."""
+    if is_disk_full(error):
+        return disk_full(path.parent, None, f"nothing was changed ({path} is as it was)")
     reason = error.strerror or str(error)
     if isinstance(error, (NotADirectoryError, FileExistsError)):
         reason = "a file stands where a folder is needed on that path"
@@ -58,8 +129,15 @@ def ensure_writable_folder(folder: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+def atomic_path(target: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    Args:
+        needed: the bytes the block will write, if known, for the message when the disk is full.
+
+    Raises:
+        DiskFullError: the disk filled while the block wrote; `target` is as it was.
+    """
     target = Path(target)
     make_folder(target.parent)
     try:
@@ -72,6 +150,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, target)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        temporary.unlink(missing_ok=True)
+        state = "is as it was" if target.exists() else "was not written"
+        raise disk_full(target.parent, needed, f"nothing was changed ({target.name} {state})") from None
     finally:
         if temporary.exists():
             temporary.unlink()
@@ -79,8 +163,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8, newlines as given) to `target` atomically."""
-    with atomic_path(target) as temporary:
-        temporary.write_bytes(text.encode("utf-8"))
+    data = text.encode("utf-8")
+    with atomic_path(target, needed=len(data)) as temporary:
+        temporary.write_bytes(data)
     return Path(target)
 
 
@@ -91,9 +176,10 @@ def write_json_atomic(target: str | os.PathLike, payload) -> Path:
 
 def save_npy_atomic(target: str | os.PathLike, array: np.ndarray) -> Path:
     """Save one array as .npy atomically (never pickled)."""
-    with atomic_path(target) as temporary:
+    array = np.asarray(array)
+    with atomic_path(target, needed=array.nbytes + 128) as temporary:
         with open(temporary, "wb") as stream:
-            np.save(stream, np.asarray(array), allow_pickle=False)
+            np.save(stream, array, allow_pickle=False)
     return Path(target)
 
 
@@ -128,9 +214,21 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         if target.exists():
             shutil.rmtree(target)
         os.replace(temporary, target)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        written = folder_size(temporary)
+        shutil.rmtree(temporary, ignore_errors=True)
+        state = "is as it was" if target.exists() else "was not created"
+        raise disk_full(target.parent, written, f"nothing was changed ({target} {state})", at_least=True) from None
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
+
+
+def folder_size(folder: Path) -> int:
+    """The bytes of the files under `folder`."""
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file() and not path.is_symlink())
 
 
 def save_label_maps_atomic(target: str | os.PathLike, ids: np.ndarray, label_maps: list[np.ndarray], **arrays) -> Path:
@@ -154,3 +252,71 @@ def load_label_maps(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], lis
     label_maps = [arrays["label_maps_flat"][offsets[index]:offsets[index + 1]].reshape(height, width)
                   for index, (height, width) in enumerate(zip(arrays["heights"], arrays["widths"]))]
     return arrays, label_maps
+
+
+# The first bytes of the kinds of file people hand over by mistake where text is expected.
+FILE_SIGNATURES = ((b"\x1f\x8b", "a gzip-compressed file"), (b"PK\x03\x04", "a zip archive"),
+                   (b"\x93NUMPY", "a NumPy .npy array"), (b"\x89HDF", "an HDF5 file"), (b"\x89PNG", "a PNG image"),
+                   (b"\xff\xd8\xff", "a JPEG image"), (b"\xff\xfe", "UTF-16 text"), (b"\xfe\xff", "UTF-16 text"))
+
+
+def unreadable_reason(path: Path, error: OSError) -> str:
+    """Why `path` could not be opened, in words: a folder, a link to nothing, no permission."""
+    if isinstance(error, IsADirectoryError):
+        return "is a folder"
+    if isinstance(error, FileNotFoundError):
+        return (f"is a symbolic link to {os.readlink(path)}, which does not exist" if path.is_symlink()
+                else "does not exist")
+    if isinstance(error, PermissionError):
+        return "cannot be read: permission denied (fix its permissions, or run as a user who may read it)"
+    if error.errno == errno.ELOOP:
+        return "is a symbolic link that loops back on itself"
+    return f"cannot be read: {error.strerror or error}"
+
+
+def read_text_file(path: str | os.PathLike, expected: str, remedy: str = "",
+                   error_type: type[VocPipelineError] = VocPipelineError) -> str:
+    """The UTF-8 text of `path` (a leading byte-order mark dropped), or one error saying what the file is.
+
+    Args:
+        expected: what the file should be, e.g. "a TOML profile".
+        remedy: appended to the message, e.g. "; `voc-pipeline kernel build` rewrites it".
+        error_type: the VocPipelineError subclass to raise.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise error_type(f"{path} {unreadable_reason(path, error)}; expected {expected}{remedy}") from None
+    kind = next((name for signature, name in FILE_SIGNATURES if data.startswith(signature)), None)
+    if kind:
+        raise error_type(f"{path} is {kind}, expected {expected}{remedy}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise error_type(f"{path} is not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); "
+                         f"expected {expected}{remedy}") from None
+
+
+def read_json_file(path: str | os.PathLike, expected: str, remedy: str = "",
+                   error_type: type[VocPipelineError] = VocPipelineError, shape: type = dict):
+    """The JSON value in `path`, which must be a `shape` (dict or list); one error naming the file otherwise."""
+    text = read_text_file(path, expected, remedy, error_type)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise error_type(f"{path} is unreadable (not valid JSON: {error}); expected {expected}{remedy}") from None
+    if not isinstance(value, shape):
+        raise error_type(f"{path} holds {json_kind(value)}, expected {expected}{remedy}")
+    return value
+
+
+def json_kind(value) -> str:
+    """A JSON value's kind in words, for messages: "a JSON list", "the JSON string 'x'"."""
+    if isinstance(value, dict):
+        return "a JSON object" + ("" if value else " with no keys")
+    if isinstance(value, list):
+        return "a JSON list"
+    if isinstance(value, str):
+        return f"the JSON string {value[:40]!r}"
+    return f"the JSON value {json.dumps(value)[:40]}"

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from voc_pipeline import artifacts
+from voc_pipeline import artifacts, run_folder
 from voc_pipeline.artifacts import Artifact
 from voc_pipeline.config import Config, config_to_dict
 from voc_pipeline.config_view import ConfigView
@@ -343,7 +343,8 @@ def run_stage(config: Config, name: str, force: bool = False) -> str:
     logger.debug("stage %s reads the configuration keys %s, the artifacts %s and the %s data", name,
                  ", ".join(stage.config_keys) or "(none)", ", ".join(artifact.pattern for artifact in stage.reads) or "(none)",
                  " and ".join(stage.data) or "no")
-    execute(config, stage)
+    with run_folder.running_stage(config.run_dir, name):  # the run lock; a full disk as one error
+        execute(config, stage)
     return "ran"
 
 

@@ -66,6 +66,7 @@ def parse_runs(text: str, size: int | None = None) -> tuple[np.ndarray, np.ndarr
         raise RleError(f"token {bad!r} is not a non-negative integer")
     if len(tokens) % 2:
         raise RleError(f"odd number of numbers ({len(tokens)}): runs come as start/length pairs")
+    check_magnitudes(tokens, size)
     numbers = np.array(tokens, dtype=np.int64).reshape(-1, 2) if tokens else np.zeros((0, 2), np.int64)
     starts, lengths = numbers[:, 0], numbers[:, 1]
     if (starts < 1).any():
@@ -79,6 +80,22 @@ def parse_runs(text: str, size: int | None = None) -> tuple[np.ndarray, np.ndarr
     if size is not None and len(ends) and ends[-1] - 1 > size:
         raise RleError(f"run ending at position {int(ends[-1] - 1)} is outside a vector of length {size}")
     return starts, lengths
+
+
+# Runs are held as int64: any number with more digits than this could overflow start + length, and is far
+# beyond any image's 20 x H x W anyway.
+MAX_DIGITS = 18
+
+
+def check_magnitudes(tokens: list[str], size: int | None) -> None:
+    """Numbers too long for 64-bit arithmetic are refused in words, before NumPy would overflow on them."""
+    big = next((index for index, token in enumerate(tokens) if len(token.lstrip("0")) > MAX_DIGITS), None)
+    if big is None:
+        return
+    start, length = int(tokens[big - big % 2]), int(tokens[big - big % 2 + 1])
+    if size is not None:
+        raise RleError(f"run ending at position {start + length - 1} is outside a vector of length {size}")
+    raise RleError(f"number {tokens[big]} is too large: no image has a vector that long (at most 20 x H x W)")
 
 
 def rle_decode(text: str, shape: tuple[int, ...] | int) -> np.ndarray:

@@ -12,6 +12,7 @@ Images stay at their native size and dtype (uint8); nothing here makes float cop
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
 from voc_pipeline.errors import DataError
+from voc_pipeline.files import byte_size, read_text_file, unreadable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +106,12 @@ def find_data_root(explicit: str | Path | None = None, kaggle_input: Path = KAGG
 
 def read_label_csv(path: Path, split: str) -> pd.DataFrame:
     """Read `<split>_set.csv`, checking the Id index and the 20 class columns in order."""
-    if not path.exists():
+    if not os.path.lexists(path):
         raise DataError(f"{path} is missing: expected the {split} label CSV of the competition layout")
+    text = read_text_file(path, f"the {split} label CSV of the competition layout (Id, then the 20 classes)",
+                          error_type=DataError)
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(io.StringIO(text))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DataError(f"{path} is not a readable CSV: {error}") from None
     expected_columns = ["Id", *CLASS_NAMES]
@@ -123,14 +127,23 @@ def read_label_csv(path: Path, split: str) -> pd.DataFrame:
         return frame.astype(np.int64).set_index("Id")
     if not pd.api.types.is_integer_dtype(frame["Id"]) or frame["Id"].duplicated().any():
         raise DataError(f"{path}: the Id column must hold unique integers")
-    values = frame[list(CLASS_NAMES)]
     allowed = (0, 1) if split == "train" else (-1, 0, 1)
+    # One text cell makes pandas read its whole column as text: name that cell, then compare numbers.
+    numeric = frame[list(CLASS_NAMES)].apply(pd.to_numeric, errors="coerce")
+    text = numeric.isna().to_numpy()
+    if text.any():
+        row, column = np.argwhere(text)[0]
+        raise DataError(f"{path}: Id {frame['Id'].iloc[row]}, class {CLASS_NAMES[column]}: value "
+                        f"{frame[CLASS_NAMES[column]].iloc[row]!r} is not a number; expected one of {allowed}")
+    frame[list(CLASS_NAMES)] = numeric
+    values = frame[list(CLASS_NAMES)]
     bad = ~values.isin(allowed)
     if bad.any().any():
         row, column = np.argwhere(bad.to_numpy())[0]
+        value = values.iloc[row, column]
         raise DataError(
             f"{path}: Id {frame['Id'].iloc[row]}, class {CLASS_NAMES[column]}: value "
-            f"{values.iloc[row, column].item()!r} is not one of {allowed}"
+            f"{value.item() if isinstance(value, np.generic) else value!r} is not one of {allowed}"
         )
     return frame.set_index("Id")
 
@@ -138,15 +151,50 @@ def read_label_csv(path: Path, split: str) -> pd.DataFrame:
 NPY_MAGIC = b"\x93NUMPY"
 
 
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) that a `.npy` file's header declares, checked against the file before anything is allocated.
+
+    Raises:
+        DataError: the file cannot be opened (a folder, a link to nothing, no permission), is not a .npy
+            file, declares an object array (pickle) or holds fewer bytes than its header declares (cut).
+    """
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(NPY_MAGIC))
+            if head != NPY_MAGIC:
+                raise DataError(f"{path} is not a NumPy .npy file (it starts with {head!r}, not {NPY_MAGIC!r}); "
+                                f"expected an array written by numpy.save")
+            stream.seek(0)
+            try:
+                version = np.lib.format.read_magic(stream)
+                readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in readers:
+                    raise ValueError(f"format version {version[0]}.{version[1]} is not one numpy.save writes by default")
+                shape, _, dtype = readers[version](stream)
+            except (ValueError, EOFError) as error:
+                raise DataError(f"{path} is not a valid .npy file: its header cannot be read ({error})") from None
+            data_bytes = os.fstat(stream.fileno()).st_size - stream.tell()
+    except OSError as error:
+        raise DataError(f"{path} {unreadable_reason(path, error)}; expected a .npy array file") from None
+    if dtype.hasobject:
+        raise DataError(f"{path} holds an object array, which cannot be loaded without pickle; "
+                        f"pickles are never loaded from data")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if data_bytes < declared:
+        raise DataError(f"{path} is cut short: its header declares a {dtype} array of shape {shape} "
+                        f"({byte_size(declared)}) but only {byte_size(data_bytes)} follow it; write it again with numpy.save")
+    return tuple(shape), dtype
+
+
 def load_array(path: Path) -> np.ndarray:
-    """np.load without pickles, turning missing or corrupt files into a DataError naming the file."""
-    if not path.exists():
+    """np.load without pickles, turning missing, cut or corrupt files into a DataError naming the file.
+
+    The header's declared size is compared with the file's before the array is allocated, so a cut file
+    that declares a huge shape is named, not allocated.
+    """
+    if not os.path.lexists(path):
         raise DataError(f"{path} is missing")
-    with open(path, "rb") as stream:
-        head = stream.read(len(NPY_MAGIC))
-    if head != NPY_MAGIC:
-        raise DataError(f"{path} is not a NumPy .npy file (it starts with {head!r}, not {NPY_MAGIC!r}); "
-                        f"expected an array written by numpy.save")
+    read_npy_header(path)
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as error:
@@ -196,8 +244,10 @@ def load_split(root: str | Path, split: str, show_progress: bool = True) -> Imag
         raise DataError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
     root = Path(root)
     split_dir = root / split
-    if not split_dir.is_dir():
-        raise DataError(f"{split_dir} is missing: expected the {split} folder of the competition layout")
+    check_folder(split_dir, f"the {split} folder of the competition layout")
+    for folder in ("img", "seg"):
+        if os.path.lexists(split_dir / folder):
+            check_folder(split_dir / folder, f"the folder of the {split} {'images' if folder == 'img' else 'masks'}")
     csv_path = split_dir / f"{split}_set.csv"
     frame = read_label_csv(csv_path, split)
     if frame.empty:
@@ -205,7 +255,7 @@ def load_split(root: str | Path, split: str, show_progress: bool = True) -> Imag
     ids = frame.index.to_numpy(dtype=np.int64)
     warn_about_unlisted_arrays(split_dir, split, ids)
     image_paths = [split_dir / "img" / f"{split}_{image_id}.npy" for image_id in ids]
-    missing = [path for path in image_paths if not path.exists()]
+    missing = [path for path in image_paths if not os.path.lexists(path)]
     if missing:
         raise DataError(f"{len(missing)} image arrays listed in {split_dir / f'{split}_set.csv'} are missing, "
                         f"first: {', '.join(map(str, missing[:3]))}")
@@ -223,6 +273,19 @@ def load_split(root: str | Path, split: str, show_progress: bool = True) -> Imag
     if masks is not None:
         report_mask_consistency(image_set)
     return image_set
+
+
+def check_folder(folder: Path, expected: str) -> None:
+    """A folder the layout needs must exist and be readable; a DataError names it otherwise."""
+    try:
+        with os.scandir(folder):
+            pass
+    except FileNotFoundError:
+        raise DataError(f"{folder} is missing: expected {expected}") from None
+    except NotADirectoryError:
+        raise DataError(f"{folder} is a file, not a folder: expected {expected}") from None
+    except OSError as error:
+        raise DataError(f"{folder} {unreadable_reason(folder, error)}; expected {expected}") from None
 
 
 def warn_about_unlisted_arrays(split_dir: Path, split: str, ids: np.ndarray) -> list[str]:
@@ -309,13 +372,27 @@ def fingerprint(root: str | Path, split: str) -> str:
     root = Path(root)
     digest = hashlib.sha256()
     listed = [root / split / f"{split}_set.csv"] + ([root / SOLUTION_FILE] if split == "test" else [])
+    # An entry that cannot be read (a link to nothing, a loop, no permission) counts by its name and the
+    # reason, so the fingerprint never fails and changes when the entry is mended; the loaders name it,
+    # when it is one the CSV lists, and ignore it otherwise.
     for path in listed:
         digest.update(f"{path.relative_to(root)}\0".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"absent")
+        try:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError as error:
+            digest.update(b"absent" if isinstance(error, FileNotFoundError) else f"unreadable {error.errno}".encode())
     for folder in ("img", "seg"):
-        directory = root / split / folder
-        entries = sorted(os.scandir(directory), key=lambda entry: entry.name) if directory.is_dir() else []
+        try:
+            entries = sorted(os.scandir(root / split / folder), key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as error:
+            digest.update(f"{folder}\0unreadable {error.errno}\n".encode())
+            continue
         for entry in entries:
-            status = entry.stat()
-            digest.update(f"{folder}/{entry.name}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+            try:
+                status = entry.stat()
+                digest.update(f"{folder}/{entry.name}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+            except OSError as error:
+                digest.update(f"{folder}/{entry.name}\0unreadable {error.errno}\n".encode())
     return digest.hexdigest()

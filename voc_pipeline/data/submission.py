@@ -19,12 +19,15 @@ import pandas as pd
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
 from voc_pipeline.core.rle import encode_flags, encode_label_map, parse_runs, rle_encode
 from voc_pipeline.core.scoring import competition_score, rle_row_dice
-from voc_pipeline.data.competition import read_label_csv
-from voc_pipeline.errors import RleError, SubmissionError
-from voc_pipeline.files import write_text_atomic
+from voc_pipeline.data.competition import read_label_csv, read_npy_header
+from voc_pipeline.errors import DataError, RleError, SubmissionError
+from voc_pipeline.files import read_text_file, write_text_atomic
 
 HEADER = "Id,Predicted"
 SEG_COLUMN = "seg"
+# Read as Kaggle's scorer reads a submission (pandas.read_csv, UTF-8): a leading UTF-8 byte-order mark is
+# accepted and dropped; any other encoding is refused.
+SUBMISSION_TEXT = "a submission CSV in UTF-8 text (header Id,Predicted)"
 
 
 def plain(value):
@@ -107,8 +110,9 @@ def read_submission(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise SubmissionError(f"{path} does not exist")
+    text = read_text_file(path, SUBMISSION_TEXT, error_type=SubmissionError)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise SubmissionError(f"{path} is not a readable CSV: {error}") from None
     if list(frame.columns[:2]) != ["Id", "Predicted"]:
@@ -142,6 +146,11 @@ def validate_submission(path: str | Path, test_root: str | Path | None, max_prob
     inside the 20 x H x W stack of that test image (H and W read from the array header only).
     Without a `test_root` (a kernel's output checked where the test images are not), the ids are checked
     to come in classification/segmentation pairs and the segmentation runs without a size limit.
+    A leading UTF-8 byte-order mark is accepted, as Kaggle's reader accepts it.
+
+    Raises:
+        SubmissionError: the file is not text at all (a folder, a compressed file, not UTF-8).
+        DataError: a test image whose size is needed is not a whole .npy image.
     """
     path = Path(path)
     test_root = None if test_root is None else Path(test_root)
@@ -149,8 +158,8 @@ def validate_submission(path: str | Path, test_root: str | Path | None, max_prob
     if not path.exists():
         report.problems.append(f"{path} does not exist")
         return report
-    with open(path, newline="") as stream:
-        records = list(csv.reader(stream))
+    text = read_text_file(path, SUBMISSION_TEXT, error_type=SubmissionError)
+    records = list(csv.reader(io.StringIO(text, newline="")))
     header, rows = (records[0], records[1:]) if records else ([], [])
     if ",".join(header) != HEADER:
         report.problems.append(f"header is {','.join(header)!r}, expected {HEADER!r}")
@@ -191,13 +200,26 @@ def validate_submission(path: str | Path, test_root: str | Path | None, max_prob
             if not image_path.exists():
                 report.problems.append(f"{row_id}: test image {image_path} is missing")
                 continue
-            height, width = np.load(image_path, mmap_mode="r", allow_pickle=False).shape[:2]
+            shape, _ = read_npy_header(image_path)
+            if len(shape) != 3:
+                raise DataError(f"{image_path}: expected a H x W x 3 image, its header declares shape {shape}")
+            height, width = shape[:2]
             size = NUM_CLASSES * height * width
         try:
             parse_runs(text, size)
         except RleError as error:
             report.problems.append(f"{row_id}: {error}")
     return report
+
+
+def check_solution_path(path: str | Path) -> Path:
+    """The solution CSV given to `score` must be a file; an error says what it is and where one comes from."""
+    path = Path(path)
+    if not path.is_file():
+        found = "is a folder" if path.is_dir() else "does not exist"
+        raise SubmissionError(f"solution file {path} {found}: give the CSV of the test set's true rows (`voc-pipeline "
+                              f"data demo` and `data from-voc` write one as solution.csv in the data folder)")
+    return path
 
 
 def score_submission(solution_path: str | Path, submission_path: str | Path, test_root: str | Path) -> dict[str, float]:
@@ -212,6 +234,7 @@ def score_submission(solution_path: str | Path, submission_path: str | Path, tes
     Raises:
         SubmissionError: the submission does not validate (every problem is listed), or lacks solution rows.
     """
+    check_solution_path(solution_path)
     report = validate_submission(submission_path, test_root)
     if not report.valid:
         raise SubmissionError(f"{submission_path} is not a valid submission, so it is not scored "

@@ -22,7 +22,7 @@ from voc_pipeline.data.competition import SOLUTION_FILE, labels_from_mask, write
 from voc_pipeline.data.splits import holdout_positions
 from voc_pipeline.data.submission import make_test_frame, write_submission
 from voc_pipeline.errors import DataError
-from voc_pipeline.files import atomic_directory
+from voc_pipeline.files import atomic_directory, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def read_id_list(path: Path) -> list[str]:
     """Image ids from a devkit id list, one per line."""
     if not path.exists():
         raise DataError(f"id list {path} does not exist")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    text = read_text_file(path, "a text file of devkit image ids, one per line", error_type=DataError)
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def devkit_ids(devkit: Path, ids_file: str | Path | None) -> list[str]:

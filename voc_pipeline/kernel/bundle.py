@@ -4,18 +4,24 @@ The kernel is `kaggle/kernel.py`, a py:percent source (`# %%` code cells, `# %% 
 the pushed notebook is generated from it. The package travels as a wheel in a Kaggle dataset. By default
 the kernel has internet, so Keras downloads the ImageNet weights the profile asks for; without internet,
 a weights dataset (`voc-pipeline kernel weights`) must be attached instead.
+
+The build never deletes what it did not create: it marks its output folder (`.voc-pipeline-bundle`,
+naming the folders it wrote), replaces `dataset/` and `kernel/` only where that mark names them, and
+refuses any other non-empty folder there. The user name and the datasets are checked against Kaggle's
+rules before anything is built.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from voc_pipeline.errors import KernelError
-from voc_pipeline.files import write_json_atomic, write_text_atomic
+from voc_pipeline.files import atomic_directory, read_json_file, write_json_atomic, write_text_atomic
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 KERNEL_SOURCE = REPOSITORY / "kaggle" / "kernel.py"
@@ -26,6 +32,39 @@ EXTRA_WHEELS = ("iterative-stratification",)
 WHEELS_DATASET = "voc-pipeline-wheels"
 # Kaggle's GPU machine: two T4s (the P100 was retired in September 2026; NvidiaTeslaT4 gives T4 x2).
 GPU_MACHINE_SHAPE = "NvidiaTeslaT4"
+# The mark of a folder `kernel build` wrote, and the folders it writes there.
+BUNDLE_MARKER = ".voc-pipeline-bundle"
+BUNDLE_FOLDERS = ("dataset", "kernel")
+# Kaggle's rules: a user name of letters, digits, '-' or '_'; a dataset slug of 6 to 50 lowercase letters,
+# digits and hyphens (the kaggle CLI refuses other lengths; kaggle.com makes slugs lowercase).
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,49}")
+DATASET_SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{4,48}[a-z0-9]")
+
+
+def check_username(username: str) -> str:
+    """A Kaggle user name, or a KernelError saying what Kaggle accepts."""
+    if not username or not username.strip() or username == "YOUR_KAGGLE_USERNAME":
+        raise KernelError(f"give your Kaggle user name with --username (got {username!r}): it owns the dataset "
+                          f"and the kernel (your profile's address is https://www.kaggle.com/<user name>)")
+    if not USERNAME_PATTERN.fullmatch(username):
+        raise KernelError(f"--username {username!r} is not a Kaggle user name: give the name in your profile's "
+                          f"address (letters, digits, '-' or '_'; not your e-mail address, no '/')")
+    return username
+
+
+def check_dataset_slug(slug: str) -> str:
+    """An OWNER/NAME dataset reference following Kaggle's rules, or a KernelError naming what is wrong."""
+    owner, separator, name = slug.partition("/")
+    if not separator or "/" in name or not owner:
+        raise KernelError(f"--weights-dataset {slug!r} must be OWNER/NAME, e.g. you/voc-pipeline-keras-weights "
+                          f"(the name `voc-pipeline kernel weights --username you` gives it)")
+    if not USERNAME_PATTERN.fullmatch(owner):
+        raise KernelError(f"--weights-dataset {slug!r}: the owner {owner!r} is not a Kaggle user name "
+                          f"(letters, digits, '-' or '_')")
+    if not DATASET_SLUG_PATTERN.fullmatch(name):
+        raise KernelError(f"--weights-dataset {slug!r}: the name {name!r} is not a Kaggle dataset slug (6 to 50 "
+                          f"lowercase letters, digits and hyphens, starting and ending with a letter or digit)")
+    return slug
 
 
 def notebook_from_percent(source: str) -> dict:
@@ -95,24 +134,59 @@ def build_bundle(output: str | Path, username: str, competition: str = DEFAULT_C
         weights_datasets: slugs (owner/name) of datasets holding Keras ImageNet weight files.
         enable_internet: let Keras download ImageNet weights; without it a weights dataset is required.
     """
-    if not username or "/" in username or username == "YOUR_KAGGLE_USERNAME":
-        raise KernelError(f"give your Kaggle user name with --username (got {username!r})")
+    check_username(username)
+    for slug in weights_datasets:
+        check_dataset_slug(slug)
     if not enable_internet and not weights_datasets:
         raise KernelError("a kernel without internet cannot download ImageNet weights: attach them with "
                           "--weights-dataset OWNER/NAME (made by `voc-pipeline kernel weights`), or leave internet on")
     output = Path(output)
-    dataset, kernel = output / "dataset", output / "kernel"
-    for folder in (dataset, kernel):
-        if folder.exists():
-            shutil.rmtree(folder)
-    wheels = build_wheels(dataset)
+    check_replaceable(output)
     dataset_slug = f"{username}/{WHEELS_DATASET}"
-    write_json_atomic(dataset / "dataset-metadata.json", {
-        "title": "voc-pipeline wheels", "id": dataset_slug, "licenses": [{"name": "CC0-1.0"}]})
-    write_text_atomic(kernel / "kernel.ipynb", json.dumps(notebook_from_percent(KERNEL_SOURCE.read_text()), indent=1))
     metadata = kernel_metadata(username, competition, [dataset_slug, *weights_datasets], enable_gpu, enable_internet)
-    write_json_atomic(kernel / "kernel-metadata.json", metadata)
+    # Each folder is built beside its final place and replaces it only once whole; the mark is written
+    # last, so an interrupted build leaves at worst unmarked folders, which the next build refuses to delete.
+    with atomic_directory(output / "dataset", overwrite=True) as dataset, \
+            atomic_directory(output / "kernel", overwrite=True) as kernel:
+        wheels = build_wheels(dataset)
+        write_json_atomic(dataset / "dataset-metadata.json", {
+            "title": "voc-pipeline wheels", "id": dataset_slug, "licenses": [{"name": "CC0-1.0"}]})
+        write_text_atomic(kernel / "kernel.ipynb", json.dumps(notebook_from_percent(KERNEL_SOURCE.read_text()), indent=1))
+        write_json_atomic(kernel / "kernel-metadata.json", metadata)
+    write_json_atomic(output / BUNDLE_MARKER, {"written_by": "voc-pipeline kernel build", "folders": list(BUNDLE_FOLDERS)})
     print(f"bundle in {output}: {len(wheels)} wheels ({', '.join(wheel.name for wheel in wheels)}), notebook and "
           f"metadata ({'GPU T4 x2' if enable_gpu else 'CPU'}, internet {'on' if enable_internet else 'off'}, "
           f"datasets {', '.join(metadata['dataset_sources'])})")
     return output
+
+
+def marked_folders(output: Path) -> list[str]:
+    """The folders of `output` that its bundle mark says `kernel build` wrote ([] without a readable mark)."""
+    marker = output / BUNDLE_MARKER
+    if not marker.is_file():
+        return []
+    try:
+        folders = read_json_file(marker, "a bundle mark", error_type=KernelError).get("folders", [])
+    except KernelError:
+        return []
+    return [name for name in folders if isinstance(name, str)] if isinstance(folders, list) else []
+
+
+def check_replaceable(output: Path) -> None:
+    """`output/dataset` and `output/kernel` may be replaced only when absent, empty or marked as the build's own.
+
+    Raises:
+        KernelError: one of them holds files the build did not write (or is a file or a link); nothing is deleted.
+    """
+    owned = marked_folders(output)
+    for name in BUNDLE_FOLDERS:
+        folder = output / name
+        if not os.path.lexists(folder):
+            continue
+        if folder.is_symlink() or not folder.is_dir():
+            raise KernelError(f"{folder} is {'a link' if folder.is_symlink() else 'a file'}, where `kernel build` "
+                              f"writes its {name} folder; move it away or give another --output (nothing was deleted)")
+        if name not in owned and any(folder.iterdir()):
+            raise KernelError(f"{folder} is not empty and not marked as a bundle `kernel build` wrote (no {BUNDLE_MARKER} "
+                              f"in {output} names it); it never deletes what it did not create: move its files away, "
+                              f"or give another --output")

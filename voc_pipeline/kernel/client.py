@@ -14,7 +14,6 @@ What the CLI (kaggle 2.x) does, read from its own code, and what this module doe
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voc_pipeline.errors import KernelError
+from voc_pipeline.files import json_kind, read_json_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class KaggleCli:
 
     def upload_dataset(self, folder: Path) -> str:
         """Create the dataset of `folder` (its dataset-metadata.json), or add a version; wait until it is ready."""
-        dataset = json.loads((folder / "dataset-metadata.json").read_text())["id"]
+        dataset = read_metadata(folder / "dataset-metadata.json", {"id": str})["id"]
         if self.dataset_status(dataset) == "missing":
             print(self.run("datasets", "create", "-p", str(folder), "--dir-mode", "zip").stdout.strip())
         else:
@@ -135,18 +135,23 @@ class KaggleCli:
 
     def push_kernel(self, folder: Path) -> dict:
         """Push the kernel of `folder`; returns {"kernel", "version", "url"} (also saved as push.json there)."""
-        kernel = json.loads((folder / "kernel-metadata.json").read_text())["id"]
+        kernel = read_metadata(folder / "kernel-metadata.json", KERNEL_METADATA_KEYS)["id"]
         output = self.run("kernels", "push", "-p", str(folder)).stdout.strip()
         print(output)
         match = re.search(r"Kernel version (\d+) successfully pushed.*?(https://\S+)", output, re.S)
         pushed = {"kernel": kernel, "version": int(match.group(1)) if match else None,
                   "url": match.group(2) if match else f"https://www.kaggle.com/code/{kernel}"}
-        (folder / "push.json").write_text(json.dumps(pushed, indent=2) + "\n")
+        write_json_atomic(folder / "push.json", pushed)
         return pushed
 
     def kernel_state(self, kernel: str) -> tuple[str, str]:
         """(state in lower case: queued, running, complete, error, ...; the failure message, if any)."""
-        output = self.run("kernels", "status", kernel).stdout
+        result = self.run("kernels", "status", kernel, check=False)
+        if result.returncode:
+            raise unknown_kernel(kernel, result) or KernelError(
+                f"`kaggle kernels status` failed: {last_line(result.stdout + result.stderr)}"
+                f"{fix_for(result.stdout + result.stderr)}")
+        output = result.stdout
         match = re.search(r'has status "(?:\w+\.)?(\w+)"', output)
         failure = re.search(r'Failure message: "(.*)"', output)
         return (match.group(1).lower() if match else "unknown"), (failure.group(1) if failure else "")
@@ -172,8 +177,45 @@ class KaggleCli:
     def download_output(self, kernel: str, folder: Path) -> Path:
         """Download the latest run's output files into `folder`."""
         folder.mkdir(parents=True, exist_ok=True)
-        print(self.run("kernels", "output", kernel, "-p", str(folder), "-o").stdout.strip())
+        result = self.run("kernels", "output", kernel, "-p", str(folder), "-o", check=False)
+        if result.returncode:
+            raise unknown_kernel(kernel, result) or KernelError(
+                f"`kaggle kernels output` failed: {last_line(result.stdout + result.stderr)}"
+                f"{fix_for(result.stdout + result.stderr)}")
+        print(result.stdout.strip())
         return folder
+
+
+def unknown_kernel(kernel: str, result: subprocess.CompletedProcess) -> KernelError | None:
+    """The error for a kernel Kaggle does not know (the CLI answers 404), with what to check; None otherwise."""
+    output = result.stdout + result.stderr
+    if "404" not in output and "Not Found" not in output:
+        return None
+    return KernelError(f"Kaggle knows no kernel {kernel} (404): check the OWNER/SLUG (--kernel, or the id in the "
+                       f"bundle's kernel/kernel-metadata.json); a kernel exists once `voc-pipeline kernel push` has "
+                       f"pushed it, and another account's private kernel is invisible to yours")
+
+
+# What `kernel push`, `status` and `output` need from kernel-metadata.json, by type.
+KERNEL_METADATA_KEYS = {"id": str, "dataset_sources": list}
+REBUILD = "; `voc-pipeline kernel build --username YOU` rewrites it"
+
+
+def read_metadata(path: Path, keys: dict[str, type]) -> dict:
+    """A bundle's metadata JSON, checked for the keys (and their types) this module reads.
+
+    Raises:
+        KernelError: the file is not JSON, not an object, or a key is missing or of another type (hand-edited).
+    """
+    metadata = read_json_file(path, f"a JSON object with {', '.join(keys)}", REBUILD, KernelError)
+    for key, kind in keys.items():
+        if not isinstance(metadata.get(key), kind):
+            found = "has no" if key not in metadata else f"holds {json_kind(metadata[key])} as its"
+            raise KernelError(f"{path} {found} {key!r}, expected {'a list' if kind is list else 'a string'} "
+                              f"there{REBUILD}")
+    if "id" in keys and metadata["id"].count("/") != 1:
+        raise KernelError(f"{path}: id {metadata['id']!r} must be OWNER/SLUG{REBUILD}")
+    return metadata
 
 
 def last_line(output: str) -> str:
@@ -216,7 +258,7 @@ def push_bundle(bundle: str | Path, weights: str | Path | None = None, cli: Kagg
             raise KernelError(f"{weights} is not a weights dataset folder: make it with `voc-pipeline kernel weights`")
         uploaded.add(cli.upload_dataset(Path(weights)))
     uploaded.add(cli.upload_dataset(dataset))
-    for attached in json.loads((kernel / "kernel-metadata.json").read_text())["dataset_sources"]:
+    for attached in read_metadata(kernel / "kernel-metadata.json", KERNEL_METADATA_KEYS)["dataset_sources"]:
         state = "ready" if attached in uploaded else cli.dataset_status(attached)
         if state != "ready":
             raise KernelError(f"dataset {attached}, attached in {kernel / 'kernel-metadata.json'}, is {state} on Kaggle: "
@@ -231,11 +273,15 @@ def push_bundle(bundle: str | Path, weights: str | Path | None = None, cli: Kagg
 def kernel_of(bundle: Path, kernel: str | None) -> tuple[str, str]:
     """(kernel id, version label) from --kernel, else from the bundle's metadata and its last push."""
     push_record = Path(bundle) / "kernel" / "push.json"
-    pushed = json.loads(push_record.read_text()) if push_record.exists() else {}
+    pushed = read_json_file(push_record, "the record of the last push", "; `voc-pipeline kernel push` rewrites it "
+                            "(or delete it)", KernelError) if push_record.exists() else {}
     if kernel:
+        if kernel.count("/") != 1 or not all(kernel.split("/")):
+            raise KernelError(f"--kernel {kernel!r} must be OWNER/SLUG, as in https://www.kaggle.com/code/OWNER/SLUG")
         return kernel, str(pushed.get("version") or "latest") if pushed.get("kernel") == kernel else "latest"
     _, folder = read_bundle(Path(bundle))
-    return json.loads((folder / "kernel-metadata.json").read_text())["id"], str(pushed.get("version") or "latest")
+    return (read_metadata(folder / "kernel-metadata.json", KERNEL_METADATA_KEYS)["id"],
+            str(pushed.get("version") or "latest"))
 
 
 def follow_kernel(bundle: str | Path, kernel: str | None = None, cli: KaggleCli | None = None) -> str:

@@ -11,9 +11,11 @@ import json
 import logging
 import math
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ import tensorflow as tf
 from voc_pipeline.choices import MIXED_PRECISION_MODES
 from voc_pipeline.config import TrainingSchedule
 from voc_pipeline.errors import ConfigError, TrainingDivergedError
-from voc_pipeline.files import write_text_atomic
+from voc_pipeline.files import reporting_full_disk, write_text_atomic
 from voc_pipeline.plots import plot_learning_curves
 
 logger = logging.getLogger(__name__)
@@ -165,23 +167,62 @@ class RecordHistory(keras.callbacks.Callback):
         write_history(self.records, self.path)
 
 
+def damaged_state(state_dir: Path, history_path: Path, checkpoint_path: Path) -> str | None:
+    """What is damaged in an interrupted training's saved state, or None when every file is whole.
+
+    Keras writes its per-epoch backup (BackupAndRestore) and the best checkpoint in place, so a kill -9
+    while it writes leaves a cut HDF5, JSON or .keras file; resuming from it would fail deep inside
+    Keras or h5py. Each file is opened the way its reader opens it, without loading any model.
+    """
+    for path in sorted(state_dir.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            if path.name.endswith((".h5", ".h5.bkp")):
+                with h5py.File(path, "r") as weights:
+                    weights.visit(lambda name: None)
+            elif path.name.endswith((".json", ".json.bkp")):
+                json.loads(path.read_text())
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            return f"{path.relative_to(state_dir.parent)} is cut or unreadable ({str(error).splitlines()[0][:120]})"
+    try:
+        if history_path.exists():
+            pd.read_csv(history_path)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        return f"{history_path.name} is cut or unreadable ({error})"
+    if checkpoint_path.exists():
+        try:
+            with zipfile.ZipFile(checkpoint_path) as archive:
+                if archive.testzip() is not None:
+                    return f"{checkpoint_path.name} is cut or unreadable (a damaged member)"
+        except (zipfile.BadZipFile, OSError) as error:
+            return f"{checkpoint_path.name} is cut or unreadable ({error})"
+    return None
+
+
 def resumable_state(state_dir: Path, identity: dict, history_path: Path, checkpoint_path: Path) -> list[dict]:
     """The history of an interrupted training with the same `identity`, or [] after clearing stale state.
 
     Starting afresh also deletes an earlier training's best checkpoint, so a training in which no epoch
-    finishes can never promote a model it did not train.
+    finishes can never promote a model it did not train. A state with a damaged file (a kill during
+    Keras's in-place backup) is said to be damaged and discarded the same way.
     """
     identity_path = state_dir / "identity.json"
-    if state_dir.exists() and identity_path.exists() and json.loads(identity_path.read_text()) == identity and history_path.exists():
-        records = pd.read_csv(history_path).to_dict("records")
-        logger.info("resuming an interrupted training from %s (%d epochs done)", state_dir, len(records))
-        return records
+    if state_dir.exists() and identity_path.exists() and history_path.exists():
+        damage = damaged_state(state_dir, history_path, checkpoint_path)
+        if damage:
+            logger.warning("the interrupted training's saved state in %s is damaged (%s), probably by a kill while "
+                           "it was written; starting this training afresh", state_dir, damage)
+        elif json.loads(identity_path.read_text()) == identity:
+            records = pd.read_csv(history_path).to_dict("records")
+            logger.info("resuming an interrupted training from %s (%d epochs done)", state_dir, len(records))
+            return records
     if state_dir.exists():
         shutil.rmtree(state_dir)
     checkpoint_path.unlink(missing_ok=True)
     history_path.unlink(missing_ok=True)
     state_dir.mkdir(parents=True)
-    identity_path.write_text(json.dumps(identity))
+    write_text_atomic(identity_path, json.dumps(identity))
     return []
 
 
@@ -309,9 +350,12 @@ def train_model(model: keras.Model, schedule: TrainingSchedule, compile_argument
     # The history grows beside the checkpoint while training, so that an interruption keeps it for the
     # resume; only a finished training's history reaches the run folder.
     live_history = files.checkpoint.with_name(f"{files.checkpoint.stem}_history.csv")
-    fit_in_phases(model, compile_model, plan_phases(schedule), train_data, validation_data,
-                  steps_per_epoch(num_fit_examples, schedule.batch_size), files.checkpoint, live_history,
-                  monitor=monitor, mode="max", patience=schedule.patience, identity=identity)
+    # Keras writes its checkpoints and backups in place: a full disk there is named like any other write.
+    with reporting_full_disk(files.checkpoint.parent, "the earlier model files are as they were; an interrupted "
+                             "training resumes from its last whole epoch"):
+        fit_in_phases(model, compile_model, plan_phases(schedule), train_data, validation_data,
+                      steps_per_epoch(num_fit_examples, schedule.batch_size), files.checkpoint, live_history,
+                      monitor=monitor, mode="max", patience=schedule.patience, identity=identity)
     promote_checkpoint(files.checkpoint, files.model)
     history = pd.read_csv(live_history)
     write_history(history.to_dict("records"), files.history)
