@@ -60,7 +60,7 @@ def test_strong_backbones_build_train_a_step_predict_and_reload(backbone, tmp_pa
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"backbone": "vgg16"}, "expected one of: mobilenet, mobilenet_v2, resnet50v2, efficientnetv2_s"),
+        ({"backbone": "vgg16"}, "expected one of: mobilenet_v2, mobilenet, resnet50v2, efficientnetv2_s"),
         ({"image_size": 100}, "image size 100 is not divisible by the output stride 16"),
         ({"output_stride": 32}, "output stride must be one of"),
     ],
