@@ -20,7 +20,6 @@ from voc_pipeline.files import write_json_atomic, write_text_atomic
 REPOSITORY = Path(__file__).resolve().parents[2]
 KERNEL_SOURCE = REPOSITORY / "kaggle" / "kernel.py"
 METADATA_TEMPLATE = REPOSITORY / "kaggle" / "kernel-metadata.json"
-DEFAULT_COMPETITION = "kul-h02a5a-computer-vision-ga2-2022"
 # Installed on Kaggle's image already: everything the package needs except these.
 EXTRA_WHEELS = ("iterative-stratification",)
 WHEELS_DATASET = "voc-pipeline-wheels"
@@ -85,18 +84,21 @@ def kernel_metadata(username: str, competition: str, datasets: list[str], enable
     return metadata
 
 
-def build_bundle(output: str | Path, username: str, competition: str = DEFAULT_COMPETITION,
+def build_bundle(output: str | Path, username: str, competition: str,
                  weights_datasets: tuple[str, ...] = (), enable_gpu: bool = True, enable_internet: bool = True) -> Path:
     """Write `output/dataset` (wheels + dataset-metadata.json) and `output/kernel` (notebook + kernel-metadata.json).
 
     Args:
         username: the Kaggle user that owns the dataset and the kernel.
-        competition: the competition slug whose data the kernel mounts.
+        competition: the competition slug whose data the kernel mounts (this year's: there is no default); it is
+            recorded in kernel-metadata.json, which later commands read it from.
         weights_datasets: slugs (owner/name) of datasets holding Keras ImageNet weight files.
         enable_internet: let Keras download ImageNet weights; without it a weights dataset is required.
     """
     if not username or "/" in username or username == "YOUR_KAGGLE_USERNAME":
         raise KernelError(f"give your Kaggle user name with --username (got {username!r})")
+    if not competition or "/" in competition:
+        raise KernelError(f"give this year's competition slug with --competition (got {competition!r})")
     if not enable_internet and not weights_datasets:
         raise KernelError("a kernel without internet cannot download ImageNet weights: attach them with "
                           "--weights-dataset OWNER/NAME (made by `voc-pipeline kernel weights`), or leave internet on")
@@ -113,6 +115,6 @@ def build_bundle(output: str | Path, username: str, competition: str = DEFAULT_C
     metadata = kernel_metadata(username, competition, [dataset_slug, *weights_datasets], enable_gpu, enable_internet)
     write_json_atomic(kernel / "kernel-metadata.json", metadata)
     print(f"bundle in {output}: {len(wheels)} wheels ({', '.join(wheel.name for wheel in wheels)}), notebook and "
-          f"metadata ({'GPU T4 x2' if enable_gpu else 'CPU'}, internet {'on' if enable_internet else 'off'}, "
+          f"metadata (competition {competition}, {'GPU T4 x2' if enable_gpu else 'CPU'}, internet {'on' if enable_internet else 'off'}, "
           f"datasets {', '.join(metadata['dataset_sources'])})")
     return output
