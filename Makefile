@@ -120,8 +120,9 @@ kaggle-push: $(BIN)/kaggle
 kaggle-status: $(BIN)/kaggle
 	$(CLI) kernel status --bundle $(BUNDLE) $(COMPETITION_ARG)
 
+# The submission is checked against the downloaded test images when kaggle-data has run.
 kaggle-output: $(BIN)/kaggle
-	$(CLI) kernel output --bundle $(BUNDLE) $(COMPETITION_ARG)
+	$(CLI) kernel output --bundle $(BUNDLE) $(COMPETITION_ARG) $(if $(wildcard $(KAGGLE_DATA)/test/test_set.csv),--data $(KAGGLE_DATA))
 
 kaggle-submit: $(BIN)/kaggle
 	$(CLI) kernel submit --bundle $(BUNDLE) $(COMPETITION_ARG)

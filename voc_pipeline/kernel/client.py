@@ -137,6 +137,8 @@ class KaggleCli:
                 chunks.append(chunk)
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
+            if chunks and not chunks[-1].endswith(b"\n"):
+                print(flush=True)  # the client prints some results without a final newline
             result = subprocess.CompletedProcess(command, process.wait(), b"".join(chunks).decode(errors="replace"), "")
         else:
             result = subprocess.run(command, capture_output=True, text=True)
