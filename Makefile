@@ -2,6 +2,8 @@
 # stage graph (voc_pipeline/graph.py). A stage target runs every stage up to it that is not current, like make.
 # Variables: DATA (data root), PROFILE (smoke, cpu, kaggle or a .toml), RUN (run folder name), SET (extra --set),
 # FORCE=1 (rerun the target's own stage even if it is current).
+# Kaggle targets: KAGGLE_USER (your user name), COMPETITION (this year's slug; default: the assignment 2
+# competition you entered, asked from Kaggle), KAGGLE_DATA (where kaggle-data unpacks the data).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,7 +23,7 @@ DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 STAGE_TARGETS := train-cls train-seg tune predict submit evaluate attack
 
 .PHONY: help install test test-fast test-kaggle-stack lint demo demo-data data-check train status $(STAGE_TARGETS) \
-	kernel-build kernel-check kaggle-push kaggle-status kaggle-output bench-submission bench-classifier \
+	kernel-build kernel-check kaggle-data kaggle-push kaggle-status kaggle-output kaggle-submit bench-submission bench-classifier \
 	bench-segmenter bench-predict bench-determinism clean
 
 help:
@@ -35,8 +37,10 @@ help:
 	@echo "make data-check | train-cls | train-seg | tune | predict   run the stages up to that one"
 	@echo "make test-kaggle-stack  the fast tests on Kaggle's Python, TensorFlow and Keras (kaggle/image.toml)"
 	@echo "make kernel-check                  build the Kaggle bundle and run it on a simulated /kaggle tree"
-	@echo "make kaggle-push KAGGLE_USER=...   upload the bundle with the kaggle CLI (needs your API token)"
+	@echo "make kaggle-data [COMPETITION=...]  download this year's competition data into $(KAGGLE_DATA), checked"
+	@echo "make kaggle-push KAGGLE_USER=... [COMPETITION=...]  build and upload the bundle, push the kernel"
 	@echo "make kaggle-status / kaggle-output  wait for the kernel's run / fetch and validate its submission"
+	@echo "make kaggle-submit                 submit that output to the competition and print its public score"
 	@echo "make lint        ruff"
 
 $(BIN)/.installed: pyproject.toml
@@ -83,28 +87,45 @@ QUICK := --set classifier.head_epochs=1 --set classifier.finetune_epochs=1 --set
 	--set segmenter.finetune_epochs=1
 
 KAGGLE_VENV := .venv-kaggle
+COMPETITION ?=
+KAGGLE_DATA ?= data/kaggle
+COMPETITION_ARG = $(if $(COMPETITION),--competition $(COMPETITION))
+# The local check mounts the demo data under this name; it never reaches Kaggle.
+LOCAL_COMPETITION := kul-computer-vision-ga-2-local-check
 
 kernel-build: install
-	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER)
+	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) $(COMPETITION_ARG)
 
-kernel-check: kernel-build demo-data
+kernel-check: install demo-data
+	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) --competition $(or $(COMPETITION),$(LOCAL_COMPETITION))
 	$(CLI) kernel check --bundle $(BUNDLE) --data $(DEMO_DATA) $(QUICK)
 
 test-kaggle-stack: install
 	$(CLI) kernel stack --output $(KAGGLE_VENV)
 	$(KAGGLE_VENV)/bin/python -m pytest -m "not slow"
 
-kaggle-push: install
-	@test "$(KAGGLE_USER)" != local-check || { echo "make kaggle-push needs KAGGLE_USER=<your Kaggle user name>"; exit 2; }
+$(BIN)/kaggle: | install
 	$(BIN)/python -m pip install --quiet -e ".[kaggle]"
-	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER)
-	$(CLI) kernel push --bundle $(BUNDLE)
 
-kaggle-status: install
-	$(CLI) kernel status --bundle $(BUNDLE)
+kaggle-data: $(BIN)/kaggle
+	$(CLI) data download $(KAGGLE_DATA) $(COMPETITION_ARG)
 
-kaggle-output: install
-	$(CLI) kernel output --bundle $(BUNDLE)
+# The credentials are checked first: without usable ones the client prints only its help, after the build.
+kaggle-push: $(BIN)/kaggle
+	@test "$(KAGGLE_USER)" != local-check || { echo "make kaggle-push needs KAGGLE_USER=<your Kaggle user name>"; exit 2; }
+	$(CLI) kernel credentials
+	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) $(COMPETITION_ARG)
+	$(CLI) kernel push --bundle $(BUNDLE) $(COMPETITION_ARG)
+
+kaggle-status: $(BIN)/kaggle
+	$(CLI) kernel status --bundle $(BUNDLE) $(COMPETITION_ARG)
+
+# The submission is checked against the downloaded test images when kaggle-data has run.
+kaggle-output: $(BIN)/kaggle
+	$(CLI) kernel output --bundle $(BUNDLE) $(COMPETITION_ARG) $(if $(wildcard $(KAGGLE_DATA)/test/test_set.csv),--data $(KAGGLE_DATA))
+
+kaggle-submit: $(BIN)/kaggle
+	$(CLI) kernel submit --bundle $(BUNDLE) $(COMPETITION_ARG)
 
 bench-submission: install
 	$(CLI) bench submission

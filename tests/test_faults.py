@@ -484,7 +484,7 @@ def test_kernel_status_on_a_kernel_kaggle_does_not_know_says_what_to_check(tmp_p
     monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
     monkeypatch.setenv("KAGGLE_API_TOKEN", "not-a-real-token")
     fails(capsys, ["kernel", "status", "--bundle", str(tmp_path / "none"), "--kernel", "someone/no-such-kernel"],
-          "Kaggle knows no kernel someone/no-such-kernel (404)", "check the OWNER/SLUG", "voc-pipeline kernel push")
+          "404 Client Error", "there is no kernel someone/no-such-kernel this account can see", "voc-pipeline kernel push")
     fails(capsys, ["kernel", "output", "--bundle", str(tmp_path / "none"), "--kernel", "no-owner"],
           "--kernel 'no-owner' must be OWNER/SLUG")
 

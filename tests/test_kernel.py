@@ -1,11 +1,9 @@
-"""The Kaggle kernel: bundle, weights, the push through a stand-in `kaggle` CLI, and a run on Kaggle's stack."""
+"""The Kaggle kernel: bundle, weights, credentials, and a run on Kaggle's stack. The push, status, output and
+submit through the real `kaggle` client are in test_kaggle_loop.py."""
 
 import ast
 import json
 import shutil
-import stat
-import sys
-import textwrap
 import tomllib
 import zipfile
 
@@ -17,7 +15,9 @@ from voc_pipeline.config import build_config
 from voc_pipeline.data.demo import write_demo_data
 from voc_pipeline.errors import KernelError
 from voc_pipeline.kernel.bundle import KERNEL_SOURCE, REPOSITORY, build_bundle, kernel_metadata, notebook_from_percent
-from voc_pipeline.kernel.client import KaggleCli, credential_sources, find_kaggle_cli, push_bundle
+from voc_pipeline.kernel.client import credential_sources, find_kaggle_cli, read_failure
+from voc_pipeline.kernel.competition import choose_competition, is_assignment_2, slug_of
+from voc_pipeline.kernel.credentials import check_credentials
 from voc_pipeline.kernel.stack import check_kernel, read_image
 from voc_pipeline.kernel.weights import (
     WeightFile,
@@ -27,7 +27,7 @@ from voc_pipeline.kernel.weights import (
     write_weights_dataset,
 )
 
-TOKEN = "KGAT_not-a-real-token-0123456789"
+THIS_YEAR = "kul-computer-vision-ga-2-2026"
 
 
 def test_percent_source_becomes_cells_with_ids():
@@ -80,10 +80,13 @@ def test_metadata_asks_for_two_t4s_and_internet_by_default():
 
 
 def test_a_kernel_without_internet_needs_a_weights_dataset(tmp_path, capsys):
-    assert main(["kernel", "build", "--username", "someone", "--output", str(tmp_path), "--no-internet"]) == 2
+    assert main(["kernel", "build", "--username", "someone", "--output", str(tmp_path), "--no-internet",
+                 "--competition", THIS_YEAR]) == 2
     assert "attach them with --weights-dataset" in capsys.readouterr().err
     with pytest.raises(KernelError, match="--username"):
-        build_bundle(tmp_path, "YOUR_KAGGLE_USERNAME")
+        build_bundle(tmp_path, "YOUR_KAGGLE_USERNAME", THIS_YEAR)
+    with pytest.raises(KernelError, match="--competition"):
+        build_bundle(tmp_path, "someone", "")
 
 
 @pytest.mark.parametrize(("platform", "machine", "expected"), [
@@ -107,25 +110,54 @@ def test_kaggles_stack_is_recorded_in_one_file():
 # ---------------------------------------------------------------- credentials and the executable
 
 
-@pytest.mark.parametrize(("environment", "files", "expected"), [
-    ({"KAGGLE_API_TOKEN": "x"}, [], ["KAGGLE_API_TOKEN"]),
-    ({}, [".kaggle/access_token"], ["~/.kaggle/access_token"]),
-    ({}, [".kaggle/access_token.txt"], ["~/.kaggle/access_token.txt"]),
-    ({}, [".kaggle/credentials.json"], ["~/.kaggle/credentials.json"]),
-    ({"KAGGLE_USERNAME": "a", "KAGGLE_KEY": "b"}, [], ["KAGGLE_USERNAME and KAGGLE_KEY"]),
-    ({"KAGGLE_USERNAME": "a"}, [], []),
-    ({}, [".kaggle/kaggle.json"], ["{home}/.kaggle/kaggle.json"]),
-    ({"XDG_CONFIG_HOME": "{home}/xdg"}, ["xdg/kaggle/kaggle.json"], ["{home}/xdg/kaggle/kaggle.json"]),
-    ({"KAGGLE_CONFIG_DIR": "{home}/elsewhere"}, ["elsewhere/kaggle.json", ".kaggle/kaggle.json"],
-     ["{home}/elsewhere/kaggle.json"]),
-    ({}, [], []),
+LEGACY = json.dumps({"username": "someone", "key": "not-a-real-key"})
+REFRESH = json.dumps({"refresh_token": "not-a-real-refresh-token"})
+
+
+@pytest.mark.parametrize(("environment", "files", "platform", "expected"), [
+    ({"KAGGLE_API_TOKEN": "x"}, {}, "linux", ["KAGGLE_API_TOKEN"]),
+    ({"KAGGLE_API_TOKEN": "{home}/token"}, {"token": "t\n"}, "linux", ["KAGGLE_API_TOKEN (a token file)"]),
+    # A token variable naming an empty file: no token, and no fall-back to ~/.kaggle/access_token.
+    ({"KAGGLE_API_TOKEN": "{home}/token"}, {"token": "", ".kaggle/access_token": "t"}, "linux", []),
+    ({}, {".kaggle/access_token": "t"}, "linux", ["~/.kaggle/access_token"]),
+    ({}, {".kaggle/access_token": ""}, "linux", []),
+    ({}, {".kaggle/access_token": " \n\t"}, "linux", []),
+    ({}, {".kaggle/access_token": "", ".kaggle/access_token.txt": "t"}, "linux", ["~/.kaggle/access_token.txt"]),
+    ({}, {".kaggle/credentials.json": REFRESH}, "linux", ["~/.kaggle/credentials.json"]),
+    ({}, {".kaggle/credentials.json": json.dumps({"access_token": "a"})}, "linux", []),
+    ({}, {".kaggle/credentials.json": "not json"}, "linux", []),
+    ({"KAGGLE_USERNAME": "a", "KAGGLE_KEY": "b"}, {}, "linux", ["KAGGLE_USERNAME and KAGGLE_KEY"]),
+    ({"KAGGLE_USERNAME": "a"}, {}, "linux", []),
+    ({}, {".kaggle/kaggle.json": LEGACY}, "linux", ["{home}/.kaggle/kaggle.json"]),
+    ({}, {".kaggle/kaggle.json": json.dumps({"username": "someone"})}, "linux", []),
+    ({}, {".kaggle/kaggle.json": "secret"}, "linux", []),
+    ({"KAGGLE_KEY": "b"}, {".kaggle/kaggle.json": json.dumps({"username": "someone"})}, "linux",
+     ["{home}/.kaggle/kaggle.json with KAGGLE_KEY"]),
+    # XDG: only on Linux, and only while ~/.kaggle does not exist.
+    ({"XDG_CONFIG_HOME": "{home}/xdg"}, {"xdg/kaggle/kaggle.json": LEGACY}, "linux", ["{home}/xdg/kaggle/kaggle.json"]),
+    ({"XDG_CONFIG_HOME": "{home}/xdg"}, {"xdg/kaggle/kaggle.json": LEGACY, ".kaggle/other": ""}, "linux", []),
+    ({"XDG_CONFIG_HOME": "{home}/xdg"}, {"xdg/kaggle/kaggle.json": LEGACY}, "darwin", []),
+    ({}, {".config/kaggle/kaggle.json": LEGACY}, "linux", ["{home}/.config/kaggle/kaggle.json"]),
+    ({"KAGGLE_CONFIG_DIR": "{home}/elsewhere"}, {"elsewhere/kaggle.json": LEGACY, ".kaggle/kaggle.json": LEGACY},
+     "linux", ["{home}/elsewhere/kaggle.json"]),
+    # Inside a Kaggle notebook the client reads the token file KAGGLE_API_V1_TOKEN names.
+    ({"KAGGLE_KERNEL_RUN_TYPE": "Batch", "KAGGLE_DATA_PROXY_URL": "http://proxy", "KAGGLE_API_V1_TOKEN": "{home}/v1"},
+     {"v1": "t"}, "linux", ["KAGGLE_API_V1_TOKEN (Kaggle notebook)"]),
+    ({"KAGGLE_KERNEL_RUN_TYPE": "Batch", "KAGGLE_API_V1_TOKEN": "{home}/v1"}, {"v1": "t"}, "linux", []),
+    ({}, {}, "linux", []),
 ])
-def test_every_kind_of_credentials_the_cli_accepts_is_recognised(tmp_path, environment, files, expected):
-    for name in files:
+def test_the_credential_check_follows_the_client_case_by_case(tmp_path, environment, files, platform, expected):
+    for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("secret")
+        (tmp_path / name).write_text(text)
     environment = {key: value.format(home=tmp_path) for key, value in environment.items()}
-    assert credential_sources(environment, tmp_path) == [item.format(home=tmp_path) for item in expected]
+    check = check_credentials(environment, tmp_path, platform)
+    assert check.found == [item.format(home=tmp_path) for item in expected]
+    assert credential_sources(environment, tmp_path, platform) == check.found
+    if files and not expected:
+        assert check.problems, "a file the client cannot use is named, with the reason"
+    said = " ".join(check.found + check.problems)  # names and reasons only, never a value
+    assert "not-a-real-key" not in said and "not-a-real-refresh-token" not in said and "someone" not in said
 
 
 def test_the_cli_is_found_beside_the_interpreter_before_path(tmp_path, monkeypatch):
@@ -142,103 +174,57 @@ def test_the_cli_is_found_beside_the_interpreter_before_path(tmp_path, monkeypat
         find_kaggle_cli(tmp_path / "other" / "python")
 
 
-# ---------------------------------------------------------------- the stand-in CLI
-
-STAND_IN = '''
-#!{python}
-"""Behaves as the kaggle CLI 2.x does for the calls voc-pipeline makes (its texts are the CLI's own)."""
-import json, os, sys
-from pathlib import Path
-
-state_path = Path({state!r})
-state = json.loads(state_path.read_text()) if state_path.exists() else {{"datasets": {{}}, "kernel_polls": 0}}
-arguments = sys.argv[1:]
-with open({log!r}, "a") as log:
-    log.write(" ".join(arguments) + "\\n")
-if not os.environ.get("KAGGLE_API_TOKEN"):
-    print("Authentication required to call the Kaggle API.")
-    sys.exit(1)
-
-def save():
-    state_path.write_text(json.dumps(state))
-
-def dataset_id(folder):
-    return json.loads((Path(folder) / "dataset-metadata.json").read_text())["id"]
-
-command = arguments[:2]
-if command == ["datasets", "status"]:
-    polls = state["datasets"].get(arguments[2])
-    if polls is None:
-        print("404 Client Error: Not Found for url: https://www.kaggle.com/api/v1/datasets/status/" + arguments[2],
-              file=sys.stderr)
-        sys.exit(1)
-    state["datasets"][arguments[2]] = polls + 1
-    save()
-    print("ready" if polls >= 1 else "running")
-elif command == ["datasets", "create"]:
-    state["datasets"][dataset_id(arguments[3])] = 0
-    save()
-    print("Your private Dataset is being created. Please check progress at https://www.kaggle.com/datasets/x")
-elif command == ["datasets", "version"]:
-    state["datasets"][dataset_id(arguments[3])] = 0
-    save()
-    print("Dataset version is being created. Please check progress at https://www.kaggle.com/datasets/x")
-elif command == ["kernels", "push"]:
-    metadata = json.loads((Path(arguments[3]) / "kernel-metadata.json").read_text())
-    not_ready = [name for name in metadata["dataset_sources"] if state["datasets"].get(name, 0) < 2]
-    if not_ready:
-        print("The following are not valid dataset sources and could not be added to the kernel: " + str(not_ready))
-    if os.environ.get("STAND_IN_REJECT"):
-        print("The following are not valid competition sources and could not be added to the kernel: "
-              + str(metadata["competition_sources"]))
-    print("Kernel version 3 successfully pushed.  Please check progress at https://www.kaggle.com/code/"
-          + metadata["id"])
-elif command == ["kernels", "status"]:
-    state["kernel_polls"] += 1
-    save()
-    status = "COMPLETE" if state["kernel_polls"] >= 3 else "RUNNING"
-    print(arguments[2] + ' has status "KernelWorkerStatus.' + status + '"')
-elif command == ["kernels", "output"]:
-    folder = Path(arguments[arguments.index("-p") + 1])
-    (folder / "runs" / "kaggle").mkdir(parents=True, exist_ok=True)
-    (folder / "submission.csv").write_text(Path(os.environ["STAND_IN_SUBMISSION"]).read_text())
-    (folder / "runs" / "kaggle" / "report.md").write_text("# report")
-    print("Output file downloaded to " + str(folder / "submission.csv"))
-else:
-    print("unexpected call: " + " ".join(arguments), file=sys.stderr)
-    sys.exit(2)
-'''
+# ---------------------------------------------------------------- reading the client's output
 
 
-@pytest.fixture
-def stand_in(tmp_path, monkeypatch):
-    """A stand-in `kaggle` in a virtual environment's bin/ beside the (pretended) interpreter, not on PATH, with
-    only KAGGLE_API_TOKEN as credentials. Returns its log file."""
-    venv_bin = tmp_path / "venv" / "bin"
-    venv_bin.mkdir(parents=True)
-    log = tmp_path / "calls.log"
-    script = venv_bin / "kaggle"
-    script.write_text(textwrap.dedent(STAND_IN).lstrip().format(python=sys.executable, state=str(tmp_path / "state.json"),
-                                                                 log=str(log)))
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    # The weights dataset the bundle attaches exists on "Kaggle" already, ready.
-    (tmp_path / "state.json").write_text(json.dumps({"datasets": {"someone/keras-weights": 5}, "kernel_polls": 0}))
-    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
-    return log
+HINT_404 = ("The resource was not found. Check the spelling of the reference you passed.\n"
+            "References are usually '<owner>/<slug>', which you can find in the resource's URL.\n"
+            "To search for one, try 'kaggle search <query>'.")
+HINT_403 = ("You don't have access to this resource.\nIf this is a competition, you may need to accept its rules first at\n"
+            "  https://www.kaggle.com/competitions/<competition>/rules")
 
+
+@pytest.mark.parametrize(("output", "line", "status"), [
+    (f"404 Client Error: Not Found for url: http://x/api\n\n{HINT_404}\n", "404 Client Error: Not Found for url: http://x/api", 404),
+    (f"Dataset not found\n\n{HINT_404}\n", "Dataset not found", 404),
+    (f"Permission 'datasets.get' was denied\n\n{HINT_403}\n", "Permission 'datasets.get' was denied", 403),
+    ("Not found\n", "Not found", None),
+    ("boom\n\nThis is a problem on Kaggle's side, not with your command. Please try again later.", "boom", 500),
+    ("Authentication required to call the Kaggle API.\n\nFirst, you will need a Kaggle account.",
+     "Authentication required to call the Kaggle API (the client found no usable credentials)", 401),
+    ("Could not find competition - please verify ...\n  Error: 404 Client Error: Not Found for url: u",
+     "Could not find competition - please verify ... (Error: 404 Client Error: Not Found for url: u)", 404),
+    ("The following are not valid competition sources and could not be added to the kernel: ['c']\n"
+     "Kernel version 2 successfully pushed.  Please check progress at https://www.kaggle.com/code/a/b",
+     "The following are not valid competition sources and could not be added to the kernel: ['c']", None),
+])
+def test_the_error_line_is_the_error_not_the_hint(output, line, status):
+    assert read_failure(output) == type(read_failure(""))(line, status)
+
+
+@pytest.mark.parametrize(("slug", "fits"), [
+    ("kul-h02a5a-computer-vision-ga2-2022", True), ("kul-computer-vision-ga-2-2025", True), (THIS_YEAR, True),
+    ("kul-computer-vision-ga-1-2026", False), ("kul-h02a5a-computer-vision-ga1-2022", False),
+    ("kul-computer-vision-ga-20-2026", False), ("titanic", False), ("computer-vision-ga-2-2026", False),
+])
+def test_only_assignment_2_slugs_fit(slug, fits):
+    assert is_assignment_2(slug) is fits
+
+
+def test_the_slug_is_the_last_segment_of_the_ref_and_exactly_one_must_fit():
+    assert slug_of(f"https://www.kaggle.com/competitions/{THIS_YEAR}/") == THIS_YEAR == slug_of(THIS_YEAR)
+    assert choose_competition(["titanic", "kul-computer-vision-ga-1-2026", THIS_YEAR]) == THIS_YEAR
+    with pytest.raises(KernelError, match=r"\(entered: titanic\).*--competition SLUG"):
+        choose_competition(["titanic"])
+    with pytest.raises(KernelError, match="several .*--competition SLUG"):
+        choose_competition(["kul-computer-vision-ga-2-2025", THIS_YEAR])
+
+
+# ---------------------------------------------------------------- the bundle
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return build_bundle(tmp_path_factory.mktemp("bundle"), "someone", weights_datasets=("someone/keras-weights",))
-
-
-def quick_cli():
-    return KaggleCli.ready(poll_seconds=0.01, wait_seconds=5)
+    return build_bundle(tmp_path_factory.mktemp("bundle"), "someone", THIS_YEAR, weights_datasets=("someone/keras-weights",))
 
 
 @pytest.mark.slow
@@ -248,61 +234,13 @@ def test_bundle_holds_wheels_and_metadata(bundle):
     assert metadata["kernel_type"] == "notebook" and metadata["enable_internet"] is True
     assert metadata["machine_shape"] == "NvidiaTeslaT4"
     assert metadata["dataset_sources"] == ["someone/voc-pipeline-wheels", "someone/keras-weights"]
-    assert metadata["competition_sources"] == ["kul-h02a5a-computer-vision-ga2-2022"]
+    assert metadata["competition_sources"] == [THIS_YEAR]
     assert json.loads((bundle / "dataset" / "dataset-metadata.json").read_text())["id"] == "someone/voc-pipeline-wheels"
     wheel = next((bundle / "dataset").glob("voc_pipeline-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "voc_pipeline/profiles/kaggle.toml" in names and "voc_pipeline/kernel/client.py" in names
     assert list((bundle / "dataset").glob("iterative_stratification-*.whl"))
     assert json.loads((bundle / "kernel" / "kernel.ipynb").read_text())["nbformat_minor"] == 5
-
-
-@pytest.mark.slow
-def test_a_push_with_the_cli_only_in_the_venv_and_only_a_token_waits_for_ready_datasets(bundle, stand_in, capsys):
-    pushed = push_bundle(bundle, cli=quick_cli())
-    assert pushed == {"kernel": "someone/voc-pipeline", "version": 3, "url": "https://www.kaggle.com/code/someone/voc-pipeline"}
-    calls = stand_in.read_text().splitlines()
-    assert calls[:2] == ["datasets status someone/voc-pipeline-wheels",  # 404: a new dataset
-                         f"datasets create -p {bundle / 'dataset'} --dir-mode zip"]
-    assert calls[-2:] == ["datasets status someone/keras-weights", f"kernels push -p {bundle / 'kernel'}"]
-    output = capsys.readouterr().out
-    assert output.index("dataset someone/voc-pipeline-wheels: running") < output.index("dataset someone/voc-pipeline-wheels: ready")
-    assert TOKEN not in output + stand_in.read_text()
-    # A second push adds a version and waits again.
-    push_bundle(bundle, cli=quick_cli())
-    assert any(call.startswith("datasets version -p") for call in stand_in.read_text().splitlines())
-
-
-@pytest.mark.slow
-def test_a_rejected_push_fails_with_the_fix(bundle, stand_in, monkeypatch, capsys):
-    monkeypatch.setenv("STAND_IN_REJECT", "1")
-    assert main(["kernel", "push", "--bundle", str(bundle), "--poll", "0.01", "--timeout", "5"]) == 2
-    error = capsys.readouterr().err
-    assert "The following are not valid competition sources" in error and "join the competition" in error
-    assert TOKEN not in error
-
-
-@pytest.mark.slow
-def test_a_push_without_credentials_names_them_and_calls_nothing(bundle, stand_in, monkeypatch, capsys):
-    monkeypatch.delenv("KAGGLE_API_TOKEN")
-    assert main(["kernel", "push", "--bundle", str(bundle)]) == 2
-    assert "no Kaggle credentials found: create an API token" in capsys.readouterr().err
-    assert not stand_in.exists()
-
-
-@pytest.mark.slow
-def test_status_waits_for_the_run_and_output_fetches_a_valid_submission(bundle, stand_in, demo_root, tmp_path,
-                                                                        monkeypatch, capsys):
-    monkeypatch.setenv("STAND_IN_SUBMISSION", str(demo_root / "solution.csv"))
-    push_bundle(bundle, cli=quick_cli())
-    assert main(["kernel", "status", "--bundle", str(bundle), "--poll", "0.01", "--timeout", "5"]) == 0
-    output = capsys.readouterr().out
-    assert "kernel someone/voc-pipeline: running" in output and "kernel someone/voc-pipeline: complete" in output
-    runs = tmp_path / "runs"
-    assert main(["kernel", "output", "--bundle", str(bundle), "--runs-dir", str(runs), "--data", str(demo_root)]) == 0
-    output = capsys.readouterr().out
-    assert (runs / "kaggle-3" / "submission.csv").exists() and "16 rows, valid" in output
-    assert f"report: {runs / 'kaggle-3' / 'runs' / 'kaggle' / 'report.md'}" in output
 
 
 # ---------------------------------------------------------------- ImageNet weights
@@ -377,14 +315,6 @@ def test_kernel_runs_end_to_end_on_kaggles_stack_and_a_simulated_kaggle_tree(bun
     assert result["valid"] and result["rows"] == 12 and result["files"] < 500
     assert result["python"].startswith(read_image().python) or shutil.which("pyenv") is None
     assert "installing from" in result["output"] and "stray" not in result["output"]
-
-
-@pytest.mark.slow
-def test_an_attached_dataset_that_is_not_on_kaggle_stops_the_push_before_it(bundle, stand_in, tmp_path):
-    (tmp_path / "state.json").write_text(json.dumps({"datasets": {}, "kernel_polls": 0}))
-    with pytest.raises(KernelError, match="dataset someone/keras-weights, attached in .* is missing on Kaggle: upload it first"):
-        push_bundle(bundle, cli=quick_cli())
-    assert not any(call.startswith("kernels push") for call in stand_in.read_text().splitlines())
 
 
 def internet_reachable() -> bool:

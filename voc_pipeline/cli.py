@@ -99,14 +99,21 @@ def command_kernel(arguments) -> int:
 
     action = arguments.kernel_command
     if action == "build":
-        bundle.build_bundle(arguments.output, arguments.username, arguments.competition, tuple(arguments.weights_dataset),
-                            not arguments.no_gpu, not arguments.no_internet)
+        from voc_pipeline.kernel.competition import resolve_competition
+
+        # What can be checked here comes before Kaggle is asked which competition this is.
+        bundle.check_build_arguments(arguments.output, arguments.username, tuple(arguments.weights_dataset),
+                                     not arguments.no_internet)
+        bundle.build_bundle(arguments.output, arguments.username, resolve_competition(arguments.competition),
+                            tuple(arguments.weights_dataset), not arguments.no_gpu, not arguments.no_internet)
     elif action == "push":
         client.push_bundle(arguments.bundle, arguments.weights,
-                           client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout))
+                           client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout),
+                           arguments.competition)
     elif action == "status":
         client.follow_kernel(arguments.bundle, arguments.kernel,
-                             client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout))
+                             client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout),
+                             arguments.competition)
     elif action == "output":
         from voc_pipeline.data.competition import find_data_root
         from voc_pipeline.errors import DataError
@@ -115,7 +122,8 @@ def command_kernel(arguments) -> int:
             test_root = find_data_root(arguments.data)
         except DataError:
             test_root = None
-        client.fetch_kernel_output(arguments.bundle, arguments.runs_dir, test_root, arguments.kernel)
+        client.fetch_kernel_output(arguments.bundle, arguments.runs_dir, test_root, arguments.kernel,
+                                   competition=arguments.competition)
     elif action == "weights":
         command_kernel_weights(arguments)
     elif action == "stack":
@@ -124,6 +132,38 @@ def command_kernel(arguments) -> int:
     else:
         stack.check_kernel(arguments.bundle, arguments.data, tuple(arguments.assignments), arguments.profile,
                            arguments.stack)
+    return 0
+
+
+def command_kernel_submit(arguments) -> int:
+    """Submit the pushed version's validated output to the competition and wait for its score."""
+    from voc_pipeline.kernel import client
+
+    client.submit_kernel_output(arguments.bundle, arguments.runs_dir, arguments.competition, arguments.message,
+                                client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout))
+    return 0
+
+
+def command_kernel_credentials(arguments) -> int:
+    """Say which Kaggle credentials the client will use, or what is wrong with those present."""
+    from voc_pipeline.errors import KernelError
+    from voc_pipeline.kernel.credentials import check_credentials
+
+    check = check_credentials()
+    if not check.found:
+        raise KernelError(check.explain())
+    print(f"Kaggle credentials: {', '.join(check.found)} (by name only: no value is read out)")
+    return 0
+
+
+def command_data_download(arguments) -> int:
+    """Download this year's competition data through the kaggle client, checked and unpacked."""
+    from voc_pipeline.kernel.client import KaggleCli
+    from voc_pipeline.kernel.competition import resolve_competition
+    from voc_pipeline.kernel.download import download_competition_data
+
+    cli = KaggleCli.ready()
+    download_competition_data(arguments.directory, resolve_competition(arguments.competition, cli), cli)
     return 0
 
 
@@ -230,6 +270,10 @@ def command_bench(arguments) -> int:
     return 0
 
 
+COMPETITION_HELP = ("this year's competition slug, e.g. kul-computer-vision-ga-2-2026 (default: the KU Leuven "
+                    "computer vision group assignment 2 competition among those you entered, asked from Kaggle)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from voc_pipeline.graph import STAGE_NAMES, STAGES
 
@@ -261,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     from_voc.add_argument("--seed", type=int, default=0)
     from_voc.add_argument("--force", action="store_true", help="replace an existing output folder")
     from_voc.set_defaults(handler=command_data_from_voc)
+    download = data_commands.add_parser("download", help="download the competition's data with the kaggle client, "
+                                                         "check its layout and unpack it into DIR")
+    download.add_argument("directory", type=Path, metavar="DIR")
+    download.add_argument("--competition", metavar="SLUG", help=COMPETITION_HELP)
+    download.set_defaults(handler=command_data_download)
     for stage in STAGES:
         group = data_commands if stage.command[0] == "data" else commands
         stage_parser = group.add_parser(stage.command[-1], help=f"stage {stage.name}: {stage.summary}")
@@ -282,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = kernel_commands.add_parser("build", help="write the wheel dataset and the notebook kernel into a folder")
     build.add_argument("--output", type=Path, default=Path("kaggle/bundle"))
     build.add_argument("--username", required=True, help="your Kaggle user name (owner of the dataset and kernel)")
-    build.add_argument("--competition", default="kul-h02a5a-computer-vision-ga2-2022", help="competition slug")
+    build.add_argument("--competition", metavar="SLUG", help=COMPETITION_HELP)
     build.add_argument("--weights-dataset", action="append", default=[], metavar="OWNER/NAME",
                        help="a dataset with Keras ImageNet weight files to attach (repeatable)")
     build.add_argument("--no-gpu", action="store_true", help="run the kernel without a GPU (default: two T4s)")
@@ -294,12 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--weights", type=Path, help="also upload this weights dataset folder (from `kernel weights`)")
     push.add_argument("--poll", type=float, default=10.0, help="seconds between checks of a dataset's status")
     push.add_argument("--timeout", type=float, default=900.0, help="seconds to wait at most for a dataset to be ready")
+    push.add_argument("--competition", metavar="SLUG", help="must be the one the bundle was built for (default: it)")
     push.set_defaults(handler=command_kernel)
     status = kernel_commands.add_parser("status", help="wait for the pushed kernel's run to end, showing its state")
     status.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
     status.add_argument("--kernel", metavar="OWNER/SLUG", help="another kernel than the bundle's")
     status.add_argument("--poll", type=float, default=60.0, help="seconds between checks")
     status.add_argument("--timeout", type=float, default=12 * 3600.0, help="seconds to wait at most")
+    status.add_argument("--competition", metavar="SLUG", help="must be the one the bundle was built for (default: it)")
     status.set_defaults(handler=command_kernel)
     output = kernel_commands.add_parser("output", help="download the kernel's output into runs/kaggle-<version>/ "
                                                        "and validate its submission")
@@ -307,7 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--kernel", metavar="OWNER/SLUG", help="another kernel than the bundle's")
     output.add_argument("--runs-dir", type=Path, default=Path("runs"))
     output.add_argument("--data", help="competition data root to check the submission against (default: found)")
+    output.add_argument("--competition", metavar="SLUG", help="must be the one the bundle was built for (default: it)")
     output.set_defaults(handler=command_kernel)
+    submit = kernel_commands.add_parser("submit", help="submit the pushed version's validated submission.csv to the "
+                                                       "competition, wait for its score, save kaggle_score.json")
+    submit.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
+    submit.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    submit.add_argument("--competition", metavar="SLUG", help="must be the one the bundle was built for (default: it)")
+    submit.add_argument("--message", "-m", help="the submission's description (default: the kernel and version)")
+    submit.add_argument("--poll", type=float, default=15.0, help="seconds between checks of the submission's status")
+    submit.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait at most for the score")
+    submit.set_defaults(handler=command_kernel_submit)
+    credentials = kernel_commands.add_parser("credentials", help="say which Kaggle credentials the kaggle client "
+                                                                 "will use, or what is wrong with those present")
+    credentials.set_defaults(handler=command_kernel_credentials)
     weights = kernel_commands.add_parser("weights", help="list, fetch (with internet) or verify the ImageNet weight "
                                                          "files a profile needs, as a Kaggle dataset folder")
     weights.add_argument("--profile", default="kaggle")

@@ -26,7 +26,6 @@ from voc_pipeline.files import atomic_directory, read_json_file, write_json_atom
 REPOSITORY = Path(__file__).resolve().parents[2]
 KERNEL_SOURCE = REPOSITORY / "kaggle" / "kernel.py"
 METADATA_TEMPLATE = REPOSITORY / "kaggle" / "kernel-metadata.json"
-DEFAULT_COMPETITION = "kul-h02a5a-computer-vision-ga2-2022"
 # Installed on Kaggle's image already: everything the package needs except these.
 EXTRA_WHEELS = ("iterative-stratification",)
 WHEELS_DATASET = "voc-pipeline-wheels"
@@ -124,15 +123,13 @@ def kernel_metadata(username: str, competition: str, datasets: list[str], enable
     return metadata
 
 
-def build_bundle(output: str | Path, username: str, competition: str = DEFAULT_COMPETITION,
-                 weights_datasets: tuple[str, ...] = (), enable_gpu: bool = True, enable_internet: bool = True) -> Path:
-    """Write `output/dataset` (wheels + dataset-metadata.json) and `output/kernel` (notebook + kernel-metadata.json).
+def check_build_arguments(output: str | Path, username: str, weights_datasets: tuple[str, ...],
+                          enable_internet: bool) -> None:
+    """Everything about a build that can be checked here, before Kaggle is asked which competition to build for.
 
-    Args:
-        username: the Kaggle user that owns the dataset and the kernel.
-        competition: the competition slug whose data the kernel mounts.
-        weights_datasets: slugs (owner/name) of datasets holding Keras ImageNet weight files.
-        enable_internet: let Keras download ImageNet weights; without it a weights dataset is required.
+    Raises:
+        KernelError: a user or dataset name Kaggle would refuse, no way to get weights, or an output folder holding
+            files the build did not write.
     """
     check_username(username)
     for slug in weights_datasets:
@@ -140,8 +137,24 @@ def build_bundle(output: str | Path, username: str, competition: str = DEFAULT_C
     if not enable_internet and not weights_datasets:
         raise KernelError("a kernel without internet cannot download ImageNet weights: attach them with "
                           "--weights-dataset OWNER/NAME (made by `voc-pipeline kernel weights`), or leave internet on")
+    check_replaceable(Path(output))
+
+
+def build_bundle(output: str | Path, username: str, competition: str,
+                 weights_datasets: tuple[str, ...] = (), enable_gpu: bool = True, enable_internet: bool = True) -> Path:
+    """Write `output/dataset` (wheels + dataset-metadata.json) and `output/kernel` (notebook + kernel-metadata.json).
+
+    Args:
+        username: the Kaggle user that owns the dataset and the kernel.
+        competition: the competition slug whose data the kernel mounts (this year's: there is no default); it is
+            recorded in kernel-metadata.json, which later commands read it from.
+        weights_datasets: slugs (owner/name) of datasets holding Keras ImageNet weight files.
+        enable_internet: let Keras download ImageNet weights; without it a weights dataset is required.
+    """
+    check_build_arguments(output, username, weights_datasets, enable_internet)
+    if not competition or "/" in competition:
+        raise KernelError(f"give this year's competition slug with --competition (got {competition!r})")
     output = Path(output)
-    check_replaceable(output)
     dataset_slug = f"{username}/{WHEELS_DATASET}"
     metadata = kernel_metadata(username, competition, [dataset_slug, *weights_datasets], enable_gpu, enable_internet)
     # Each folder is built beside its final place and replaces it only once whole; the mark is written
@@ -155,7 +168,7 @@ def build_bundle(output: str | Path, username: str, competition: str = DEFAULT_C
         write_json_atomic(kernel / "kernel-metadata.json", metadata)
     write_json_atomic(output / BUNDLE_MARKER, {"written_by": "voc-pipeline kernel build", "folders": list(BUNDLE_FOLDERS)})
     print(f"bundle in {output}: {len(wheels)} wheels ({', '.join(wheel.name for wheel in wheels)}), notebook and "
-          f"metadata ({'GPU T4 x2' if enable_gpu else 'CPU'}, internet {'on' if enable_internet else 'off'}, "
+          f"metadata (competition {competition}, {'GPU T4 x2' if enable_gpu else 'CPU'}, internet {'on' if enable_internet else 'off'}, "
           f"datasets {', '.join(metadata['dataset_sources'])})")
     return output
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from voc_pipeline.data.output_folder import KAGGLE_FILE_LIMIT, count_files
 from voc_pipeline.data.submission import validate_submission
 from voc_pipeline.errors import KernelError
-from voc_pipeline.kernel.bundle import DEFAULT_COMPETITION, REPOSITORY, WHEELS_DATASET
+from voc_pipeline.kernel.bundle import REPOSITORY, WHEELS_DATASET
 
 logger = logging.getLogger(__name__)
 
@@ -134,14 +134,20 @@ def layered_environment(base_python: Path, folder: Path) -> Path:
     return python
 
 
+def bundle_competition_slug(bundle: str | Path) -> str:
+    """The competition the bundle's kernel attaches (its kernel-metadata.json)."""
+    metadata = json.loads((Path(bundle) / "kernel" / "kernel-metadata.json").read_text())
+    return (metadata.get("competition_sources") or ["competition"])[0]
+
+
 def simulate_kaggle(bundle: str | Path, data_root: str | Path, simulation: str | Path,
-                    competition: str = DEFAULT_COMPETITION, mount: str = "competitions") -> Path:
+                    competition: str | None = None, mount: str = "competitions") -> Path:
     """A /kaggle-like tree: input/competitions/<competition> (the data), input/<wheels dataset>, an empty working/."""
     simulation = Path(simulation)
     if simulation.exists():
         shutil.rmtree(simulation)
     (simulation / "working").mkdir(parents=True)
-    shutil.copytree(data_root, simulation / "input" / mount / competition)
+    shutil.copytree(data_root, simulation / "input" / mount / (competition or bundle_competition_slug(bundle)))
     shutil.copytree(Path(bundle) / "dataset", simulation / "input" / WHEELS_DATASET)
     return simulation
 
@@ -171,7 +177,7 @@ def check_kernel(bundle: str | Path, data_root: str | Path, assignments: tuple[s
         if result.returncode:
             raise KernelError(f"the kernel failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         working = simulation / "working"
-        report = validate_submission(working / "submission.csv", simulation / "input" / "competitions" / DEFAULT_COMPETITION)
+        report = validate_submission(working / "submission.csv", simulation / "input" / "competitions" / bundle_competition_slug(bundle))
         files = count_files(working)
         if not report.valid or files >= KAGGLE_FILE_LIMIT:
             raise KernelError(f"kernel output is not acceptable: {files} files, problems: {report.problems}")
