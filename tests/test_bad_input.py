@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from voc_pipeline import artifacts, files
-from voc_pipeline.cli import forward_without_native_logs, main
+from voc_pipeline.cli import main
 from voc_pipeline.errors import ArtifactError
+from voc_pipeline.native_logs import forward_without_native_logs
 
 
 def one_line_error(capsys, *fragments: str) -> str:
@@ -359,7 +360,7 @@ def test_native_log_lines_are_dropped_and_the_rest_forwarded_as_written():
 # writes it. Which native lines TensorFlow itself prints depends on the CPU (oneDNN's, for one, only where it is on
 # by default), so the tests plant their own.
 PLANTED = "I0000 00:00:1795507564.083588   17021 port.cc:153] a planted native log line"
-PLANTING = ("import os, sys; from voc_pipeline.cli import quiet_tensorflow\n"
+PLANTING = ("import os, sys; from voc_pipeline.native_logs import quiet_tensorflow\n"
             "with quiet_tensorflow(sys.argv[1]):\n"
             f"    os.write(2, b'{PLANTED}\\n'); print('a line of the project', file=sys.stderr, flush=True)")
 

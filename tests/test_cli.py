@@ -60,3 +60,14 @@ def test_bench_submission_runs_and_prints_both_writers(capsys):
     assert main(["bench", "submission", "--images", "5", "--repeats", "1"]) == 0
     output = capsys.readouterr().out
     assert "run-based" in output and "reference" in output and "identical" in output
+
+
+def test_kernel_output_with_a_wrong_data_path_says_so_instead_of_checking_the_format_only(tmp_path, capsys):
+    """An explicit --data that is not a data root is an error; without --data the check may fall back to the
+    format alone (and says so)."""
+    missing = tmp_path / "no-such-data"
+    assert main(["kernel", "output", "--bundle", str(tmp_path / "bundle"), "--runs-dir", str(tmp_path / "runs"),
+                 "--data", str(missing)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and str(missing) in error[0]
+    assert not (tmp_path / "runs").exists()

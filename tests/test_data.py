@@ -144,3 +144,19 @@ def test_splits_are_stratified_deterministic_and_disjoint(demo_root, tmp_path):
 def test_positions_of_names_unknown_ids():
     with pytest.raises(ValueError, match=r"\[9\]"):
         positions_of(np.array([1, 2, 3]), np.array([2, 9]))
+
+
+def test_a_disagreement_between_csv_and_masks_is_warned_about_once_per_command(demo_root, tmp_path, caplog):
+
+    from voc_pipeline.data.competition import load_competition_data, summarize
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    frame = pd.read_csv(root / "train" / "train_set.csv", index_col="Id")
+    frame.iloc[0] = 1 - frame.iloc[0]
+    frame.to_csv(root / "train" / "train_set.csv")
+    with caplog.at_level(logging.WARNING):
+        train, _ = load_competition_data(root, show_progress=False)
+        summary = summarize(train)
+    assert summary["label_mask_disagreements"] == 1
+    assert sum("disagree with their masks" in record.getMessage() for record in caplog.records) == 1

@@ -4,9 +4,10 @@ import pytest
 import tensorflow as tf
 
 from voc_pipeline.config import build_config
+from voc_pipeline.core.classes import VOID_LABEL
 from voc_pipeline.errors import BackboneError, ConfigError
 from voc_pipeline.models.backbones import BACKBONES
-from voc_pipeline.models.input_pipeline import IGNORE_LABEL, random_scale_crop_flip, segmentation_dataset
+from voc_pipeline.models.input_pipeline import random_scale_crop_flip, segmentation_dataset
 from voc_pipeline.models.losses import SegmentationLoss
 from voc_pipeline.models.segmenter import (
     build_segmenter,
@@ -42,7 +43,7 @@ def test_output_is_21_logits_at_any_size_the_output_stride_divides(backbone, out
 @pytest.mark.parametrize("backbone", ["resnet50v2", "efficientnetv2_s"])
 def test_strong_backbones_build_train_a_step_predict_and_reload(backbone, tmp_path):
     model = small_segmenter(backbone)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=SegmentationLoss(21, IGNORE_LABEL, 0.5))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=SegmentationLoss(21, VOID_LABEL, 0.5))
     rng = np.random.default_rng(0)
     images, masks = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8), rng.integers(0, 21, (2, 64, 64))
     history = model.fit(images, masks, epochs=1, batch_size=2, verbose=0)
@@ -78,12 +79,12 @@ def test_config_refuses_a_size_the_output_stride_does_not_divide():
 def test_loss_ignores_ignore_pixels():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 21, size=(2, 8, 8)).astype(np.int32)
-    labels[:, :3] = IGNORE_LABEL
+    labels[:, :3] = VOID_LABEL
     logits = rng.normal(size=(2, 8, 8, 21)).astype(np.float32)
     changed = logits.copy()
     changed[:, :3] = rng.normal(size=(2, 3, 8, 21)) * 10  # predictions on ignored pixels do not matter
     for dice_weight in (0.0, 0.5):
-        loss = SegmentationLoss(21, IGNORE_LABEL, dice_weight)
+        loss = SegmentationLoss(21, VOID_LABEL, dice_weight)
         assert float(loss(labels, logits)) == pytest.approx(float(loss(labels, changed)), rel=1e-6)
     # Without the Dice term it equals plain cross-entropy over the kept pixels only.
     kept = labels[:, 3:]
@@ -141,12 +142,12 @@ def test_joint_augmentation_keeps_image_and_mask_aligned():
         augmented_image, augmented_mask, _ = random_scale_crop_flip(
             tf.constant(image), tf.constant(mask[..., None]), tf.constant([seed, 7]), 96, (0.5, 1.5))
         augmented_image, augmented_mask = augmented_image.numpy(), augmented_mask.numpy()[..., 0]
-        kept = augmented_mask != IGNORE_LABEL
+        kept = augmented_mask != VOID_LABEL
         decoded = np.round(augmented_image[..., 0] / 20)
         agreement = (decoded == augmented_mask)[kept].mean()
         misaligned = (decoded[:, ::-1] == augmented_mask)[kept].mean()
         assert agreement > 0.9 and misaligned < 0.5, (seed, agreement, misaligned)
-        assert set(np.unique(augmented_mask)) <= set(range(12)) | {IGNORE_LABEL}, "nearest neighbour only"
+        assert set(np.unique(augmented_mask)) <= set(range(12)) | {VOID_LABEL}, "nearest neighbour only"
 
 
 def test_images_smaller_than_the_crop_are_padded_with_ignore():
@@ -154,11 +155,11 @@ def test_images_smaller_than_the_crop_are_padded_with_ignore():
     masks = [np.ones((10, 6), np.uint8), np.full((30, 50), 2, np.uint8)]
     batch_images, batch_masks = next(iter(segmentation_dataset(images, masks, np.arange(2), 32, 2, training=True, seed=0)))
     assert batch_images.shape == (2, 32, 32, 3) and batch_masks.shape == (2, 32, 32)
-    assert (batch_masks.numpy() == IGNORE_LABEL).any()
+    assert (batch_masks.numpy() == VOID_LABEL).any()
     evaluation_images, evaluation_masks = next(iter(segmentation_dataset(images, masks, np.arange(2), 32, 2, training=False)))
     # Letterboxed: the 10 x 6 image fills 32 x 19 (rounded) and the rest is padding.
-    assert set(np.unique(evaluation_masks.numpy()[0])) == {1, IGNORE_LABEL}
-    assert (evaluation_masks.numpy()[0][:, :19] == 1).all() and (evaluation_masks.numpy()[0][:, 20:] == IGNORE_LABEL).all()
+    assert set(np.unique(evaluation_masks.numpy()[0])) == {1, VOID_LABEL}
+    assert (evaluation_masks.numpy()[0][:, :19] == 1).all() and (evaluation_masks.numpy()[0][:, 20:] == VOID_LABEL).all()
 
 
 def test_saved_segmenter_loads_and_predicts_identically(tmp_path):

@@ -131,7 +131,8 @@ def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, f
     pipeline and on one in-memory batch, and prediction including the resize back to original sizes."""
     import keras
 
-    from voc_pipeline.models.input_pipeline import IGNORE_LABEL, segmentation_dataset
+    from voc_pipeline.core.classes import VOID_LABEL
+    from voc_pipeline.models.input_pipeline import segmentation_dataset
     from voc_pipeline.models.losses import SegmentationLoss
     from voc_pipeline.models.segmenter import predict_label_maps, segmenter_from_config
     from voc_pipeline.models.training import seed_everything
@@ -142,7 +143,7 @@ def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, f
     images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(num_images)]
     masks = voc_like_label_maps(num_images, config.seed)
     model = segmenter_from_config(settings, weights="none")
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=SegmentationLoss(NUM_CLASSES + 1, IGNORE_LABEL))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=SegmentationLoss(NUM_CLASSES + 1, VOID_LABEL))
     pipeline = segmentation_dataset(images, masks, np.arange(num_images), settings.image_size, settings.batch_size,
                                     training=True, seed=config.seed).repeat()
     batch_size = settings.batch_size
@@ -295,9 +296,8 @@ def measured_step_seconds(model, loss, batch: tuple[np.ndarray, np.ndarray]) -> 
 def bench_estimate(config) -> dict[str, float]:
     """A measured training step of each head here, and an ESTIMATE of the profile's full run on Kaggle's two
     T4s from the heads' counted FLOPs (training = 3x forward, every planned epoch run, no early stop)."""
-    from voc_pipeline.core.classes import NUM_CLASSES
+    from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
     from voc_pipeline.models.classifier import classifier_from_config
-    from voc_pipeline.models.input_pipeline import IGNORE_LABEL
     from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
     from voc_pipeline.models.segmenter import segmenter_from_config
 
@@ -313,7 +313,7 @@ def bench_estimate(config) -> dict[str, float]:
         (rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), (rng.random((batch, NUM_CLASSES)) < 0.1).astype("float32")))
     size, batch = segmenter_settings.image_size, segmenter_settings.batch_size
     figures["segmenter_step_seconds_here"] = measured_step_seconds(
-        segmenter, SegmentationLoss(NUM_CLASSES + 1, IGNORE_LABEL, segmenter_settings.dice_weight),
+        segmenter, SegmentationLoss(NUM_CLASSES + 1, VOID_LABEL, segmenter_settings.dice_weight),
         (rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), rng.integers(0, NUM_CLASSES + 1, (batch, size, size))))
 
     fit_images = COMPETITION_TRAIN_IMAGES * (1 - config.data.validation_fraction)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
-import re
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from voc_pipeline import __version__
 from voc_pipeline.config import apply_overrides, available_profiles, build_config, config_to_toml, validate_config
 from voc_pipeline.errors import VocPipelineError
+from voc_pipeline.native_logs import quiet_tensorflow
 
 logger = logging.getLogger("voc_pipeline")
 
@@ -94,44 +91,67 @@ def command_status(arguments) -> int:
     return 0
 
 
-def command_kernel(arguments) -> int:
-    from voc_pipeline.kernel import bundle, client, stack
+def command_kernel_build(arguments) -> int:
+    """Write the wheel dataset and the notebook kernel; local checks come before Kaggle is asked for the slug."""
+    from voc_pipeline.kernel import bundle
+    from voc_pipeline.kernel.competition import resolve_competition
 
-    action = arguments.kernel_command
-    if action == "build":
-        from voc_pipeline.kernel.competition import resolve_competition
+    enable_internet = not arguments.no_internet
+    bundle.check_build_arguments(arguments.output, arguments.username, tuple(arguments.weights_dataset), enable_internet)
+    bundle.build_bundle(arguments.output, arguments.username, resolve_competition(arguments.competition),
+                        tuple(arguments.weights_dataset), not arguments.no_gpu, enable_internet)
+    return 0
 
-        # What can be checked here comes before Kaggle is asked which competition this is.
-        bundle.check_build_arguments(arguments.output, arguments.username, tuple(arguments.weights_dataset),
-                                     not arguments.no_internet)
-        bundle.build_bundle(arguments.output, arguments.username, resolve_competition(arguments.competition),
-                            tuple(arguments.weights_dataset), not arguments.no_gpu, not arguments.no_internet)
-    elif action == "push":
-        client.push_bundle(arguments.bundle, arguments.weights,
-                           client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout),
-                           arguments.competition)
-    elif action == "status":
-        client.follow_kernel(arguments.bundle, arguments.kernel,
-                             client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout),
-                             arguments.competition)
-    elif action == "output":
-        from voc_pipeline.data.competition import find_data_root
-        from voc_pipeline.errors import DataError
 
+def command_kernel_push(arguments) -> int:
+    from voc_pipeline.kernel import client
+
+    client.push_bundle(arguments.bundle, arguments.weights,
+                       client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout),
+                       arguments.competition)
+    return 0
+
+
+def command_kernel_status(arguments) -> int:
+    from voc_pipeline.kernel import client
+
+    client.follow_kernel(arguments.bundle, arguments.kernel,
+                         client.KaggleCli.ready(poll_seconds=arguments.poll, wait_seconds=arguments.timeout),
+                         arguments.competition)
+    return 0
+
+
+def command_kernel_output(arguments) -> int:
+    """Fetch and validate the kernel's output; against --data when given (a wrong --data is an error, not a
+    silent format-only check), else against data found as for the stages, else for format only."""
+    from voc_pipeline.data.competition import find_data_root
+    from voc_pipeline.errors import DataError
+    from voc_pipeline.kernel import client
+
+    if arguments.data:
+        test_root = find_data_root(arguments.data)
+    else:
         try:
-            test_root = find_data_root(arguments.data)
+            test_root = find_data_root(None)
         except DataError:
             test_root = None
-        client.fetch_kernel_output(arguments.bundle, arguments.runs_dir, test_root, arguments.kernel,
-                                   competition=arguments.competition)
-    elif action == "weights":
-        command_kernel_weights(arguments)
-    elif action == "stack":
-        python = stack.build_stack_environment(arguments.output or stack.STACK_ENVIRONMENT)
-        print(f"Kaggle's stack: {python} (Python {stack.python_version_of(python)})")
-    else:
-        stack.check_kernel(arguments.bundle, arguments.data, tuple(arguments.assignments), arguments.profile,
-                           arguments.stack)
+    client.fetch_kernel_output(arguments.bundle, arguments.runs_dir, test_root, arguments.kernel,
+                               competition=arguments.competition)
+    return 0
+
+
+def command_kernel_stack(arguments) -> int:
+    from voc_pipeline.kernel import stack
+
+    python = stack.build_stack_environment(arguments.output or stack.STACK_ENVIRONMENT)
+    print(f"Kaggle's stack: {python} (Python {stack.python_version_of(python)})")
+    return 0
+
+
+def command_kernel_check(arguments) -> int:
+    from voc_pipeline.kernel import stack
+
+    stack.check_kernel(arguments.bundle, arguments.data, tuple(arguments.assignments), arguments.profile, arguments.stack)
     return 0
 
 
@@ -337,21 +357,21 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-gpu", action="store_true", help="run the kernel without a GPU (default: two T4s)")
     build.add_argument("--no-internet", action="store_true",
                        help="turn the kernel's internet off (then --weights-dataset is required)")
-    build.set_defaults(handler=command_kernel)
+    build.set_defaults(handler=command_kernel_build)
     push = kernel_commands.add_parser("push", help="upload the datasets, wait until they are ready, push the kernel")
     push.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
     push.add_argument("--weights", type=Path, help="also upload this weights dataset folder (from `kernel weights`)")
     push.add_argument("--poll", type=float, default=10.0, help="seconds between checks of a dataset's status")
     push.add_argument("--timeout", type=float, default=900.0, help="seconds to wait at most for a dataset to be ready")
     push.add_argument("--competition", metavar="SLUG", help="must be the one the bundle was built for (default: it)")
-    push.set_defaults(handler=command_kernel)
+    push.set_defaults(handler=command_kernel_push)
     status = kernel_commands.add_parser("status", help="wait for the pushed kernel's run to end, showing its state")
     status.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
     status.add_argument("--kernel", metavar="OWNER/SLUG", help="another kernel than the bundle's")
     status.add_argument("--poll", type=float, default=60.0, help="seconds between checks")
     status.add_argument("--timeout", type=float, default=12 * 3600.0, help="seconds to wait at most")
     status.add_argument("--competition", metavar="SLUG", help="must be the one the bundle was built for (default: it)")
-    status.set_defaults(handler=command_kernel)
+    status.set_defaults(handler=command_kernel_status)
     output = kernel_commands.add_parser("output", help="download the kernel's output into runs/kaggle-<version>/ "
                                                        "and validate its submission")
     output.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
@@ -359,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--runs-dir", type=Path, default=Path("runs"))
     output.add_argument("--data", help="competition data root to check the submission against (default: found)")
     output.add_argument("--competition", metavar="SLUG", help="must be the one the bundle was built for (default: it)")
-    output.set_defaults(handler=command_kernel)
+    output.set_defaults(handler=command_kernel_output)
     submit = kernel_commands.add_parser("submit", help="submit the pushed version's validated submission.csv to the "
                                                        "competition, wait for its score, save kaggle_score.json")
     submit.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
@@ -380,11 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--username", default="YOUR_KAGGLE_USERNAME", help="owner of the weights dataset")
     weights.add_argument("--force", action="store_true", help="replace an existing output folder")
     weights.add_argument("--verify", action="store_true", help="only check that Keras's cache holds every file")
-    weights.set_defaults(handler=command_kernel)
+    weights.set_defaults(handler=command_kernel_weights)
     stack_parser = kernel_commands.add_parser("stack", help="build .venv-kaggle from kaggle/image.toml (Kaggle's "
                                                             "Python, TensorFlow and Keras)")
     stack_parser.add_argument("--output", type=Path, help="the environment's folder (default: .venv-kaggle in the checkout)")
-    stack_parser.set_defaults(handler=command_kernel)
+    stack_parser.set_defaults(handler=command_kernel_stack)
     check = kernel_commands.add_parser("check", help="run the bundle's kernel against a simulated /kaggle tree")
     check.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
     check.add_argument("--data", type=Path, required=True, help="data root to mount as the competition input")
@@ -392,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
     check.add_argument("--stack", choices=["kaggle", "local"], default="kaggle",
                        help="Kaggle's versions from kaggle/image.toml (default) or this environment's")
-    check.set_defaults(handler=command_kernel)
+    check.set_defaults(handler=command_kernel_check)
 
     config = commands.add_parser("config", help="print the resolved configuration as TOML")
     add_config_arguments(config)
@@ -428,63 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     bench.set_defaults(handler=command_bench)
     return parser
-
-
-# TensorFlow's native start-up and kernel-selection lines (absl's format), which a user cannot act on.
-NATIVE_LOG_LINE = re.compile(rb"(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ "
-                             rb"[\w.]+:\d+\]|To enable the following instructions: )")
-NATIVE_LOG_STARTS = (b"WARNING: All log messages", b"I0000", b"W0000", b"E0000", b"To enable the following")
-
-
-def forward_without_native_logs(source: int, destination: int) -> None:
-    """Copy bytes from `source` to `destination` until EOF, dropping TensorFlow's native log lines.
-
-    Text is forwarded as soon as it cannot be the start of such a line, so progress bars that redraw
-    with carriage returns keep appearing as they are drawn.
-    """
-    pending = b""
-    while chunk := os.read(source, 65536):
-        pending += chunk
-        while pending:
-            cut = min((index for index in (pending.find(b"\n"), pending.find(b"\r")) if index >= 0), default=-1)
-            if cut < 0:
-                if not any(start.startswith(pending[:len(start)]) for start in NATIVE_LOG_STARTS):
-                    os.write(destination, pending)
-                    pending = b""
-                break
-            segment, pending = pending[:cut + 1], pending[cut + 1:]
-            if not NATIVE_LOG_LINE.match(segment):
-                os.write(destination, segment)
-    if pending and not NATIVE_LOG_LINE.match(pending):
-        os.write(destination, pending)
-
-
-@contextlib.contextmanager
-def quiet_tensorflow(log_level: str):
-    """Keep TensorFlow's native log lines out of the output, unless the user set TF_CPP_MIN_LOG_LEVEL or asked
-    for --log-level DEBUG: the level is set before TensorFlow is imported, and since TensorFlow 2.20+ writes
-    some lines before its logging reads it, those are also filtered from the process's stderr."""
-    if log_level == "DEBUG" or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        yield
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    read_end, write_end = os.pipe()
-    original = os.dup(2)
-    sys.stderr.flush()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-    forwarder = threading.Thread(target=forward_without_native_logs, args=(read_end, original), daemon=True)
-    forwarder.start()
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(original, 2)  # the pipe's last writer closes: the forwarder drains it and stops
-        forwarder.join(timeout=10)
-        os.close(read_end)
-        os.close(original)
-        del os.environ["TF_CPP_MIN_LOG_LEVEL"]
 
 
 class Interrupted(KeyboardInterrupt):

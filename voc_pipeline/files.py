@@ -174,15 +174,6 @@ def write_json_atomic(target: str | os.PathLike, payload) -> Path:
     return write_text_atomic(target, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
-def save_npy_atomic(target: str | os.PathLike, array: np.ndarray) -> Path:
-    """Save one array as .npy atomically (never pickled)."""
-    array = np.asarray(array)
-    with atomic_path(target, needed=array.nbytes + 128) as temporary:
-        with open(temporary, "wb") as stream:
-            np.save(stream, array, allow_pickle=False)
-    return Path(target)
-
-
 def save_npz_atomic(target: str | os.PathLike, **arrays: np.ndarray) -> Path:
     """Save named arrays as a compressed .npz atomically."""
     with atomic_path(target) as temporary:

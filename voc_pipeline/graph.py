@@ -40,7 +40,7 @@ class Stage:
     Attributes:
         name: the stage's name (`voc-pipeline run --until NAME`).
         command: its own command-line words.
-        function: "module:function" of `run_<stage>(config) -> dict of figures`.
+        function: "module:function" of `run_<stage>(config) -> dict of metrics` (saved as metrics/<stage>.json).
         summary: one line for --help and the README.
         config_keys: the configuration sections or dotted keys it reads; the stage runs on a ConfigView that
             refuses any other key (voc_pipeline.config_view), so this list is its cache key's exact scope.
@@ -289,7 +289,7 @@ def file_identity(path: Path) -> tuple[int, int]:
 
 
 def execute(config: Config, stage: Stage) -> dict:
-    """Run one stage now and record what it read and wrote; returns its figures.
+    """Run one stage now and record what it read and wrote; returns its metrics.
 
     Every folder it writes is checked first, so a bad folder fails before any file changes. Its record is
     written only when it has finished: an attempt that fails leaves the earlier record, which stays current
@@ -306,8 +306,8 @@ def execute(config: Config, stage: Stage) -> dict:
     earlier = {path: file_identity(path) for path in output_paths(config, stage) if path.is_relative_to(run_dir)}
     started = time.perf_counter()
     view = ConfigView(config, stage.name, stage.config_keys)
-    figures = import_function(stage.function)(view)
-    write_json_atomic(artifacts.metrics(stage.name).path(run_dir), figures)
+    metrics = import_function(stage.function)(view)
+    write_json_atomic(artifacts.metrics(stage.name).path(run_dir), metrics)
     for path, identity in earlier.items():
         if path.exists() and file_identity(path) == identity:
             path.unlink()
@@ -315,7 +315,7 @@ def execute(config: Config, stage: Stage) -> dict:
     write_record(run_dir, stage.name, {**record, "finished": now(), "seconds": round(time.perf_counter() - started, 1),
                                        "key": input_key(inputs), "inputs": inputs, "outputs": outputs,
                                        "config_read": view.reads})
-    return figures
+    return metrics
 
 
 def run_stage(config: Config, name: str, force: bool = False) -> str:

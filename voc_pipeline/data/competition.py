@@ -299,14 +299,19 @@ def warn_about_unlisted_arrays(split_dir: Path, split: str, ids: np.ndarray) -> 
     return unlisted
 
 
-def report_mask_consistency(image_set: ImageSet) -> dict[str, int]:
-    """Warn about void pixels and CSV labels that disagree with their masks; return the counts.
+def mask_consistency(image_set: ImageSet) -> tuple[int, np.ndarray]:
+    """(number of masks keeping void pixels, positions of images whose CSV labels disagree with their masks)."""
+    void_images = sum(bool((mask == VOID_LABEL).any()) for mask in image_set.masks)
+    mask_labels = np.stack([labels_from_mask(mask) for mask in image_set.masks]) if len(image_set) else image_set.labels
+    return void_images, np.flatnonzero((mask_labels != image_set.labels).any(axis=1))
+
+
+def report_mask_consistency(image_set: ImageSet) -> None:
+    """Warn (once, when the split is loaded) about void pixels and CSV labels that disagree with their masks.
 
     Classification trusts the CSV and segmentation the mask, so a disagreement is a warning, not an error.
     """
-    void_images = sum(bool((mask == VOID_LABEL).any()) for mask in image_set.masks)
-    mask_labels = np.stack([labels_from_mask(mask) for mask in image_set.masks]) if len(image_set) else image_set.labels
-    disagreeing = np.flatnonzero((mask_labels != image_set.labels).any(axis=1))
+    void_images, disagreeing = mask_consistency(image_set)
     if void_images:
         logger.info("%s: %d masks keep void (%d) pixels; the segmenter ignores them",
                     image_set.name, void_images, VOID_LABEL)
@@ -315,7 +320,6 @@ def report_mask_consistency(image_set: ImageSet) -> dict[str, int]:
                        "classification uses the CSV, segmentation the mask",
                        image_set.name, disagreeing.size, image_set.ids[disagreeing[:5]].tolist(),
                        " ..." if disagreeing.size > 5 else "")
-    return {"void_images": void_images, "label_mask_disagreements": int(disagreeing.size)}
 
 
 def load_competition_data(root: str | Path, show_progress: bool = True) -> tuple[ImageSet, ImageSet]:
@@ -356,7 +360,8 @@ def summarize(image_set: ImageSet) -> dict:
     if image_set.masks is not None:
         summary["images_per_class"] = dict(zip(image_set.class_names, image_set.labels.sum(0).tolist()))
         summary["images_without_class"] = int((image_set.labels.sum(1) == 0).sum())
-        summary.update(report_mask_consistency(image_set))
+        void_images, disagreeing = mask_consistency(image_set)
+        summary.update({"void_images": void_images, "label_mask_disagreements": int(disagreeing.size)})
     return summary
 
 

@@ -83,6 +83,14 @@ def plan_weights(config: Config) -> list[WeightFile]:
             # Dense prediction uses the 224 px weights at any size, as Keras warns; that is intended here.
             warnings.filterwarnings("ignore", message=".*will be loaded as the default", category=UserWarning)
             build_backbone(backbone, image_size, "imagenet", width_multiplier, pretrained_size_only=not dense)
+        if not recorded:
+            import keras
+
+            # The recording patches a private Keras function (keras.src.utils.file_utils.get_file, Keras 3.3 to 3.15);
+            # a Keras that fetches weights another way must not yield an empty plan that looks complete.
+            raise KernelError(f"Keras {keras.__version__} built the {used_by}'s {backbone} without asking "
+                              f"keras.src.utils.file_utils.get_file for its ImageNet weights, so this plan cannot list "
+                              f"them; attach the weight files by hand (see the README's three options) or use weights=none")
         for entry in recorded:
             known = plan.get(entry["fname"])
             plan[entry["fname"]] = WeightFile(**entry, used_by=f"{known.used_by}, {used_by}" if known else used_by)

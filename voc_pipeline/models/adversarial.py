@@ -17,12 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from voc_pipeline.choices import DEFENCE_BITS, PIXEL_LEVELS
-from voc_pipeline.core.classes import CLASS_NAMES
+from voc_pipeline.core.classes import CLASS_NAMES, VOID_LABEL
 from voc_pipeline.core.probability import sigmoid
 from voc_pipeline.core.scoring import classification_row_scores, segmentation_row_scores
 from voc_pipeline.core.thresholds import apply_thresholds
 from voc_pipeline.errors import ConfigError
-from voc_pipeline.models.input_pipeline import IGNORE_LABEL
 from voc_pipeline.models.segmenter import softmax
 
 logger = logging.getLogger(__name__)
@@ -204,7 +203,7 @@ def attack_segmenter(model, images: np.ndarray, masks: np.ndarray, epsilons, ste
     """Targeted attack painting every valid pixel as `target_class`; pixel success rate and segmentation
     Dice (void and padding counted as background) at each epsilon, with and without the defence."""
     forward = differentiable(model)
-    region = masks != IGNORE_LABEL
+    region = masks != VOID_LABEL
     target_maps = np.where(region, target_class + 1, 0)
     truth = np.where(region, masks, 0)
     loss = pixel_target_loss(target_maps, region)

@@ -16,13 +16,12 @@ import tensorflow as tf
 from voc_pipeline.core.classes import VOID_LABEL
 
 AUTOTUNE = tf.data.AUTOTUNE
-IGNORE_LABEL = VOID_LABEL
 
 
 def object_box(mask: np.ndarray) -> np.ndarray:
     """[ymin, xmin, ymax, xmax] (fractions) of the union of a mask's objects; the whole image if none."""
-    rows = np.flatnonzero(((mask > 0) & (mask != IGNORE_LABEL)).any(1))
-    columns = np.flatnonzero(((mask > 0) & (mask != IGNORE_LABEL)).any(0))
+    rows = np.flatnonzero(((mask > 0) & (mask != VOID_LABEL)).any(1))
+    columns = np.flatnonzero(((mask > 0) & (mask != VOID_LABEL)).any(0))
     if rows.size == 0:
         return np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)
     height, width = mask.shape
@@ -153,7 +152,7 @@ def pad_image_and_mask(image, mask, target_height, target_width):
     """Pad to at least the target size: the image with its mean colour, the mask with the ignore label."""
     mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
     return (pad_bottom_right(image, target_height, target_width, mean),
-            pad_bottom_right(mask, target_height, target_width, IGNORE_LABEL))
+            pad_bottom_right(mask, target_height, target_width, VOID_LABEL))
 
 
 def resize_image_and_mask(image, mask, height, width):
@@ -203,7 +202,7 @@ def segmentation_dataset(images: Sequence[np.ndarray], masks: Sequence[np.ndarra
 
     Evaluation letterboxes (long side to image_size, padded; the same geometry as prediction); training
     adds a random scale, a random crop and a flip applied identically to image and mask, and colour jitter
-    to the image. Padding is labelled IGNORE_LABEL, which the loss and the metrics skip.
+    to the image. Padding is labelled VOID_LABEL, which the loss and the metrics skip.
     """
 
     def load(position):

@@ -226,6 +226,18 @@ def resumable_state(state_dir: Path, identity: dict, history_path: Path, checkpo
     return []
 
 
+def clear_resume_point(model: keras.Model) -> None:
+    """Forget where BackupAndRestore told fit to resume, so that it does not leak into the next phase.
+
+    Keras 3 (3.0 to 3.15 at least) passes the resume epoch through the private `Model._initial_epoch`; a Keras
+    without it fails here, loudly, instead of starting a later phase at a wrong epoch.
+    """
+    if not hasattr(model, "_initial_epoch"):
+        raise RuntimeError(f"Keras {keras.__version__} has no Model._initial_epoch, through which BackupAndRestore "
+                           "resumed training in Keras 3.0 to 3.15: voc_pipeline.models.training needs updating for it")
+    model._initial_epoch = None
+
+
 def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_data: tf.data.Dataset,
                   validation_data: tf.data.Dataset, steps_per_epoch: int, checkpoint_path: Path,
                   history_path: Path, monitor: str, mode: str, patience: int, identity: dict | None = None) -> list[dict]:
@@ -279,7 +291,7 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
         # tf.data.Dataset and warns when it is left at its default.
         model.fit(train_data, validation_data=validation_data, initial_epoch=epoch, epochs=epoch + phase.epochs,
                   callbacks=callbacks, verbose=2, shuffle=False)
-        model._initial_epoch = None  # BackupAndRestore's resume point must not leak into the next phase
+        clear_resume_point(model)
         if guard.where:
             where = f"epoch {guard.where[0]}, batch {guard.where[1]}"
             kept = f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path.exists() else "no epoch finished cleanly, so there is no checkpoint"

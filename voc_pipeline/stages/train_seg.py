@@ -9,12 +9,12 @@ import numpy as np
 
 from voc_pipeline import artifacts
 from voc_pipeline.config import Config, config_to_dict
-from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
+from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
 from voc_pipeline.core.scoring import segmentation_report
 from voc_pipeline.data.competition import fingerprint, load_split
 from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_json_atomic
-from voc_pipeline.models.input_pipeline import IGNORE_LABEL, segmentation_dataset
+from voc_pipeline.models.input_pipeline import segmentation_dataset
 from voc_pipeline.models.losses import SegmentationLoss
 from voc_pipeline.models.segmenter import label_maps_with_and_without_flip, segmenter_from_config
 from voc_pipeline.models.training import (
@@ -45,8 +45,8 @@ def train_segmenter_model(config: Config, images, masks, fit_positions, validati
         model = segmenter_from_config(settings)
 
     def compile_arguments():
-        return {"loss": SegmentationLoss(NUM_LABELS, IGNORE_LABEL, settings.dice_weight),
-                "metrics": [keras.metrics.MeanIoU(NUM_LABELS, ignore_class=IGNORE_LABEL, sparse_y_pred=False,
+        return {"loss": SegmentationLoss(NUM_LABELS, VOID_LABEL, settings.dice_weight),
+                "metrics": [keras.metrics.MeanIoU(NUM_LABELS, ignore_class=VOID_LABEL, sparse_y_pred=False,
                                                   name="mean_iou")]}
 
     train_data = segmentation_dataset(images, masks, fit_positions, settings.image_size, settings.batch_size,
