@@ -65,9 +65,10 @@ def test_ints_are_accepted_for_floats():
         ("mixed_precision=maybe", "mixed_precision = 'maybe' is not one of: auto, on, off"),
         ("classifier.loss=hinge", "classifier.loss = 'hinge' is not one of: bce, focal, asymmetric"),
         ("classifier.backbone=mobilenetv2", "classifier.backbone = 'mobilenetv2' is not one of: mobilenet_v2, mobilenet, "
-                                            "vgg16, resnet50v2, efficientnetv2_s, simple_cnn"),
+                                            "vgg16, resnet50v2, efficientnetv2_s, convnext_tiny, convnext_small, "
+                                            "convnext_base, simple_cnn"),
         ("segmenter.backbone=vgg16", "segmenter.backbone = 'vgg16' is not one of: mobilenet_v2, mobilenet, resnet50v2, "
-                                     "efficientnetv2_s"),
+                                     "efficientnetv2_s, convnext_tiny, convnext_small, convnext_base$"),
         ("segmenter.image_size=100", "not divisible by segmenter.output_stride 16"),
         ("novalue", "key=value"),
     ],

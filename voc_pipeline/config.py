@@ -125,7 +125,7 @@ def default_for(name: str, default):
 @dataclass(frozen=True, kw_only=True)
 class ClassifierConfig(TrainingSchedule):
     # mobilenet_v2 is the product's default; vgg16, resnet50v2, simple_cnn are baselines; efficientnetv2_s
-    # is the stronger option for a GPU budget.
+    # and convnext_tiny/small/base (the best public solution's choice) are the stronger options for a GPU budget.
     backbone: str = one_of("mobilenet_v2", *BACKBONES)
     # Square input side; MobileNetV2's ImageNet weights exist for 96, 128, 160, 192 and 224.
     image_size: int = bounded(224, 32, 2048)

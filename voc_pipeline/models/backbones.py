@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from voc_pipeline.choices import BACKBONE_TAPS
+from voc_pipeline.choices import BACKBONE_TAPS, INPUT_TAP
 from voc_pipeline.errors import BackboneError, WeightsUnavailableError
 
 WEIGHTS_HELP = (
@@ -65,6 +65,8 @@ class BackboneSpec:
         taps: layer names of the feature maps at output strides 4, 8, 16 and 32 (for the segmenter), from
             voc_pipeline.choices.BACKBONE_TAPS.
         has_width_multiplier: accepts `alpha` (the MobileNets).
+        normalization: "batch" (batch norm, whose statistics fine-tuning keeps frozen), "layer" (ConvNeXt's
+            layer norm: no batch statistics, so its scales train with the layers around them) or "none".
     """
 
     constructor: Callable[..., keras.Model]
@@ -74,6 +76,7 @@ class BackboneSpec:
     taps: dict[int, str] = field(default_factory=dict)
     has_width_multiplier: bool = False
     extra_arguments: dict = field(default_factory=dict)
+    normalization: str = "batch"
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -85,11 +88,24 @@ BACKBONES: dict[str, BackboneSpec] = {
         keras.applications.MobileNet, "tf", (128, 160, 192, 224),
         taps=BACKBONE_TAPS["mobilenet"], has_width_multiplier=True,
     ),
-    "vgg16": BackboneSpec(keras.applications.VGG16, "caffe", None),
+    "vgg16": BackboneSpec(keras.applications.VGG16, "caffe", None, normalization="none"),
     "resnet50v2": BackboneSpec(keras.applications.ResNet50V2, "tf", None, taps=BACKBONE_TAPS["resnet50v2"]),
     "efficientnetv2_s": BackboneSpec(
         keras.applications.EfficientNetV2S, "raw", None, extra_arguments={"include_preprocessing": True},
         taps=BACKBONE_TAPS["efficientnetv2_s"],
+    ),
+    # ConvNeXt normalises ImageNet's mean and deviation itself (include_preprocessing), from raw 0..255 input.
+    "convnext_tiny": BackboneSpec(
+        keras.applications.ConvNeXtTiny, "raw", None, extra_arguments={"include_preprocessing": True},
+        taps=BACKBONE_TAPS["convnext_tiny"], normalization="layer",
+    ),
+    "convnext_small": BackboneSpec(
+        keras.applications.ConvNeXtSmall, "raw", None, extra_arguments={"include_preprocessing": True},
+        taps=BACKBONE_TAPS["convnext_small"], normalization="layer",
+    ),
+    "convnext_base": BackboneSpec(
+        keras.applications.ConvNeXtBase, "raw", None, extra_arguments={"include_preprocessing": True},
+        taps=BACKBONE_TAPS["convnext_base"], normalization="layer",
     ),
     "simple_cnn": BackboneSpec(simple_cnn, "unit", None),
 }
@@ -156,6 +172,14 @@ def build_backbone(name: str, image_size: int, weights: str = "imagenet", width_
         raise
     # A stable name, so the training stage can find the backbone inside the model.
     return keras.Model(backbone.input, backbone.output, name="backbone")
+
+
+def tapped_feature_map(network: keras.Model, tap: str):
+    """The feature map a tap of the backbone table names: the named layer's output, or its input for a name
+    ending in "/input" (voc_pipeline.choices.INPUT_TAP)."""
+    if tap.endswith(INPUT_TAP):
+        return network.get_layer(tap.removesuffix(INPUT_TAP)).input
+    return network.get_layer(tap).output
 
 
 def preprocessing_layer(name: str) -> layers.Layer:

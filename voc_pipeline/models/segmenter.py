@@ -20,7 +20,7 @@ from keras import layers, ops
 from voc_pipeline.choices import ATROUS_RATES, SEGMENTER_BACKBONES
 from voc_pipeline.core.classes import NUM_CLASSES
 from voc_pipeline.errors import BackboneError
-from voc_pipeline.models.backbones import backbone_spec, build_backbone, preprocessing_layer
+from voc_pipeline.models.backbones import backbone_spec, build_backbone, preprocessing_layer, tapped_feature_map
 from voc_pipeline.models.input_pipeline import letterbox_for_prediction
 
 LOW_LEVEL_STRIDE = 4
@@ -103,8 +103,8 @@ def build_segmenter(backbone: str = "mobilenet", image_size: int = 320, *, num_c
     spec = backbone_spec(backbone)
     inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
     network = build_backbone(backbone, image_size, weights, width_multiplier, pretrained_size_only=False, any_size=True)
-    extractor = keras.Model(network.input, [network.get_layer(spec.taps[LOW_LEVEL_STRIDE]).output,
-                                            network.get_layer(spec.taps[output_stride]).output], name="backbone")
+    extractor = keras.Model(network.input, [tapped_feature_map(network, spec.taps[LOW_LEVEL_STRIDE]),
+                                            tapped_feature_map(network, spec.taps[output_stride])], name="backbone")
     low_level, high_level = extractor(preprocessing_layer(backbone)(inputs))
 
     context = atrous_spatial_pyramid_pooling(high_level, aspp_filters, ATROUS_RATES[output_stride])
