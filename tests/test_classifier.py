@@ -175,7 +175,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     train = tf.data.Dataset.from_generator(batches, output_signature=signature)
     validation = tf.data.Dataset.from_tensors((np.zeros((2, 32, 32, 3), np.uint8), np.ones((2, 20), np.float32)))
 
-    def compile_model(model, schedule):
+    def compile_model(model, schedule, phase=None):
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=classifier_loss("bce"))
 
     checkpoint = tmp_path / "checkpoints" / "model.keras"
@@ -245,7 +245,7 @@ def test_interrupted_training_resumes_where_it_stopped(tmp_path, caplog):
     phases = [Phase("head", 2, 1e-3, 0, 0.0), Phase("finetune", 2, 1e-4, 0, 0.5)]
     checkpoint, history = tmp_path / "checkpoints" / "model.keras", tmp_path / "history.csv"
 
-    def compile_model(model, schedule):
+    def compile_model(model, schedule, phase=None):
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=classifier_loss("bce"))
 
     def train(fail_at_epoch):

@@ -175,7 +175,7 @@ def tiny_training(tmp_path: Path):
         backbone = keras.Sequential([keras.layers.Dense(8, activation="relu")], name="backbone")
         return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head")(backbone(inputs)))
 
-    def compile_model(model, schedule):
+    def compile_model(model, schedule, phase=None):
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy")
 
     rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from voc_pipeline.choices import (
+    BACKBONE_TAPS,
     BACKBONES,
     CLASSIFIER_LOSSES,
     DEFENCE_BITS,
@@ -109,8 +110,12 @@ class TrainingSchedule:
     finetune_learning_rate: float = bounded(low=0, high=10, low_inclusive=False)
     # Linear warm-up at the start of fine-tuning, so the unfrozen layers are not shocked by the head's gradients.
     warmup_epochs: int = bounded(1, 0, MANY)
-    # Share of the backbone's layers (from the top) that fine-tuning unfreezes; batch norm stays frozen.
+    # Share of the backbone's layers (from the top) that fine-tuning unfreezes; batch norm stays frozen
+    # (ConvNeXt's layer norm keeps no batch statistics and trains).
     unfreeze_fraction: float = bounded(**FRACTION)
+    # Fine-tuning rate of each backbone stage over the stage above it (1.0: one rate for all; 0.7-0.9 keeps the
+    # early, generic stages nearer ImageNet). Needs a backbone with stages (taps in the backbone table).
+    layerwise_lr_decay: float = bounded(1.0, 0, 1, low_inclusive=False)
     # AdamW weight decay.
     weight_decay: float = bounded(1e-4, 0, 1)
     # Epochs without validation improvement before stopping.
@@ -393,6 +398,10 @@ def validate_config(config: Config) -> None:
         if section.head_epochs + section.finetune_epochs < 1:
             raise ConfigError(f"{name}.head_epochs + {name}.finetune_epochs must be at least 1 (no epoch would train), "
                               f"got {section.head_epochs} + {section.finetune_epochs}")
+        if section.layerwise_lr_decay != 1.0 and not BACKBONE_TAPS[section.backbone]:
+            raise ConfigError(f"{name}.layerwise_lr_decay = {section.layerwise_lr_decay} needs a backbone with stages, "
+                              f"and {name}.backbone {section.backbone!r} has none in the backbone table; use one of "
+                              f"{', '.join(SEGMENTER_BACKBONES)} or leave it at 1.0")
     segmenter = config.segmenter
     if segmenter.image_size % segmenter.output_stride:
         raise ConfigError(f"segmenter.image_size {segmenter.image_size} is not divisible by segmenter.output_stride "

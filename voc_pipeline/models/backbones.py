@@ -182,6 +182,31 @@ def tapped_feature_map(network: keras.Model, tap: str):
     return network.get_layer(tap).output
 
 
+def stage_of_each_layer(network: keras.Model, name: str) -> dict[str, int]:
+    """The stage (0 = the stem's) of each layer of a built backbone `name`, cut at its taps in stride order.
+
+    A layer belongs to the stage whose tap is the first at or after it (so the stride-4 tap closes stage 0);
+    layers past the last tap form one more stage. A backbone without taps has no stages here.
+
+    Raises:
+        BackboneError: the backbone table names no taps for `name`.
+    """
+    taps = backbone_spec(name).taps
+    if not taps:
+        raise BackboneError(f"{name} has no stages in the backbone table (voc_pipeline.choices.BACKBONE_TAPS names no "
+                            f"taps for it); layer-wise learning-rate decay needs them: leave layerwise_lr_decay at 1.0")
+    names = [layer.name for layer in network.layers]
+    position = {layer_name: index for index, layer_name in enumerate(names)}
+    starts = []  # where each stage after the first begins
+    for stride in sorted(taps):
+        tap = taps[stride]
+        if tap.endswith(INPUT_TAP):
+            starts.append(position.get(tap.removesuffix(INPUT_TAP), len(names)))
+        else:
+            starts.append(position[tap] + 1 if tap in position else len(names))
+    return {layer_name: sum(index >= start for start in starts) for index, layer_name in enumerate(names)}
+
+
 def preprocessing_layer(name: str) -> layers.Layer:
     """The layer that maps raw uint8 RGB to what the backbone expects (it also casts to float)."""
     kind = backbone_spec(name).preprocessing

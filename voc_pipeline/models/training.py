@@ -69,8 +69,11 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 def set_backbone_trainable(model: keras.Model, trainable_fraction: float) -> int:
     """Unfreeze the top `trainable_fraction` of the backbone's layers; batch norm always stays frozen.
 
-    Frozen batch-norm layers run in inference mode in Keras 3, so their ImageNet statistics are kept
-    while the convolutions around them adapt (small batches would otherwise wreck them).
+    What stays frozen depends on the backbone family (BackboneSpec.normalization). Frozen batch-norm layers
+    run in inference mode in Keras 3, so their ImageNet statistics are kept while the convolutions around
+    them adapt (small batches would otherwise wreck them). Layer norm (ConvNeXt) keeps no batch statistics:
+    it normalises each position by itself, so there is nothing to protect, and its scale and offset train
+    with the layers around them like any other weight.
 
     Returns:
         The number of backbone layers left trainable.
@@ -82,6 +85,17 @@ def set_backbone_trainable(model: keras.Model, trainable_fraction: float) -> int
     for position, layer in enumerate(backbone_layers):
         layer.trainable = position >= first_trainable and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(layer.trainable for layer in backbone_layers)
+
+
+def describe_freezing(model: keras.Model) -> str:
+    """In words, what fine-tuning keeps frozen in this model's backbone besides the layers below the
+    unfrozen share, by the kind of normalization it has."""
+    kinds = {type(layer) for layer in model.get_layer("backbone").layers}
+    if keras.layers.BatchNormalization in kinds:
+        return "batch norm frozen (its ImageNet statistics kept)"
+    if keras.layers.LayerNormalization in kinds:
+        return "layer norm trains with its layers (no batch statistics to keep)"
+    return "no normalization layers"
 
 
 # Batch-norm momentum when training from random initialisation. Keras's MobileNets use 0.999, whose
@@ -106,6 +120,58 @@ def warmup_cosine(learning_rate: float, total_steps: int, warmup_steps: int) -> 
         initial_learning_rate=learning_rate * 0.01, decay_steps=max(total_steps - warmup_steps, 1), alpha=0.01,
         warmup_target=learning_rate, warmup_steps=warmup_steps,
     )
+
+
+@keras.saving.register_keras_serializable(package="voc_pipeline")
+class LayerwiseAdamW(keras.optimizers.Adam):
+    """AdamW whose step for each variable is the learning rate times that variable's multiplier (layer-wise
+    learning-rate decay); the decoupled weight decay follows the same scaled rate, as in AdamW.
+
+    Args:
+        rate_multipliers: variable path -> multiplier; variables not listed (the head) take 1.0.
+        decoupled_weight_decay: AdamW's weight decay (applied here, per variable, instead of by the base class,
+            which would use the unscaled rate).
+    """
+
+    def __init__(self, learning_rate=0.001, rate_multipliers: dict[str, float] | None = None,
+                 decoupled_weight_decay: float = 0.0, **kwargs):
+        kwargs.pop("weight_decay", None)
+        super().__init__(learning_rate=learning_rate, weight_decay=None, **kwargs)
+        self.rate_multipliers = dict(rate_multipliers or {})
+        self.decoupled_weight_decay = decoupled_weight_decay
+
+    def build(self, var_list):
+        super().build(var_list)
+        self._multipliers = [float(self.rate_multipliers.get(variable.path, 1.0)) for variable in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        multiplier = self._multipliers[self._get_variable_index(variable)]
+        rate = keras.ops.cast(learning_rate, variable.dtype) * multiplier
+        if self.decoupled_weight_decay:
+            self.assign_sub(variable, variable * keras.ops.cast(self.decoupled_weight_decay, variable.dtype) * rate)
+        super().update_step(gradient, variable, rate)
+
+    def get_config(self):
+        return {**super().get_config(), "rate_multipliers": self.rate_multipliers,
+                "decoupled_weight_decay": self.decoupled_weight_decay}
+
+
+def stage_rate_multipliers(model: keras.Model, backbone: str, layer_decay: float) -> dict[str, float]:
+    """Variable path -> learning-rate multiplier: `layer_decay` for the backbone's top stage, its square for
+    the stage below, and so on down to the stem's; the head keeps the full rate (it is not listed)."""
+    from voc_pipeline.models.backbones import stage_of_each_layer
+
+    network = model.get_layer("backbone")
+    stages = stage_of_each_layer(network, backbone)
+    top = max(stages.values())
+    multipliers: dict[str, float] = {}
+    for layer in network.layers:
+        for variable in layer.weights:
+            if variable.path in multipliers:
+                raise RuntimeError(f"two backbone variables share the path {variable.path!r}; layer-wise rates need "
+                                   f"unique paths")
+            multipliers[variable.path] = layer_decay ** (top - stages[layer.name] + 1)
+    return multipliers
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -135,14 +201,21 @@ class Phase:
     learning_rate: float
     warmup_epochs: int
     trainable_fraction: float | None  # None: everything trainable (random initialisation)
+    layer_decay: float = 1.0  # each backbone stage's rate over the stage above it (1.0: one rate for all)
 
 
 def plan_phases(schedule: TrainingSchedule) -> list[Phase]:
     """Two phases for pretrained weights (frozen backbone, then fine-tune the top); one for random weights.
 
+    The head phase freezes the whole backbone. Fine-tuning unfreezes the top `unfreeze_fraction` of its
+    layers except batch norm (MobileNets, ResNetV2, EfficientNetV2, the small CNN), whose ImageNet statistics
+    stay; ConvNeXt's layer norm has none and trains with its blocks (see `set_backbone_trainable`).
+    With `layerwise_lr_decay` below 1, fine-tuning gives each backbone stage that factor of the rate of the
+    stage above it (`stage_rate_multipliers`).
+
     Args:
         schedule: the `classifier` or `segmenter` configuration section (weights, epochs, learning rates,
-            warm-up and unfreeze fraction).
+            warm-up, unfreeze fraction and layer-wise decay).
     """
     if schedule.weights.lower() == "none":
         return [Phase("full", schedule.head_epochs + schedule.finetune_epochs, schedule.head_learning_rate,
@@ -150,7 +223,7 @@ def plan_phases(schedule: TrainingSchedule) -> list[Phase]:
     phases = [Phase("head", schedule.head_epochs, schedule.head_learning_rate, 0, 0.0)]
     if schedule.finetune_epochs > 0:
         phases.append(Phase("finetune", schedule.finetune_epochs, schedule.finetune_learning_rate, schedule.warmup_epochs,
-                            schedule.unfreeze_fraction))
+                            schedule.unfreeze_fraction, schedule.layerwise_lr_decay))
     return phases
 
 
@@ -249,7 +322,7 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
     discarded rather than resumed.
 
     Args:
-        compile_model: called as compile_model(model, learning_rate_schedule) after each phase's freezing.
+        compile_model: called as compile_model(model, learning_rate_schedule, phase) after each phase's freezing.
         monitor, mode: the validation quantity that picks the best checkpoint and stops early.
         identity: what must match for a resume (e.g. the configuration); None resumes any state.
 
@@ -274,7 +347,7 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
             set_all_trainable(model)
         else:
             trainable = set_backbone_trainable(model, phase.trainable_fraction)
-            logger.info("phase %s: %d backbone layers trainable, batch norm frozen", phase.name, trainable)
+            logger.info("phase %s: %d backbone layers trainable, %s", phase.name, trainable, describe_freezing(model))
         finished_weights = state_dir / f"phase{index}_{phase.name}.weights.h5"
         phase_epochs = [record["epoch"] for record in records if record["phase"] == phase.name]
         if finished_weights.exists():
@@ -283,7 +356,7 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
             logger.info("phase %s already finished before the interruption; skipping it", phase.name)
             continue
         schedule = warmup_cosine(phase.learning_rate, phase.epochs * steps_per_epoch, phase.warmup_epochs * steps_per_epoch)
-        compile_model(model, schedule)
+        compile_model(model, schedule, phase)
         callbacks = [keras.callbacks.BackupAndRestore(str(state_dir / f"phase{index}_{phase.name}_backup")), guard,
                      checkpoint, keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience),
                      RecordHistory(records, history_path, phase.name)]
@@ -346,18 +419,27 @@ def train_model(model: keras.Model, schedule: TrainingSchedule, compile_argument
 
     Args:
         model: the uncompiled model, built under the strategy's scope.
-        schedule: the `classifier` or `segmenter` configuration section.
+        schedule: the `classifier` or `segmenter` configuration section (its `backbone` names the stages of
+            layer-wise learning-rate decay).
         compile_arguments: () -> the loss and metrics for `model.compile` (made under the strategy's scope);
-            the optimizer is AdamW with the section's weight decay and each phase's schedule.
+            the optimizer is AdamW with the section's weight decay and each phase's schedule (LayerwiseAdamW
+            for a phase with layer-wise decay).
         monitor: the validation metric ("val_...") that picks the best epoch; higher is better.
         identity: what an interrupted training must share with this one to be resumed.
         title: the learning curves' title.
     """
 
-    def compile_model(model, learning_rate):
+    def compile_model(model, learning_rate, phase):
         with strategy.scope():
-            model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=schedule.weight_decay),
-                          **compile_arguments())
+            if phase.layer_decay == 1.0:
+                optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=schedule.weight_decay)
+            else:
+                multipliers = stage_rate_multipliers(model, schedule.backbone, phase.layer_decay)
+                logger.info("phase %s: layer-wise learning rates, x%.3g (top backbone stage) to x%.3g (stem's stage)",
+                            phase.name, max(multipliers.values()), min(multipliers.values()))
+                optimizer = LayerwiseAdamW(learning_rate, rate_multipliers=multipliers,
+                                           decoupled_weight_decay=schedule.weight_decay)
+            model.compile(optimizer=optimizer, **compile_arguments())
 
     # The history grows beside the checkpoint while training, so that an interruption keeps it for the
     # resume; only a finished training's history reaches the run folder.
