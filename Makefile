@@ -20,7 +20,7 @@ FORCE ?=
 STAGE_ARGS = --data $(DATA) --profile $(PROFILE) --run $(RUN) $(foreach assignment,$(SET),--set $(assignment)) $(if $(FORCE),--force)
 DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 
-STAGE_TARGETS := train-cls train-seg tune predict submit evaluate attack
+STAGE_TARGETS := train-cls train-seg tune refit predict submit evaluate attack
 
 .PHONY: help install test test-fast test-kaggle-stack lint demo demo-data data-check train status $(STAGE_TARGETS) \
 	kernel-build kernel-check kaggle-data kaggle-push kaggle-status kaggle-output kaggle-submit bench-submission bench-classifier \
@@ -34,7 +34,7 @@ help:
 	@echo "make attack      DATA=... PROFILE=... RUN=...   ... then adversarial examples, runs/RUN/attack/attack.md"
 	@echo "make status      DATA=... PROFILE=... RUN=...   which stages are current, stale or not run, and why"
 	@echo "make test        the test suite (creates $(VENV) if needed)"
-	@echo "make data-check | train-cls | train-seg | tune | predict   run the stages up to that one"
+	@echo "make data-check | train-cls | train-seg | tune | refit | predict   run the stages up to that one"
 	@echo "make test-kaggle-stack  the fast tests on Kaggle's Python, TensorFlow and Keras (kaggle/image.toml)"
 	@echo "make kernel-check                  build the Kaggle bundle and run it on a simulated /kaggle tree"
 	@echo "make kaggle-data [COMPETITION=...]  download this year's competition data into $(KAGGLE_DATA), checked"

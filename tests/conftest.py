@@ -46,9 +46,10 @@ def smoke_run(tmp_path_factory):
 
 
 # The small CNN builds and compiles in a fraction of MobileNetV2's time; the graph does not care which model.
+# Both heads refit on every image, so that stage refit trains here too.
 TINY_SETTINGS = ("classifier.backbone='simple_cnn'", "classifier.image_size=32", "classifier.head_epochs=1",
                  "classifier.finetune_epochs=0", "segmenter.image_size=32", "segmenter.head_epochs=1",
-                 "segmenter.finetune_epochs=0")
+                 "segmenter.finetune_epochs=0", "classifier.refit_all=true", "segmenter.refit_all=true")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -36,7 +37,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "voc_pipeline"
 
 
 def test_stages_run_in_the_documented_order():
-    assert STAGE_NAMES == ("data", "train-cls", "train-seg", "tune", "predict", "submit", "evaluate", "attack")
+    assert STAGE_NAMES == ("data", "train-cls", "train-seg", "tune", "refit", "predict", "submit", "evaluate", "attack")
 
 
 def test_every_stage_reads_only_what_earlier_stages_write():
@@ -47,10 +48,32 @@ def test_every_stage_reads_only_what_earlier_stages_write():
 
 def test_predict_reads_only_the_models_the_tuned_choices_and_the_test_images():
     predict = stage_named("predict")
-    assert {artifact.stage for artifact in predict.reads} == {"train-cls", "train-seg", "tune"}
-    assert predict.data == ("test",)
-    assert [stage.name for stage in upstream(predict)] == ["data", "train-cls", "train-seg", "tune"]
+    assert {artifact.stage for artifact in predict.reads} == {"train-cls", "train-seg", "tune", "refit"}
+    assert artifacts.FINAL_MODELS in predict.reads and predict.data == ("test",)
+    assert [stage.name for stage in upstream(predict)] == ["data", "train-cls", "train-seg", "tune", "refit"]
     assert [stage.name for stage in downstream(stage_named("predict"))] == ["submit"]
+
+
+def test_the_refit_follows_training_and_its_switch_retrains_nothing_else():
+    refit = stage_named("refit")
+    assert [stage.name for stage in upstream(refit)] == ["data", "train-cls", "train-seg"]
+    assert [stage.name for stage in downstream(refit)] == ["predict", "submit", "evaluate"]
+    assert STAGE_NAMES.index("refit") == STAGE_NAMES.index("tune") + 1
+    assert refit.config_keys == ("seed", "mixed_precision", "deterministic", "classifier", "segmenter")
+    plain, switched = (resolve_inputs(assignments) for assignments in ([], ["classifier.refit_all=true",
+                                                                            "segmenter.refit_all=true"]))
+    for name in ("train-cls", "train-seg"):
+        assert plain[name] == switched[name], name
+    assert plain["refit"] != switched["refit"]
+
+
+def resolve_inputs(assignments) -> dict:
+    """Each training stage's configuration inputs, as its cache key holds them."""
+    from voc_pipeline.graph import config_value
+
+    config = build_config(assignments=assignments)
+    return {stage.name: {key: config_value(config, key, stage.leaves_out) for key in stage.config_keys}
+            for stage in STAGES if stage.name in ("train-cls", "train-seg", "refit")}
 
 
 def test_each_run_folder_file_belongs_to_one_artifact():
@@ -58,7 +81,8 @@ def test_each_run_folder_file_belongs_to_one_artifact():
              "classifier_curves.png", "classifier_per_class.png", "segmenter.keras", "segmenter_curves.png",
              "thresholds.json", "joint_rule.json", "validation_predictions.npz", "test_predictions.npz", "submission.csv",
              "report.md", "worst_validation_images.png", "pixel_confusion.png",
-             "attack/attack.md", "metrics/tune.json"]
+             "attack/attack.md", "metrics/tune.json", "final_models.json", "refit_classifier.keras",
+             "refit_segmenter.keras", "refit_classifier_history.csv", "refit_segmenter_curves.png", "metrics/refit.json"]
     every = [*artifacts.ARTIFACTS, *(artifacts.metrics(name) for name in STAGE_NAMES)]
     for name in names:
         owners = [artifact.pattern for artifact in every if Path(name).match(artifact.pattern)]
@@ -186,6 +210,7 @@ def test_an_unchanged_run_reruns_nothing_and_relative_data_paths_reuse_it(tiny_r
     ("inference.segmenter_flip_tta=false", "tune"),
     ("submit.keep=['runs']", "submit"),
     ("classifier.dropout=0.3", "train-cls"),
+    ("segmenter.refit_all=false", "refit"),
 ])
 def test_a_config_change_invalidates_its_stage_and_only_what_depends_on_it(tiny_run, assignment, stage):
     config = resolve_paths(changed(tiny_run, assignment))
@@ -200,6 +225,32 @@ def test_a_config_change_invalidates_its_stage_and_only_what_depends_on_it(tiny_
     ran = rerun(config)
     assert stage in ran and ran <= affected, ran
     assert rerun(resolve_paths(tiny_run[0])) >= {stage}  # and back again: the original configuration reruns it
+
+
+@pytest.mark.slow
+def test_the_refit_reruns_when_the_chosen_schedule_changes_and_is_skipped_otherwise(tiny_run):
+    """The refit trains for the epochs validation chose; another training history (here: a second head epoch)
+    reruns it, with the epochs of the new history's kept epoch, and an unchanged run skips it."""
+    from voc_pipeline.models.training import plan_phases, refit_phases
+
+    config, _ = tiny_run
+    assert rerun(config) == set()
+    final = json.loads(artifacts.FINAL_MODELS.path(config.run_dir).read_text())
+    assert final["classifier"]["models"] == ["refit_classifier.keras"] and final["classifier"]["epochs"] == {"full": 1}
+    assert final["segmenter"]["models"] == ["refit_segmenter.keras"] and final["segmenter"]["refit"]
+    longer = resolve_paths(changed(tiny_run, "classifier.head_epochs=3"))
+    assert status(longer)["refit"].state == "stale"
+    try:
+        assert {"train-cls", "refit", "predict"} <= rerun(longer)
+        history = artifacts.read_history(longer.run_dir, "classifier_history.csv", "train-cls")
+        expected = {phase.name: phase.epochs for phase in refit_phases(plan_phases(longer.classifier), history, "val_pr_auc")}
+        final = json.loads(artifacts.FINAL_MODELS.path(config.run_dir).read_text())
+        assert final["classifier"]["epochs"] == expected and len(history) == 3
+        refit_history = artifacts.read_history(longer.run_dir, "refit_classifier_history.csv", "refit")
+        assert len(refit_history) == expected["full"] and "val_loss" not in refit_history[0]
+        assert "refit" not in rerun(longer)
+    finally:
+        assert "refit" in rerun(config)
 
 
 @pytest.mark.slow

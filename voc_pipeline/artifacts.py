@@ -86,6 +86,12 @@ CLASSIFIER_PER_CLASS = Artifact("classifier_per_class.png", "tune", "per-class A
 JOINT_RULE = Artifact("joint_rule.json", "tune", "the rule reconciling the two heads, with every candidate's score")
 VALIDATION_PREDICTIONS = Artifact("validation_predictions.npz", "tune",
                                   "the chosen rule on validation: row scores, pixel confusion, the worst images")
+FINAL_MODELS = Artifact("final_models.json", "refit",
+                        "the models that make the test predictions, what each was trained on, their hashes")
+# Beside, not under, the first models' names: "classifier*.keras" must not match a refit model.
+REFIT_MODELS = Artifact("refit_*.keras", "refit", "classifier and segmenter refit on fit + validation images")
+REFIT_HISTORY = Artifact("refit_*_history.csv", "refit", "per-epoch history of each refit")
+REFIT_CURVES = Artifact("refit_*_curves.png", "refit", "learning curves of each refit")
 TEST_PREDICTIONS = Artifact("test_predictions.npz", "predict",
                             "test probabilities, flags and label maps at each test image's size")
 SUBMISSION = Artifact("submission.csv", "submit", "the validated submission (also copied to submit.output_dir)")
@@ -105,7 +111,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
     SPLITS, DATA_SUMMARY, CLASSIFIER_MANIFEST, CLASSIFIER_MODELS, CLASSIFIER_VALIDATION, CLASSIFIER_HISTORY,
     CLASSIFIER_CURVES, SEGMENTER_MANIFEST, SEGMENTER_MODEL, SEGMENTER_HISTORY, SEGMENTER_CURVES,
     SEGMENTER_PER_CLASS, SEGMENTER_OVERLAYS, THRESHOLDS, THRESHOLD_COMPARISON, CLASSIFIER_PER_CLASS, JOINT_RULE,
-    VALIDATION_PREDICTIONS, TEST_PREDICTIONS, SUBMISSION, REPORT, SCORE_COMPARISON, WORST_IMAGES, PIXEL_CONFUSION,
+    VALIDATION_PREDICTIONS, FINAL_MODELS, REFIT_MODELS, REFIT_HISTORY, REFIT_CURVES, TEST_PREDICTIONS, SUBMISSION,
+    REPORT, SCORE_COMPARISON, WORST_IMAGES, PIXEL_CONFUSION,
     ATTACK_FILES,
 )
 
@@ -136,6 +143,19 @@ def classifier_curves_file(tag: str) -> str:
 
 
 CHECKPOINTS_DIR = "checkpoints"
+
+
+def refit_model_file(head: str) -> str:
+    """The refit model of `head` ("classifier" or "segmenter")."""
+    return f"refit_{head}.keras"
+
+
+def refit_history_file(head: str) -> str:
+    return f"refit_{head}_history.csv"
+
+
+def refit_curves_file(head: str) -> str:
+    return f"refit_{head}_curves.png"
 
 
 # ---------------------------------------------------------------- readers
@@ -278,3 +298,45 @@ def load_segmenter(run_dir: Path) -> tuple[object, dict]:
     if not isinstance(manifest.get("model"), str):
         raise unreadable(SEGMENTER_MANIFEST.path(run_dir), SEGMENTER_MANIFEST.stage, "no model file name in 'model'")
     return load_model_file(Path(run_dir) / manifest["model"], SEGMENTER_MANIFEST.stage), manifest
+
+
+def read_history(run_dir: Path, name: str, stage: str) -> list[dict]:
+    """A training's per-epoch history CSV (`name` in the run folder) as one dict per epoch."""
+    import pandas as pd
+
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: stage {stage} writes it; {rerun_hint(stage)}")
+    try:
+        history = pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise unreadable(path, stage, f"not a history CSV: {error}") from None
+    if not {"epoch", "phase"} <= set(history.columns):
+        raise unreadable(path, stage, "it has no epoch and phase columns")
+    return history.to_dict("records")
+
+
+def load_final_models(run_dir: Path) -> tuple[list, object, dict]:
+    """(the classifier(s), the segmenter, final_models.json) that make the test predictions, from stage refit.
+
+    Each model file must still have the hash the refit recorded: a model replaced since would otherwise make
+    predictions that the manifest and the report attribute to another."""
+    from voc_pipeline.run_folder import hash_file
+
+    manifest = read_json(FINAL_MODELS, run_dir)
+    try:
+        files = [(head, name, digest) for head in ("classifier", "segmenter")
+                 for name, digest in zip(manifest[head]["models"], manifest[head]["sha256"], strict=True)]
+    except (KeyError, TypeError, ValueError) as error:
+        raise unreadable(FINAL_MODELS.path(run_dir), FINAL_MODELS.stage, f"no valid field {error}") from None
+    if [head for head, _, _ in files].count("segmenter") != 1:
+        raise unreadable(FINAL_MODELS.path(run_dir), FINAL_MODELS.stage, "it does not name exactly one segmenter")
+    models = []
+    for _, name, digest in files:
+        path = Path(run_dir) / name
+        model = load_model_file(path, FINAL_MODELS.stage)
+        if hash_file(path) != digest:
+            raise ArtifactError(f"{path} is not the model stage refit chose (its bytes changed since); "
+                                f"{rerun_hint(FINAL_MODELS.stage)}")
+        models.append(model)
+    return models[:-1], models[-1], manifest

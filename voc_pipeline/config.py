@@ -120,6 +120,13 @@ class TrainingSchedule:
     weight_decay: float = bounded(1e-4, 0, 1)
     # Epochs without validation improvement before stopping.
     patience: int = bounded(low=1, high=MANY)
+    # After tune, train the final model again on fit + validation images for the epochs validation chose, and
+    # predict with it (stage refit; a K-fold classifier already uses every image and stays as it is).
+    refit_all: bool = False
+
+
+# The keys of a training section that only stage refit reads: changing them must not retrain the first models.
+REFIT_KEYS = ("refit_all",)
 
 
 def default_for(name: str, default):
@@ -431,6 +438,11 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         else:
             result[item.name] = value
     return result
+
+
+def training_settings(section: Any) -> dict[str, Any]:
+    """A classifier or segmenter section as a plain dict without REFIT_KEYS: what identifies its first training."""
+    return {key: value for key, value in config_to_dict(section).items() if key not in REFIT_KEYS}
 
 
 def _toml_value(value: Any) -> str:

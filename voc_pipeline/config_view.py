@@ -22,9 +22,14 @@ class UndeclaredConfigKeyError(RuntimeError):
     """A stage read a configuration key that its declaration in voc_pipeline/graph.py does not list."""
 
 
-def declares(declared: Iterable[str], key: str) -> bool:
-    """Whether a declaration (sections or dotted keys) covers `key`."""
-    return key in LOCATION_KEYS or any(key == entry or key.startswith(entry + ".") for entry in declared)
+def covers(entries: Iterable[str], key: str) -> bool:
+    """Whether `key` is one of `entries` (sections or dotted keys) or lies under one."""
+    return any(key == entry or key.startswith(entry + ".") for entry in entries)
+
+
+def declares(declared: Iterable[str], key: str, left_out: Iterable[str] = ()) -> bool:
+    """Whether a declaration (sections or dotted keys, less the keys it leaves out) covers `key`."""
+    return key in LOCATION_KEYS or (covers(declared, key) and not covers(left_out, key))
 
 
 class ConfigView:
@@ -35,13 +40,14 @@ class ConfigView:
     uses are checked and recorded too.
     """
 
-    __slots__ = ("_target", "_stage", "_declared", "_prefix", "_reads")
+    __slots__ = ("_target", "_stage", "_declared", "_left_out", "_prefix", "_reads")
 
     def __init__(self, target: Any, stage: str, declared: Iterable[str], prefix: str = "",
-                 reads: set[str] | None = None):
+                 reads: set[str] | None = None, left_out: Iterable[str] = ()):
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_stage", stage)
         object.__setattr__(self, "_declared", tuple(declared))
+        object.__setattr__(self, "_left_out", tuple(left_out))
         object.__setattr__(self, "_prefix", prefix)
         object.__setattr__(self, "_reads", set() if reads is None else reads)
 
@@ -53,7 +59,7 @@ class ConfigView:
         value = getattr(target, name)
         key = self._prefix + name
         if dataclasses.is_dataclass(value):
-            return ConfigView(value, self._stage, self._declared, key + ".", self._reads)
+            return ConfigView(value, self._stage, self._declared, key + ".", self._reads, self._left_out)
         self._read(key)
         return value
 
@@ -64,17 +70,20 @@ class ConfigView:
         return f"ConfigView({self._target!r}, stage={self._stage!r})"
 
     def _read(self, key: str) -> None:
-        if not declares(self._declared, key):
+        if not declares(self._declared, key, self._left_out):
+            left_out = f", less {', '.join(self._left_out)}" if self._left_out else ""
             raise UndeclaredConfigKeyError(
                 f"stage {self._stage} read the configuration key {key!r}, which its declaration in "
-                f"voc_pipeline/graph.py does not list ({', '.join(self._declared) or 'nothing'}): add it there, or "
-                f"the stage would be reused after {key} changed")
+                f"voc_pipeline/graph.py does not list ({', '.join(self._declared) or 'nothing'}{left_out}): add it "
+                f"there, or the stage would be reused after {key} changed")
         self._reads.add(key)
 
     def unwrap(self) -> Any:
-        """The dataclass behind the view, every leaf key under it recorded as read (and checked)."""
+        """The dataclass behind the view, every leaf key under it recorded as read (and checked), except the
+        keys the declaration leaves out: the caller must not use those (see `without_keys`)."""
         for key in leaf_keys(self._target, self._prefix):
-            self._read(key)
+            if not covers(self._left_out, key):
+                self._read(key)
         return self._target
 
     @property
@@ -98,3 +107,14 @@ def leaf_keys(section: Any, prefix: str = "") -> list[str]:
 def unwrapped(config: Any) -> Any:
     """A configuration dataclass as it is, or the one behind a view (recording that all of it was read)."""
     return config.unwrap() if isinstance(config, ConfigView) else config
+
+
+def without_keys(values: dict, prefix: str, left_out: Iterable[str]) -> dict:
+    """A nested configuration dict (at dotted `prefix`) without the keys a declaration leaves out."""
+    result = {}
+    for name, value in values.items():
+        key = prefix + name
+        if covers(left_out, key):
+            continue
+        result[name] = without_keys(value, key + ".", left_out) if isinstance(value, dict) else value
+    return result

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from voc_pipeline import artifacts, run_folder
 from voc_pipeline.artifacts import Artifact
-from voc_pipeline.config import Config, config_to_dict
-from voc_pipeline.config_view import ConfigView
+from voc_pipeline.config import REFIT_KEYS, Config, config_to_dict
+from voc_pipeline.config_view import ConfigView, without_keys
 from voc_pipeline.data.competition import find_data_root, fingerprint
 from voc_pipeline.errors import ConfigError, StaleStageError
 from voc_pipeline.files import ensure_writable_folder, write_json_atomic
@@ -47,6 +47,8 @@ class Stage:
         reads: the run-folder artifacts it reads.
         data: the data splits it reads ("train", "test").
         copies_to: a configuration key naming a folder the stage also copies its files into.
+        leaves_out: keys under `config_keys` that a later stage reads instead (`refit_all`): outside this
+            stage's cache key and refused by its view, so changing them does not rerun it.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Stage:
     reads: tuple[Artifact, ...] = ()
     data: tuple[str, ...] = ()
     copies_to: str | None = None
+    leaves_out: tuple[str, ...] = ()
 
     @property
     def writes(self) -> tuple[Artifact, ...]:
@@ -70,6 +73,9 @@ class Stage:
 TRAINING_KEYS = ("seed", "mixed_precision", "deterministic")
 CLASSIFIER_FILES = (artifacts.CLASSIFIER_MANIFEST, artifacts.CLASSIFIER_MODELS)
 SEGMENTER_FILES = (artifacts.SEGMENTER_MANIFEST, artifacts.SEGMENTER_MODEL)
+# The first trainings leave the refit's switch to stage refit.
+CLASSIFIER_REFIT_KEYS = tuple(f"classifier.{key}" for key in REFIT_KEYS)
+SEGMENTER_REFIT_KEYS = tuple(f"segmenter.{key}" for key in REFIT_KEYS)
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", ("data", "check"), "voc_pipeline.stages.data_check:run_data_check",
@@ -77,24 +83,31 @@ STAGES: tuple[Stage, ...] = (
           ("seed", "data.validation_fraction", "data.num_folds"), data=("train", "test")),
     Stage("train-cls", ("train-cls",), "voc_pipeline.stages.train_cls:run_train_cls",
           "train the multi-label classifier; validation probabilities",
-          (*TRAINING_KEYS, "classifier"), (artifacts.SPLITS,), ("train",)),
+          (*TRAINING_KEYS, "classifier"), (artifacts.SPLITS,), ("train",), leaves_out=CLASSIFIER_REFIT_KEYS),
     Stage("train-seg", ("train-seg",), "voc_pipeline.stages.train_seg:run_train_seg",
           "train the DeepLabV3+ segmenter; validation mIoU and overlays",
-          (*TRAINING_KEYS, "segmenter"), (artifacts.SPLITS,), ("train",)),
+          (*TRAINING_KEYS, "segmenter"), (artifacts.SPLITS,), ("train",), leaves_out=SEGMENTER_REFIT_KEYS),
     Stage("tune", ("tune",), "voc_pipeline.stages.tune:run_tune",
           "thresholds, scales, fused evidence and the joint rule, each chosen on validation predictions",
           ("seed", "thresholds", "joint", "inference"),
           (artifacts.SPLITS, artifacts.CLASSIFIER_VALIDATION, *SEGMENTER_FILES), ("train",)),
+    # After tune, so that validation has chosen the epochs, thresholds and rules before its images are trained on.
+    Stage("refit", ("refit",), "voc_pipeline.stages.refit:run_refit",
+          "with refit_all, train the final models again on fit + validation images for the epochs validation chose",
+          (*TRAINING_KEYS, "classifier", "segmenter"),
+          (artifacts.SPLITS, *CLASSIFIER_FILES, artifacts.CLASSIFIER_HISTORY, *SEGMENTER_FILES, artifacts.SEGMENTER_HISTORY),
+          ("train",)),
     Stage("predict", ("predict",), "voc_pipeline.stages.predict:run_predict",
-          "classify and segment the test set with what tune chose",
-          ("inference",), (*CLASSIFIER_FILES, *SEGMENTER_FILES, artifacts.THRESHOLDS, artifacts.JOINT_RULE), ("test",)),
+          "classify and segment the test set with the final models and what tune chose",
+          ("inference",), (*CLASSIFIER_FILES, *SEGMENTER_FILES, artifacts.FINAL_MODELS, artifacts.THRESHOLDS,
+                           artifacts.JOINT_RULE), ("test",)),
     Stage("submit", ("submit",), "voc_pipeline.stages.submit:run_submit",
           "write, validate and copy submission.csv",
           ("submit",), (artifacts.TEST_PREDICTIONS,), ("test",), copies_to="submit.output_dir"),
     Stage("evaluate", ("evaluate",), "voc_pipeline.stages.evaluate:run_evaluate",
           "validation scores against the baseline, report.md",
           (), (artifacts.SPLITS, artifacts.CLASSIFIER_MANIFEST, artifacts.SEGMENTER_MANIFEST, artifacts.THRESHOLD_COMPARISON,
-               artifacts.JOINT_RULE, artifacts.VALIDATION_PREDICTIONS, artifacts.metrics("train-cls"),
+               artifacts.JOINT_RULE, artifacts.VALIDATION_PREDICTIONS, artifacts.FINAL_MODELS, artifacts.metrics("train-cls"),
                artifacts.metrics("train-seg"), artifacts.metrics("tune")),
           ("train",)),
     Stage("attack", ("attack",), "voc_pipeline.stages.attack:run_attack",
@@ -155,12 +168,12 @@ def resolve_paths(config: Config) -> Config:
                                submit=dataclasses.replace(config.submit, output_dir=output_dir))
 
 
-def config_value(config: Config, dotted_key: str):
-    """A section (as a dict) or a single value of the configuration, by dotted key."""
+def config_value(config: Config, dotted_key: str, left_out: tuple[str, ...] = ()):
+    """A section (as a dict, less the `left_out` keys) or a single value of the configuration, by dotted key."""
     value = config_to_dict(config)
     for part in dotted_key.split("."):
         value = value[part]
-    return value
+    return without_keys(value, dotted_key + ".", left_out) if isinstance(value, dict) else value
 
 
 def current_inputs(config: Config, stage: Stage) -> dict:
@@ -174,7 +187,7 @@ def current_inputs(config: Config, stage: Stage) -> dict:
         if not found:
             files[artifact.pattern] = None
     return {
-        "config": {key: config_value(config, key) for key in stage.config_keys},
+        "config": {key: config_value(config, key, stage.leaves_out) for key in stage.config_keys},
         "artifacts": files,
         "data": {split: fingerprint(config.data.root, split) for split in stage.data},
     }
@@ -305,7 +318,7 @@ def execute(config: Config, stage: Stage) -> dict:
     record = start_record()
     earlier = {path: file_identity(path) for path in output_paths(config, stage) if path.is_relative_to(run_dir)}
     started = time.perf_counter()
-    view = ConfigView(config, stage.name, stage.config_keys)
+    view = ConfigView(config, stage.name, stage.config_keys, left_out=stage.leaves_out)
     metrics = import_function(stage.function)(view)
     write_json_atomic(artifacts.metrics(stage.name).path(run_dir), metrics)
     for path, identity in earlier.items():

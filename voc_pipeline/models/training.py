@@ -7,6 +7,7 @@ final name, draws the learning curves and returns the best model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -227,6 +228,25 @@ def plan_phases(schedule: TrainingSchedule) -> list[Phase]:
     return phases
 
 
+def refit_phases(phases: list[Phase], history: list[dict], monitor: str) -> list[Phase]:
+    """The phases of a refit on every image: each planned phase cut to the epochs it had run by the epoch whose
+    model training kept (the first best `monitor`, as ModelCheckpoint keeps it); phases it never reached go.
+
+    Each phase keeps its peak rate, warm-up and decay, its cosine spread over its own (shorter) length.
+
+    Raises:
+        ValueError: no epoch of `history` has a finite `monitor`.
+    """
+    scored = [record for record in sorted(history, key=lambda record: record["epoch"])
+              if monitor in record and math.isfinite(float(record[monitor]))]
+    if not scored:
+        raise ValueError(f"no epoch of the training history has a finite {monitor}: there is no chosen epoch to refit to")
+    best = max(scored, key=lambda record: float(record[monitor]))["epoch"]
+    counts = {phase.name: sum(1 for record in history if record["phase"] == phase.name and record["epoch"] <= best)
+              for phase in phases}
+    return [dataclasses.replace(phase, epochs=counts[phase.name]) for phase in phases if counts[phase.name] > 0]
+
+
 class RecordHistory(keras.callbacks.Callback):
     """Appends each finished epoch to `records` and rewrites the history CSV, so an interrupted run keeps it."""
 
@@ -323,6 +343,7 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
 
     Args:
         compile_model: called as compile_model(model, learning_rate_schedule, phase) after each phase's freezing.
+        validation_data: None trains every epoch of every phase and keeps the last (a refit on every image).
         monitor, mode: the validation quantity that picks the best checkpoint and stops early.
         identity: what must match for a resume (e.g. the configuration); None resumes any state.
 
@@ -334,10 +355,16 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
     """
     state_dir = checkpoint_path.parent / f"{checkpoint_path.stem}_state"
     records = resumable_state(state_dir, identity or {}, history_path, checkpoint_path)
-    best = [record[monitor] for record in records if monitor in record and math.isfinite(record[monitor])]
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        str(checkpoint_path), monitor=monitor, mode=mode, save_best_only=True,
-        initial_value_threshold=(max(best) if mode == "max" else min(best)) if best and checkpoint_path.exists() else None)
+    if validation_data is None:
+        # Nothing to choose an epoch by (a refit on every image): every epoch runs and the last one is kept.
+        checkpoint = keras.callbacks.ModelCheckpoint(str(checkpoint_path))
+        stopping = []
+    else:
+        best = [record[monitor] for record in records if monitor in record and math.isfinite(record[monitor])]
+        checkpoint = keras.callbacks.ModelCheckpoint(
+            str(checkpoint_path), monitor=monitor, mode=mode, save_best_only=True,
+            initial_value_threshold=(max(best) if mode == "max" else min(best)) if best and checkpoint_path.exists() else None)
+        stopping = [keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience)]
     guard = StopOnNonFiniteLoss()
     epoch = 0
     for index, phase in enumerate(phases):
@@ -358,8 +385,7 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
         schedule = warmup_cosine(phase.learning_rate, phase.epochs * steps_per_epoch, phase.warmup_epochs * steps_per_epoch)
         compile_model(model, schedule, phase)
         callbacks = [keras.callbacks.BackupAndRestore(str(state_dir / f"phase{index}_{phase.name}_backup")), guard,
-                     checkpoint, keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience),
-                     RecordHistory(records, history_path, phase.name)]
+                     checkpoint, *stopping, RecordHistory(records, history_path, phase.name)]
         # shuffle=False: the input pipeline shuffles the training set itself; Keras ignores the flag for a
         # tf.data.Dataset and warns when it is left at its default.
         model.fit(train_data, validation_data=validation_data, initial_epoch=epoch, epochs=epoch + phase.epochs,
@@ -413,8 +439,9 @@ class ModelFiles:
 
 
 def train_model(model: keras.Model, schedule: TrainingSchedule, compile_arguments, train_data: tf.data.Dataset,
-                validation_data: tf.data.Dataset, num_fit_examples: int, files: ModelFiles, monitor: str,
-                identity: dict, strategy: tf.distribute.Strategy, title: str) -> keras.Model:
+                validation_data: tf.data.Dataset | None, num_fit_examples: int, files: ModelFiles, monitor: str | None,
+                identity: dict, strategy: tf.distribute.Strategy, title: str,
+                phases: list[Phase] | None = None) -> keras.Model:
     """Train a freshly built model in phases and save it; returns the best epoch's model, reloaded from its file.
 
     Args:
@@ -424,9 +451,11 @@ def train_model(model: keras.Model, schedule: TrainingSchedule, compile_argument
         compile_arguments: () -> the loss and metrics for `model.compile` (made under the strategy's scope);
             the optimizer is AdamW with the section's weight decay and each phase's schedule (LayerwiseAdamW
             for a phase with layer-wise decay).
-        monitor: the validation metric ("val_...") that picks the best epoch; higher is better.
+        validation_data, monitor: the validation images and the metric ("val_...") that picks the best epoch
+            (higher is better); both None for a refit on every image, which keeps the last epoch.
         identity: what an interrupted training must share with this one to be resumed.
         title: the learning curves' title.
+        phases: the phases to train (default: `plan_phases(schedule)`; a refit passes `refit_phases`).
     """
 
     def compile_model(model, learning_rate, phase):
@@ -447,7 +476,7 @@ def train_model(model: keras.Model, schedule: TrainingSchedule, compile_argument
     # Keras writes its checkpoints and backups in place: a full disk there is named like any other write.
     with reporting_full_disk(files.checkpoint.parent, "the earlier model files are as they were; an interrupted "
                              "training resumes from its last whole epoch"):
-        fit_in_phases(model, compile_model, plan_phases(schedule), train_data, validation_data,
+        fit_in_phases(model, compile_model, plan_phases(schedule) if phases is None else phases, train_data, validation_data,
                       steps_per_epoch(num_fit_examples, schedule.batch_size), files.checkpoint, live_history,
                       monitor=monitor, mode="max", patience=schedule.patience, identity=identity)
     promote_checkpoint(files.checkpoint, files.model)

@@ -103,6 +103,18 @@ def chosen_row(table: list[dict], name: str, run_dir) -> dict:
                                f"its chosen rule {name!r} is not among its {len(table)} candidates")
 
 
+def final_models_text(final_models: dict) -> str:
+    """Which models made the test predictions (stage refit's final_models.json), in a sentence per head."""
+    lines = []
+    for head in ("classifier", "segmenter"):
+        entry = final_models[head]
+        epochs = ", ".join(f"{name} {count}" for name, count in entry.get("epochs", {}).items())
+        refit = f" (refit after tune, epochs {epochs}: the validation figures above are the first model's)" if entry["refit"] else ""
+        lines.append(f"- {head}: {', '.join(f'`{name}`' for name in entry['models'])}, trained on {entry['trained_on']} "
+                     f"({entry['images']} images){refit}.")
+    return "The test predictions were made by:\n\n" + "\n".join(lines)
+
+
 def run_evaluate(config: Config) -> dict:
     """Stage `evaluate`: writes report.md and score_comparison.png; returns the validation scores."""
     run_dir = config.run_dir
@@ -147,6 +159,7 @@ def run_evaluate(config: Config) -> dict:
         "## Figures",
     ]
     sections += [f"### {title}\n![{title}]({name})" for name, title in FIGURES if (run_dir / name).exists()]
+    sections += ["## Test predictions", final_models_text(artifacts.read_json(artifacts.FINAL_MODELS, run_dir))]
     sections += ["## Adversarial attacks",
                  "`voc-pipeline attack` (stage attack) attacks this run's models and writes [attack/attack.md](attack/attack.md)."]
     write_text_atomic(artifacts.REPORT.path(run_dir), "\n\n".join(sections) + "\n")

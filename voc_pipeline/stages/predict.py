@@ -1,8 +1,9 @@
 """Stage `predict`: classify and segment the test set with what `tune` chose, and save everything needed to
 rebuild a submission without running the models again.
 
-It reads only the trained models, the outputs of `tune` and the test images; each image goes through
-the same InferencePlan.decide that `tune` scored on validation, one batch at a time.
+It reads only the final models (those stage `refit` names: the first ones, or their refit on every image),
+the outputs of `tune` and the test images; each image goes through the same InferencePlan.decide that
+`tune` scored on validation, one batch at a time.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ def run_predict(config: Config) -> dict:
     probabilities, final flags, label maps at each test image's size); returns a summary."""
     run_dir = config.run_dir
     settings = config.inference
-    classifiers, _ = artifacts.load_classifiers(run_dir)
+    classifiers, segmenter, final_models = artifacts.load_final_models(run_dir)
     plan, _ = artifacts.read_inference_plan(run_dir)
-    segmenter, manifest = artifacts.load_segmenter(run_dir)
+    manifest = final_models["segmenter"]
     test = load_split(config.data.root, "test")
     classifier_probabilities = predict_probabilities(classifiers, test.images, settings.batch_size, settings.classifier_flip_tta)
     sources, flags, label_maps = [], [], []
@@ -44,7 +45,8 @@ def run_predict(config: Config) -> dict:
                            probabilities=classifier_probabilities, source_probabilities=np.array(sources), flags=flags)
     summary = {"test_images": len(test), "joint_rule": plan.rule.name, "scales": list(plan.scales),
                "flags_from": "fused evidence" if plan.fusion else "classifier",
-               "flags_per_image": float(flags.sum(1).mean())}
+               "flags_per_image": float(flags.sum(1).mean()),
+               "models": {head: final_models[head]["models"] for head in ("classifier", "segmenter")}}
     logger.info("predicted %d test images (%.2f classes per image) into %s", len(test), summary["flags_per_image"],
                 artifacts.TEST_PREDICTIONS.path(run_dir))
     return summary

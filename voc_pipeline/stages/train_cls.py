@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from voc_pipeline import artifacts
-from voc_pipeline.config import Config, config_to_dict
+from voc_pipeline.config import Config, training_settings
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
 from voc_pipeline.core.scoring import average_precisions
 from voc_pipeline.data.competition import ImageSet, fingerprint, load_split
@@ -89,7 +89,7 @@ def train_one_classifier(config: Config, train: ImageSet, part: TrainingPart, bo
                                         settings.batch_size, training=True, seed=config.seed, boxes=boxes)
     validation_data = classification_dataset(train.images, train.labels, part.validation_positions,
                                              settings.image_size, settings.batch_size, training=False)
-    identity = {"seed": config.seed, "classifier": config_to_dict(settings), "part": part.tag,
+    identity = {"seed": config.seed, "classifier": training_settings(settings), "part": part.tag,
                 "data": fingerprint(config.data.root, "train"), "fit_ids": train.ids[part.fit_positions].tolist()}
     return train_model(model, settings, compile_arguments, train_data, validation_data, len(part.fit_positions),
                        classifier_files(config, part.tag), "val_pr_auc", identity, strategy,

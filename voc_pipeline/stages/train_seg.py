@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from voc_pipeline import artifacts
-from voc_pipeline.config import Config, config_to_dict
+from voc_pipeline.config import Config, training_settings
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
 from voc_pipeline.core.scoring import segmentation_report
 from voc_pipeline.data.competition import fingerprint, load_split
@@ -53,7 +53,7 @@ def train_segmenter_model(config: Config, images, masks, fit_positions, validati
                                       training=True, seed=config.seed, scale_range=tuple(settings.scale_range))
     validation_data = segmentation_dataset(images, masks, validation_positions, settings.image_size,
                                            settings.batch_size, training=False)
-    identity = {"seed": config.seed, "segmenter": config_to_dict(settings), "data": fingerprint(config.data.root, "train"),
+    identity = {"seed": config.seed, "segmenter": training_settings(settings), "data": fingerprint(config.data.root, "train"),
                 "fit_positions": np.asarray(fit_positions).tolist()}
     return train_model(model, settings, compile_arguments, train_data, validation_data, len(fit_positions),
                        segmenter_files(config), "val_mean_iou", identity, strategy,
