@@ -51,7 +51,7 @@ def test_preprocessing_maps_uint8_to_the_backbone_range(backbone, expected_black
 
 @pytest.mark.slow
 def test_strong_profile_classifier_builds_trains_a_step_predicts_and_reloads(tmp_path):
-    """kaggle-strong's classifier (EfficientNetV2-S, asymmetric loss) at a tiny size, random weights."""
+    """EfficientNetV2-S (kaggle-strong's classifier before ConvNeXt) with the asymmetric loss at a tiny size, random weights."""
     model = build_classifier("efficientnetv2_s", image_size=64, num_classes=20, weights="none", dropout=0.3)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=classifier_loss("asymmetric"))
     rng = np.random.default_rng(0)

@@ -255,8 +255,11 @@ def test_bundle_holds_wheels_and_metadata(bundle):
      {"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5": "classifier, segmenter"}),
     ("kaggle", ["classifier.backbone=resnet50v2", "segmenter.weights=none"],
      {"resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5": "classifier"}),
-    ("kaggle-strong", [], {"efficientnetv2-s_notop.h5": "classifier",
-                           "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5": "segmenter"}),
+    ("kaggle-strong", [], {"convnext_small_notop.h5": "classifier, segmenter"}),
+    ("kaggle-strong", ["classifier.backbone=convnext_tiny", "segmenter.backbone=convnext_base"],
+     {"convnext_tiny_notop.h5": "classifier", "convnext_base_notop.h5": "segmenter"}),
+    ("kaggle-strong", ["classifier.backbone=efficientnetv2_s", "segmenter.backbone=resnet50v2"],
+     {"efficientnetv2-s_notop.h5": "classifier", "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5": "segmenter"}),
     ("smoke", [], {}),
 ])
 def test_the_plan_is_what_keras_would_download(profile, assignments, expected):
@@ -264,7 +267,7 @@ def test_the_plan_is_what_keras_would_download(profile, assignments, expected):
     assert {weight.fname: weight.used_by for weight in plan} == expected
     for weight in plan:
         assert weight.origin.startswith("https://") and weight.origin.endswith(weight.fname) and weight.cache_subdir == "models"
-    assert all(weight.file_hash for weight in plan if weight.fname.startswith(("resnet", "efficientnet")))
+    assert all(weight.file_hash for weight in plan if weight.fname.startswith(("resnet", "efficientnet", "convnext")))
 
 
 def test_a_weights_dataset_is_written_from_keras_cache(tmp_path):

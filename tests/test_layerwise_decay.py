@@ -17,12 +17,19 @@ from voc_pipeline.models.training import (
 )
 
 
-@pytest.mark.parametrize("profile", ["smoke", "cpu", "kaggle", "kaggle-strong"])
-def test_layerwise_decay_is_off_unless_asked_for(profile):
+@pytest.mark.parametrize("profile", [None, "smoke", "cpu", "cpu-scratch", "kaggle"])
+def test_layerwise_decay_and_the_refit_are_off_unless_asked_for(profile):
     config = build_config(profile)
     for section in (config.classifier, config.segmenter):
-        assert all(phase.layer_decay == 1.0 for phase in plan_phases(section)) or profile == "kaggle-strong"
-    assert build_config().classifier.layerwise_lr_decay == 1.0 and build_config().segmenter.layerwise_lr_decay == 1.0
+        assert all(phase.layer_decay == 1.0 for phase in plan_phases(section)) and not section.refit_all
+
+
+def test_kaggle_strong_fine_tunes_convnext_with_decay_and_refits():
+    config = build_config("kaggle-strong")
+    for section in (config.classifier, config.segmenter):
+        assert section.backbone == "convnext_small" and section.refit_all
+        assert [phase.layer_decay for phase in plan_phases(section)] == [1.0, 0.8]
+    assert config.classifier.image_size == 320 and 448 <= config.segmenter.image_size <= 512 and not config.classifier.kfold
 
 
 def test_only_fine_tuning_decays():

@@ -64,3 +64,29 @@ def test_a_final_model_replaced_after_the_refit_is_refused(tmp_path):
     artifacts.FINAL_MODELS.path(tmp_path).write_text(json.dumps(manifest))
     classifiers, segmenter, _ = artifacts.load_final_models(tmp_path)
     assert len(classifiers) == 1 and segmenter is not None
+
+
+def test_the_attack_costs_a_forward_per_taped_step_two_per_backward_and_the_scoring():
+    from voc_pipeline.bench import attack_forward_passes
+
+    # FGSM: 2 taped forwards + 1 backward (2) + 1 check + 2 scorings = 7; PGD of 10 steps: 11 + 20 + 10 + 2 = 43.
+    assert attack_forward_passes(1, 10, 1) == 7 + 43 + 2
+    assert attack_forward_passes(3, 10, 5) == 3 * 5 * (7 + 43) + 2
+
+
+@pytest.mark.slow
+def test_the_estimate_counts_the_refit_and_the_attack(capsys):
+    from voc_pipeline.bench import bench_estimate
+    from voc_pipeline.config import build_config
+
+    tiny = ["classifier.backbone='simple_cnn'", "classifier.image_size=32", "classifier.batch_size=2",
+            "segmenter.image_size=32", "segmenter.batch_size=2"]
+    without = bench_estimate(build_config("smoke", tiny))
+    with_refit = bench_estimate(build_config("smoke", [*tiny, "classifier.refit_all=true", "segmenter.refit_all=true"]))
+    printed = capsys.readouterr().out
+    assert "classifier refit (every image)" in printed and "attack (both heads)" in printed and "ESTIMATE" in printed
+    assert "estimated_hours_classifier_refit_low" not in without and without["estimated_hours_attack_low"] > 0
+    assert with_refit["estimated_hours_total_high"] > without["estimated_hours_total_high"]
+    # A refit of every planned epoch on 749 images costs 3 forwards an image, as the first training's fit part does.
+    ratio = with_refit["estimated_hours_classifier_refit_high"] / with_refit["estimated_hours_classifier_training_high"]
+    assert 1.0 < ratio < 1.25

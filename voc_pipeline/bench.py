@@ -293,9 +293,17 @@ def measured_step_seconds(model, loss, batch: tuple[np.ndarray, np.ndarray]) -> 
     return time.perf_counter() - start
 
 
+def attack_forward_passes(attacks: int, pgd_steps: int, num_epsilons: int) -> int:
+    """Forward-pass equivalents per image of the attack stage on one head: each FGSM (1 step) and PGD run of s
+    steps costs s + 1 taped forwards, s backwards (about 2 forwards each) and s checks of the candidate, then two
+    forwards scoring it with and without the defence; and two clean forwards."""
+    return attacks * num_epsilons * sum(4 * steps + 1 + 2 for steps in (1, pgd_steps)) + 2
+
+
 def bench_estimate(config) -> dict[str, float]:
     """A measured training step of each head here, and an ESTIMATE of the profile's full run on Kaggle's two
-    T4s from the heads' counted FLOPs (training = 3x forward, every planned epoch run, no early stop)."""
+    T4s from the heads' counted FLOPs (training = 3x forward, every planned epoch run, no early stop), the
+    refit on every image (refit_all) and the attack stage included."""
     from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
     from voc_pipeline.models.classifier import classifier_from_config
     from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
@@ -332,6 +340,20 @@ def bench_estimate(config) -> dict[str, float]:
         "prediction (validation and test)": (figures["classifier_forward_gflops"] * views + figures["segmenter_forward_gflops"]
                                              * segmenter_views * 2) * 1e9 * COMPETITION_TEST_IMAGES,
     }
+    # The refit runs at most every planned epoch (it stops at the epoch validation kept), on every labelled
+    # image and with no validation pass; a K-fold classifier is not refit.
+    if classifier_settings.refit_all and not classifier_settings.kfold:
+        flops["classifier refit (every image)"] = (figures["classifier_forward_gflops"] * 1e9 * classifier_epochs
+                                                   * 3 * COMPETITION_TRAIN_IMAGES)
+    if segmenter_settings.refit_all:
+        flops["segmenter refit (every image)"] = (figures["segmenter_forward_gflops"] * 1e9 * segmenter_epochs
+                                                  * 3 * COMPETITION_TRAIN_IMAGES)
+    attack = config.attack
+    attacked = min(attack.num_images, COMPETITION_TRAIN_IMAGES - fit_images)
+    epsilons = len(attack.epsilons)
+    flops["attack (both heads)"] = attacked * 1e9 * (
+        figures["classifier_forward_gflops"] * attack_forward_passes(3, attack.pgd_steps, epsilons)
+        + figures["segmenter_forward_gflops"] * (attack_forward_passes(1, attack.pgd_steps, epsilons) + epsilons))
     slow, fast = (flops_per_second * TWO_T4_SPEEDUP for flops_per_second in T4_FLOPS_RANGE)
     print(f"profile at {classifier_settings.backbone} {classifier_settings.image_size} px and DeepLabV3+ "
           f"{segmenter_settings.backbone} {segmenter_settings.image_size} px:")
@@ -341,10 +363,10 @@ def bench_estimate(config) -> dict[str, float]:
           f"{classifier_settings.batch_size}), {figures['segmenter_step_seconds_here']:.2f} s (segmenter, batch "
           f"{segmenter_settings.batch_size})")
     print(f"  ESTIMATE on Kaggle's two T4s (assumed {T4_FLOPS_RANGE[0] / 1e12:.0f} to {T4_FLOPS_RANGE[1] / 1e12:.0f} TFLOPS "
-          f"sustained per T4, {TWO_T4_SPEEDUP}x for two; every planned epoch run, no early stop; start-up and "
-          "data loading not counted):")
+          f"sustained per T4, {TWO_T4_SPEEDUP}x for two; every planned epoch run, no early stop, in the refit too; "
+          "start-up and data loading not counted):")
     for name, total in [*flops.items(), ("total", sum(flops.values()))]:
-        key = f"estimated_hours_{name.split()[0]}"
+        key = "estimated_hours_" + "_".join(name.split(" (")[0].split())
         figures[key + "_low"], figures[key + "_high"] = total / fast / 3600, total / slow / 3600
         print(f"    {name:<34}{figures[key + '_low']:>6.2f} to {figures[key + '_high']:.2f} h")
     return figures
