@@ -314,6 +314,16 @@ def test_a_view_hands_out_declared_keys_and_records_them():
         view.seed = 3
 
 
+def test_a_view_refuses_the_keys_a_declaration_leaves_out_even_when_unwrapping():
+    config = build_config("smoke", ["classifier.refit_all=true"])
+    view = ConfigView(config, "train-cls", ("classifier",), left_out=("classifier.refit_all",))
+    assert view.classifier.dropout == config.classifier.dropout
+    with pytest.raises(UndeclaredConfigKeyError, match=r"'classifier.refit_all'.*\(classifier, less classifier.refit_all\)"):
+        assert view.classifier.refit_all is None  # never reached
+    view.classifier.unwrap()
+    assert "classifier.refit_all" not in view.reads and "classifier.loss" in view.reads
+
+
 def test_a_stage_that_reads_a_key_its_declaration_leaves_out_fails(tmp_path, demo_root):
     """The planted fault: the data stage's real code under a declaration that forgot data.num_folds."""
     config = resolve_paths(build_config("smoke", [f'data.root="{demo_root}"', f'runs_dir="{tmp_path}"']))
