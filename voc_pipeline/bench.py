@@ -293,9 +293,20 @@ def measured_step_seconds(model, loss, batch: tuple[np.ndarray, np.ndarray]) -> 
     return time.perf_counter() - start
 
 
+def attack_flops(config, classifier_flops: float, segmenter_flops: float) -> float:
+    """Floating-point operations of the attack stage: at every budget, FGSM (one step) and PGD (pgd_steps steps) on
+    three classifier attacks and one segmenter attack. An attack of s steps costs about 4s + 1 forward passes (a
+    forward pass at each of its s + 1 iterates, a backward pass of about twice that at s of them, and each iterate
+    scored once more), and its result is predicted twice (with and without the defence)."""
+    settings = config.attack
+    passes = sum(4 * steps + 1 + 2 for steps in (1, settings.pgd_steps))
+    return settings.num_images * len(settings.epsilons) * passes * (3 * classifier_flops + segmenter_flops)
+
+
 def bench_estimate(config) -> dict[str, float]:
     """A measured training step of each head here, and an ESTIMATE of the profile's full run on Kaggle's two
-    T4s from the heads' counted FLOPs (training = 3x forward, every planned epoch run, no early stop)."""
+    T4s from the heads' counted FLOPs (training = 3x forward, every planned epoch run, no early stop; the
+    predictions and the adversarial attack included)."""
     from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
     from voc_pipeline.models.classifier import classifier_from_config
     from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
@@ -331,6 +342,8 @@ def bench_estimate(config) -> dict[str, float]:
                               * (3 * fit_images + COMPETITION_TRAIN_IMAGES - fit_images),
         "prediction (validation and test)": (figures["classifier_forward_gflops"] * views + figures["segmenter_forward_gflops"]
                                              * segmenter_views * 2) * 1e9 * COMPETITION_TEST_IMAGES,
+        "adversarial attack": attack_flops(config, figures["classifier_forward_gflops"] * 1e9,
+                                           figures["segmenter_forward_gflops"] * 1e9),
     }
     slow, fast = (flops_per_second * TWO_T4_SPEEDUP for flops_per_second in T4_FLOPS_RANGE)
     print(f"profile at {classifier_settings.backbone} {classifier_settings.image_size} px and DeepLabV3+ "
@@ -346,5 +359,7 @@ def bench_estimate(config) -> dict[str, float]:
     for name, total in [*flops.items(), ("total", sum(flops.values()))]:
         key = f"estimated_hours_{name.split()[0]}"
         figures[key + "_low"], figures[key + "_high"] = total / fast / 3600, total / slow / 3600
-        print(f"    {name:<34}{figures[key + '_low']:>6.2f} to {figures[key + '_high']:.2f} h")
+        low, high = figures[key + "_low"], figures[key + "_high"]
+        span = f"{low:>6.2f} to {high:.2f} h" if high >= 1 else f"{low * 60:>6.1f} to {high * 60:.1f} min"
+        print(f"    {name:<34}{span}")
     return figures
