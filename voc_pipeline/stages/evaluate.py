@@ -16,6 +16,7 @@ from voc_pipeline.data.competition import load_split
 from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_text_atomic
 from voc_pipeline.plots import plot_confusion, plot_mask_overlays, plot_score_comparison
+from voc_pipeline.report_parts import choices_section, score_table
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,6 @@ def baseline_scores(fit_labels: np.ndarray, true_labels: np.ndarray, true_maps: 
     class_index = most_frequent_class(fit_labels)
     maps = [centre_box_map(*truth.shape, class_index) for truth in true_maps]
     return score_predictions(baseline_flags(fit_labels, len(true_labels)), maps, true_labels, true_maps)
-
-
-def score_table(rows: dict[str, dict[str, float]]) -> str:
-    return markdown.table(("answer", "overall", "classification rows", "segmentation rows"),
-                          [(name, row["score"], row["classification"], row["segmentation"]) for name, row in rows.items()])
 
 
 def per_class_table(tuning: dict, segmenter: dict) -> str:
@@ -71,27 +67,6 @@ def plot_mistakes(run_dir, train) -> None:
                            titles, CLASS_NAMES, artifacts.WORST_IMAGES.path(run_dir))
     plot_confusion(arrays["confusion"], ("background", *CLASS_NAMES), artifacts.PIXEL_CONFUSION.path(run_dir),
                    f"pixels of {len(arrays['all_ids'])} validation images (rows: truth)")
-
-
-def choices_section(tuning: dict) -> list[str]:
-    """What tune chose on validation, and what it was chosen against."""
-    scales = tuning["scales"]
-    scale_table = markdown.table(("segmenter scales", "validation Dice of its own masks", "seconds per image"),
-                                 [(name, f"{row['segmentation_dice']:.4f}", f"{row['seconds_per_image']:.3f}")
-                                  for name, row in scales["options"].items()])
-    fusion = tuning["fusion"]
-    fusion_text = ("Fused evidence was not tried (joint.fusion = false)." if fusion.get("classifier_cross_validated") is None
-                   else f"Fused evidence: cross-validated classification {fusion['fused_cross_validated']:.4f} against "
-                        f"{fusion['classifier_cross_validated']:.4f} for the classifier alone; flags from the "
-                        f"{fusion['chosen']}.")
-    candidates = sorted(tuning["joint"]["candidates"], key=lambda row: -row["score"])
-    rule_table = markdown.table(("joint rule", "overall", "classification", "segmentation"),
-                                [(row["name"], row["score"], row["classification"], row["segmentation"])
-                                 for row in candidates[:10]])
-    return ["## What tune chose on validation",
-            f"Scales used: {', '.join(f'{scale:g}' for scale in scales['chosen'])}.", scale_table, fusion_text,
-            f"Joint rule: **{tuning['joint']['chosen']}**, the best of {len(candidates)} candidates (the ten best):",
-            rule_table]
 
 
 def chosen_row(table: list[dict], name: str, run_dir) -> dict:
@@ -142,7 +117,7 @@ def run_evaluate(config: Config) -> dict:
         f"{segmenter_manifest['image_size']} px. Validation mIoU {segmenter['mean_iou']:.4f}, "
         f"segmentation-row Dice {segmenter['segmentation_dice']:.4f} "
         f"(without flip TTA: {segmenter['segmentation_dice_without_flip_tta']:.4f}).",
-        *choices_section(tuning),
+        "## What tune chose on validation", *choices_section(tuning),
         "## Per class", per_class_table(tuning["thresholds"], segmenter),
         "## Figures",
     ]
