@@ -27,59 +27,18 @@ assignments = []
 
 # %%
 import os
-import re
-import socket
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
-from IPython.display import Image, Markdown, display
-
 # tqdm's notebook bars need ipywidgets; the package's plain bars are fine here.
 warnings.filterwarnings("ignore", message="IProgress not found")
-
 KAGGLE = Path(kaggle_root)
 INPUT, WORKING = KAGGLE / "input", KAGGLE / "working"
 RUNS_DIR, RUN = WORKING / "runs", "kaggle"
 RUN_DIR = RUNS_DIR / RUN
 configuration = ["--profile", profile, *(word for assignment in assignments for word in ("--set", assignment))]
-
-
-# TensorFlow's native log lines (absl: "I0000 00:00:...", "E0000 ..."), unfinished progress bars and blank lines
-# say nothing to a reader of the report; everything else a command prints is shown.
-NATIVE_LOG = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:|WARNING: All log messages before absl)")
-
-
-def worth_showing(line: str) -> bool:
-    progress_bar = "|" in line and re.search(r"(it|image)/s\]|s/it\]", line) and "100%" not in line
-    return bool(line.strip()) and not progress_bar and not NATIVE_LOG.match(line)
-
-
-def voc_pipeline_cli(*words: str, environment: dict | None = None) -> None:
-    """Run `voc-pipeline WORDS` as a user would, showing its output here as it comes; a failure stops the notebook
-    with the command's last lines."""
-    process = subprocess.Popen([sys.executable, "-m", "voc_pipeline", *words], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env={**os.environ, **(environment or {})})
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if worth_showing(line):
-            print(line.rstrip("\n"), flush=True)
-    if process.wait():
-        raise RuntimeError(f"`voc-pipeline {' '.join(words[:3])} ...` failed (exit {process.returncode}):\n"
-                           + "".join(lines[-30:]))
-
-
-def show(blocks) -> None:
-    """Display a part rendered from the run's files: Markdown text, and each figure once under its title."""
-    for block in blocks:
-        if isinstance(block, str):
-            display(Markdown(block))
-        else:
-            display(Markdown(f"**{block.title}**"))
-            display(Image(filename=str(block.path)))
-
 
 package_wheels = sorted(INPUT.rglob("voc_pipeline-*.whl"))
 if not package_wheels:
@@ -87,25 +46,17 @@ if not package_wheels:
 WHEEL_FOLDER = package_wheels[-1].parent
 wheels = sorted(str(path) for path in WHEEL_FOLDER.glob("*.whl"))
 print(f"installing from {WHEEL_FOLDER}: {', '.join(Path(wheel).name for wheel in wheels)}")
-installation = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", *wheels], check=True)
+installation = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", *wheels],
+                              check=True)
 
 # %%
 from voc_pipeline import report_parts  # installed by the cell above
 from voc_pipeline.data.competition import find_data_root
+from voc_pipeline.kernel.notebook import internet_available, show, voc_pipeline_cli
 from voc_pipeline.kernel.weights import install_attached_weights
 
 installed = install_attached_weights(INPUT)
 print(f"attached weight files copied into Keras's home: {', '.join(path.name for path in installed) or 'none'}")
-
-
-def internet_available() -> bool:
-    try:
-        socket.create_connection(("storage.googleapis.com", 443), timeout=5).close()
-        return True
-    except OSError:
-        return False
-
-
 # The plan builds backbones on the CPU in a child process, so this notebook's process never holds the GPU.
 verify = subprocess.run([sys.executable, "-m", "voc_pipeline", "kernel", "weights", "--verify", *configuration],
                         capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -116,7 +67,8 @@ if verify.returncode:
                            "`voc-pipeline kernel weights` (kernel build --weights-dataset OWNER/NAME), or turn internet on.")
     print("internet is on: Keras downloads the missing weight files when training starts")
 # The package finds the folder holding train/train_set.csv under /kaggle/input (either mount style).
-stage_arguments = [*configuration, "--runs-dir", str(RUNS_DIR), "--run", RUN, "--data", str(find_data_root(None, kaggle_input=INPUT)),
+stage_arguments = [*configuration, "--runs-dir", str(RUNS_DIR), "--run", RUN,
+                   "--data", str(find_data_root(None, kaggle_input=INPUT)),
                    "--set", f'submit.output_dir="{WORKING}"', "--set", "submit.prune_output=true"]
 
 # %% [markdown]

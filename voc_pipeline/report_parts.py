@@ -82,7 +82,7 @@ def epochs_text(run_dir: Path, pattern: str) -> str:
     for row in histories[0]:
         phases[row["phase"]] = phases.get(row["phase"], 0) + 1
     folds = f" per fold ({len(histories)} folds)" if len(histories) > 1 else ""
-    return (f"{len(histories[0])} epochs{folds} ("
+    return (f"{count(len(histories[0]), 'epoch')}{folds} ("
             + ", ".join(f"{'from random weights, all layers' if phase == 'full' else phase} {count}"
                         for phase, count in phases.items()) + ")")
 
@@ -96,6 +96,11 @@ def figures(run_dir: Path, items: list[tuple[str, str]]) -> list[Figure]:
     return found
 
 
+def count(number: int, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def weights_text(weights: str) -> str:
     return "ImageNet weights" if weights == "imagenet" else "random initial weights, no pretraining"
 
@@ -103,13 +108,13 @@ def weights_text(weights: str) -> str:
 def phases_text(section: dict) -> str:
     """How the two-phase recipe is set up, from the configuration section of a head."""
     if section["weights"] != "imagenet":
-        return (f"From random weights every layer trains from the start: {section['head_epochs'] + section['finetune_epochs']} "
-                f"planned epochs at learning rate {section['head_learning_rate']:g} with {section['warmup_epochs']} warm-up "
-                f"epoch(s) and cosine decay.")
+        return (f"From random weights every layer trains from the start: "
+                f"{count(section['head_epochs'] + section['finetune_epochs'], 'planned epoch')} at learning rate "
+                f"{section['head_learning_rate']:g} with {count(section['warmup_epochs'], 'warm-up epoch')} and cosine decay.")
     return (f"Two phases: {section['head_epochs']} epochs of the head alone on the frozen backbone (learning rate "
             f"{section['head_learning_rate']:g}), then {section['finetune_epochs']} epochs with the top "
             f"{section['unfreeze_fraction']:.0%} of the backbone unfrozen (learning rate {section['finetune_learning_rate']:g}, "
-            f"{section['warmup_epochs']} warm-up epoch(s), cosine decay); batch norm stays frozen so that small batches do "
+            f"{count(section['warmup_epochs'], 'warm-up epoch')}, cosine decay); batch norm stays frozen so that small batches do "
             f"not overwrite its ImageNet statistics. Early stopping after {section['patience']} epochs without improvement.")
 
 
@@ -269,8 +274,8 @@ def findings_rows(run_dir: Path) -> list[tuple]:
     ]
     other_kind = "plain" if kind == "flip_tta" else "flip_tta"
     if other_kind in thresholds:
-        rows.append(gain_row("classifier flip TTA", "configuration", kind.replace("_", " "), chosen[f"{key}_cross_validated"],
-                             other_kind.replace("_", " "), thresholds[other_kind][f"{key}_cross_validated"],
+        rows.append(gain_row("classifier flip TTA", "configuration", kind.replace("flip_tta", "flip TTA"),
+                             chosen[f"{key}_cross_validated"], other_kind.replace("flip_tta", "flip TTA"), thresholds[other_kind][f"{key}_cross_validated"],
                              "classification, cross-validated"))
     rows.append(gain_row("segmenter flip TTA", "configuration", "flip TTA", segmenter["mean_iou"], "no flip",
                          segmenter["mean_iou_without_flip_tta"], "segmenter mIoU"))
