@@ -18,6 +18,7 @@ from pathlib import Path
 from voc_pipeline import artifacts, markdown
 from voc_pipeline.core.classes import CLASS_NAMES
 from voc_pipeline.errors import ArtifactError, OutputFolderError
+from voc_pipeline.files import byte_size
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,7 @@ def experiments_part(folder: Path) -> list[Block]:
     manifest = json.loads((folder / "experiments.json").read_text())
     comparison = "\n".join(line for line in (folder / "comparison.md").read_text().splitlines() if not line.startswith("# "))
     return [f"{len(manifest['runs'])} runs made offline with this package, bundled with the notebook's dataset "
-            f"({manifest['files']} files, {manifest['bytes'] / 1e6:.1f} MB: configuration, metrics, reports and figures; "
+            f"({manifest['files']} files, {byte_size(manifest['bytes'])}: configuration, metrics, reports and figures; "
             f"no models or data): {', '.join(f'`{name}`' for name in manifest['runs'])}.", comparison.strip(),
             Figure(folder / "comparison.png", "Validation score of each offline run")]
 
