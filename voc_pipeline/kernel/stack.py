@@ -224,7 +224,8 @@ def check_kernel(bundle: str | Path, data_root: str | Path, assignments: tuple[s
             submission; the executed notebook and its HTML are kept for a look all the same.
     """
     base_python = build_stack_environment() if stack == "kaggle" else Path(sys.executable)
-    output = ensure_writable_folder(output)
+    # Absolute: papermill runs in the simulated working folder.
+    bundle, output = Path(bundle).resolve(), ensure_writable_folder(output).resolve()
     executed, html = output / "kernel.ipynb", output / "kernel.html"
     for stale in (executed, html):
         stale.unlink(missing_ok=True)
