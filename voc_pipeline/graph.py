@@ -94,7 +94,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", ("evaluate",), "voc_pipeline.stages.evaluate:run_evaluate",
           "validation scores against the baseline, report.md",
           (), (artifacts.SPLITS, artifacts.CLASSIFIER_MANIFEST, artifacts.SEGMENTER_MANIFEST, artifacts.THRESHOLD_COMPARISON,
-               artifacts.JOINT_RULE, artifacts.VALIDATION_PREDICTIONS, artifacts.metrics("train-cls"),
+               artifacts.JOINT_RULE, artifacts.VALIDATION_PREDICTIONS, artifacts.TEST_PREDICTIONS, artifacts.metrics("train-cls"),
                artifacts.metrics("train-seg"), artifacts.metrics("tune")),
           ("train",)),
     Stage("attack", ("attack",), "voc_pipeline.stages.attack:run_attack",

@@ -166,3 +166,23 @@ def plot_success_curves(frame: pd.DataFrame, path) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=6)
     save_figure(figure, path)
+
+
+def plot_reliability(curves: dict[str, dict], path: Path) -> Path:
+    """Reliability diagram: each curve's observed frequency against its predicted probability per bin (the
+    diagonal is a calibrated model), with its expected calibration error in the legend."""
+    figure, axis = plt.subplots(figsize=(6.5, 5.5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    for name, curve in curves.items():
+        filled = curve["count"] > 0
+        axis.plot(curve["predicted"][filled], curve["observed"][filled], marker="o",
+                  linestyle="--" if "as trained" in name else "-", label=f"{name} (ECE {curve['ece']:.3f})")
+    axis.set_xlabel("predicted probability")
+    axis.set_ylabel("observed frequency")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_title("calibration on validation")
+    axis.legend(fontsize=7, loc="upper left")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return save_figure(figure, path)

@@ -29,7 +29,12 @@ FIGURES = [
     (artifacts.SCORE_COMPARISON.pattern, "Competition score on validation"),
     (artifacts.WORST_IMAGES.pattern, "The validation images the chosen rule scores worst"),
     (artifacts.PIXEL_CONFUSION.pattern, "Pixel confusion of the chosen rule on validation"),
+    (artifacts.RELIABILITY.pattern, "Calibration of both heads on validation"),
 ]
+
+# Classes per image predicted on the test set against validation: a gap this large says the choices made on
+# validation do not carry over to the test images.
+CLASSES_PER_IMAGE_WARNING = 0.5
 
 
 def baseline_scores(fit_labels: np.ndarray, true_labels: np.ndarray, true_maps: list[np.ndarray]) -> dict[str, float]:
@@ -78,6 +83,28 @@ def chosen_row(table: list[dict], name: str, run_dir) -> dict:
                                f"its chosen rule {name!r} is not among its {len(table)} candidates")
 
 
+def estimate_section(estimate: dict, test_flags: np.ndarray) -> tuple[list[str], dict]:
+    """How well the chosen answer should do off validation, and whether the test set looks like validation:
+    (report lines, figures)."""
+    low, high = estimate["interval"]
+    test_classes = float(test_flags.sum(1).mean()) if len(test_flags) else float("nan")
+    figures = {"estimate": estimate["score"], "interval": [low, high], "in_sample": estimate["in_sample"],
+               "classes_per_image": {"truth_validation": estimate["true_classes_per_image"],
+                                     "predicted_validation": estimate["classes_per_image"], "predicted_test": test_classes}}
+    lines = [f"**What to expect off validation: {estimate['score']:.4f}** ({estimate['level']:.0%} bootstrap interval "
+             f"over images [{low:.4f}, {high:.4f}]). The joint rule is chosen on half of the validation images, with "
+             f"the flags fitted on the images it is not scored on, and scored on the other half, over repeated splits. "
+             f"In-sample the chosen rule scores {estimate['in_sample']:.4f} (the best candidate "
+             f"{estimate['best_in_sample']:.4f}): the difference is what choosing on the same images overstates.",
+             markdown.table(("classes per image", "truth (validation)", "predicted (validation)", "predicted (test)"),
+                            [("mean", estimate["true_classes_per_image"], estimate["classes_per_image"], test_classes)])]
+    if abs(test_classes - estimate["classes_per_image"]) > CLASSES_PER_IMAGE_WARNING:
+        lines.append(f"**Warning:** the test images get {test_classes:.2f} classes each against "
+                     f"{estimate['classes_per_image']:.2f} on validation: the probabilities behave differently on the "
+                     f"test set, and the validation figures above may not carry over.")
+    return lines, figures
+
+
 def run_evaluate(config: Config) -> dict:
     """Stage `evaluate`: writes report.md and score_comparison.png; returns the validation scores."""
     run_dir = config.run_dir
@@ -101,12 +128,15 @@ def run_evaluate(config: Config) -> dict:
     classifier, segmenter = artifacts.read_metrics(run_dir, "train-cls"), artifacts.read_metrics(run_dir, "train-seg")
     tuning = artifacts.read_metrics(run_dir, "tune")
     plot_mistakes(run_dir, train)
+    test_arrays, _ = artifacts.read_test_predictions(run_dir)
+    estimate_lines, estimate_figures = (estimate_section(joint["estimate"], test_arrays["flags"]) if "estimate" in joint
+                                        else ([], {}))
     threshold_table = artifacts.THRESHOLD_COMPARISON.require(run_dir).read_text()
     sections = [
         f"# Run `{config.run_name}`: validation report",
         f"{len(ids)} validation images (held out from training; thresholds and the joint rule were chosen on them, "
         "so the tuned figures are slightly optimistic: see the cross-validated column below).",
-        "## Competition score", score_table(rows),
+        "## Competition score", score_table(rows), *estimate_lines,
         "## Classifier",
         f"Backbone `{classifier_manifest['backbone']}` at {classifier_manifest['image_size']} px, loss "
         f"`{classifier_manifest['loss']}`. Validation mAP {classifier['mean_average_precision']:.4f} "
@@ -126,4 +156,4 @@ def run_evaluate(config: Config) -> dict:
                  "`voc-pipeline attack` (stage attack) attacks this run's models and writes [attack/attack.md](attack/attack.md)."]
     write_text_atomic(artifacts.REPORT.path(run_dir), "\n\n".join(sections) + "\n")
     print(score_table(rows))
-    return {"validation_images": len(ids), "scores": rows, "joint_rule": rule.name}
+    return {"validation_images": len(ids), "scores": rows, "joint_rule": rule.name, **estimate_figures}
