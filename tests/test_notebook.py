@@ -194,7 +194,7 @@ def test_the_notebook_runs_in_a_jupyter_kernel_on_kaggles_stack_with_notes_and_e
     assert "ESTIMATE" in shown("Training both heads, and the time it takes") and "adversarial attack" in \
         shown("Training both heads, and the time it takes")
     assert "Backbone `simple_cnn`" in shown("Part 1: multi-label classification")
-    assert images("Part 1: multi-label classification") == 2
+    assert images("Part 1: multi-label classification") == 3  # curves, per class, calibration
     assert images("Part 2: semantic segmentation, and how both heads decide together") == 6
     attack = shown("Part 3: an adversarial attack on this run's own models")
     assert "| model | attack | epsilon | defence | success |" in attack and images("Part 3: an adversarial attack on this run's own models") == 3
