@@ -36,9 +36,9 @@ help:
 	@echo "make test        the test suite (creates $(VENV) if needed)"
 	@echo "make data-check | train-cls | train-seg | tune | refit | predict   run the stages up to that one"
 	@echo "make test-kaggle-stack  the fast tests on Kaggle's Python, TensorFlow and Keras (kaggle/image.toml)"
-	@echo "make kernel-check                  build the Kaggle bundle and run it on a simulated /kaggle tree"
+	@echo "make kernel-check [NOTES=DIR] [EXPERIMENTS=\"runs/a runs/b\"]  build the bundle, execute its notebook in a Jupyter kernel on a simulated /kaggle tree (kaggle/check/kernel.html)"
 	@echo "make kaggle-data [COMPETITION=...]  download this year's competition data into $(KAGGLE_DATA), checked"
-	@echo "make kaggle-push KAGGLE_USER=... [COMPETITION=...]  build and upload the bundle, push the kernel"
+	@echo "make kaggle-push KAGGLE_USER=... [COMPETITION=...] [NOTES=DIR] [EXPERIMENTS=...]  build and upload the bundle, push the kernel"
 	@echo "make kaggle-status / kaggle-output  wait for the kernel's run / fetch and validate its submission"
 	@echo "make kaggle-submit                 submit that output to the competition and print its public score"
 	@echo "make lint        ruff"
@@ -84,7 +84,13 @@ status: install
 KAGGLE_USER ?= local-check
 BUNDLE ?= kaggle/bundle
 QUICK := --set classifier.head_epochs=1 --set classifier.finetune_epochs=1 --set segmenter.head_epochs=1 \
-	--set segmenter.finetune_epochs=1
+	--set segmenter.finetune_epochs=1 --set attack.num_images=4 --set attack.pgd_steps=3
+# The student's notes (a folder of introduction.md, classification.md, ...) and runs made elsewhere to show in the
+# notebook: make kaggle-push NOTES=notes EXPERIMENTS="runs/a runs/b".
+NOTES ?=
+EXPERIMENTS ?=
+CHECK ?= kaggle/check
+NOTEBOOK_ARGS = $(if $(NOTES),--notes $(NOTES)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
 
 KAGGLE_VENV := .venv-kaggle
 COMPETITION ?=
@@ -94,11 +100,12 @@ COMPETITION_ARG = $(if $(COMPETITION),--competition $(COMPETITION))
 LOCAL_COMPETITION := kul-computer-vision-ga-2-local-check
 
 kernel-build: install
-	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) $(COMPETITION_ARG)
+	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) $(COMPETITION_ARG) $(NOTEBOOK_ARGS)
 
+# Executes the notebook in a Jupyter kernel (papermill) on Kaggle's stack; keeps it and its HTML in $(CHECK).
 kernel-check: install demo-data
-	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) --competition $(or $(COMPETITION),$(LOCAL_COMPETITION))
-	$(CLI) kernel check --bundle $(BUNDLE) --data $(DEMO_DATA) $(QUICK)
+	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) --competition $(or $(COMPETITION),$(LOCAL_COMPETITION)) $(NOTEBOOK_ARGS)
+	$(CLI) kernel check --bundle $(BUNDLE) --data $(DEMO_DATA) --output $(CHECK) $(QUICK)
 
 test-kaggle-stack: install
 	$(CLI) kernel stack --output $(KAGGLE_VENV)
@@ -114,7 +121,7 @@ kaggle-data: $(BIN)/kaggle
 kaggle-push: $(BIN)/kaggle
 	@test "$(KAGGLE_USER)" != local-check || { echo "make kaggle-push needs KAGGLE_USER=<your Kaggle user name>"; exit 2; }
 	$(CLI) kernel credentials
-	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) $(COMPETITION_ARG)
+	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) $(COMPETITION_ARG) $(NOTEBOOK_ARGS)
 	$(CLI) kernel push --bundle $(BUNDLE) $(COMPETITION_ARG)
 
 kaggle-status: $(BIN)/kaggle

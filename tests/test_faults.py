@@ -68,7 +68,8 @@ def run_without_read_override(arguments: list[str]) -> subprocess.CompletedProce
 
 
 def build_arguments(output: Path, *extra: str) -> list[str]:
-    return ["kernel", "build", "--output", str(output), "--username", "someone", *extra]
+    return ["kernel", "build", "--output", str(output), "--username", "someone", "--competition",
+            "kul-computer-vision-ga-2-2026", *extra]
 
 
 @pytest.mark.parametrize("folder", ["kernel", "dataset"])

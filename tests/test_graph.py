@@ -51,7 +51,8 @@ def test_predict_reads_only_the_models_the_tuned_choices_and_the_test_images():
     assert {artifact.stage for artifact in predict.reads} == {"train-cls", "train-seg", "tune", "refit"}
     assert artifacts.FINAL_MODELS in predict.reads and predict.data == ("test",)
     assert [stage.name for stage in upstream(predict)] == ["data", "train-cls", "train-seg", "tune", "refit"]
-    assert [stage.name for stage in downstream(stage_named("predict"))] == ["submit"]
+    # evaluate compares the classes per image predicted on the test set with validation's.
+    assert [stage.name for stage in downstream(stage_named("predict"))] == ["submit", "evaluate"]
 
 
 def test_the_refit_follows_training_and_its_switch_retrains_nothing_else():

@@ -67,11 +67,14 @@ def test_a_final_model_replaced_after_the_refit_is_refused(tmp_path):
 
 
 def test_the_attack_costs_a_forward_per_taped_step_two_per_backward_and_the_scoring():
-    from voc_pipeline.bench import attack_forward_passes
+    from voc_pipeline.bench import attack_flops
+    from voc_pipeline.config import build_config
 
-    # FGSM: 2 taped forwards + 1 backward (2) + 1 check + 2 scorings = 7; PGD of 10 steps: 11 + 20 + 10 + 2 = 43.
-    assert attack_forward_passes(1, 10, 1) == 7 + 43 + 2
-    assert attack_forward_passes(3, 10, 5) == 3 * 5 * (7 + 43) + 2
+    config = build_config(assignments=["attack.pgd_steps=10", "attack.num_images=4", "attack.epsilons=[2.0, 8.0]"])
+    # FGSM: 4 * 1 + 1 + 2 = 7 passes; PGD of 10 steps: 4 * 10 + 1 + 2 = 43; three classifier attacks and one
+    # segmenter attack at each of 2 budgets on 4 images.
+    assert attack_flops(config, classifier_flops=1.0, segmenter_flops=0.0) == 4 * 2 * (7 + 43) * 3
+    assert attack_flops(config, classifier_flops=0.0, segmenter_flops=1.0) == 4 * 2 * (7 + 43)
 
 
 @pytest.mark.slow
@@ -84,8 +87,8 @@ def test_the_estimate_counts_the_refit_and_the_attack(capsys):
     without = bench_estimate(build_config("smoke", tiny))
     with_refit = bench_estimate(build_config("smoke", [*tiny, "classifier.refit_all=true", "segmenter.refit_all=true"]))
     printed = capsys.readouterr().out
-    assert "classifier refit (every image)" in printed and "attack (both heads)" in printed and "ESTIMATE" in printed
-    assert "estimated_hours_classifier_refit_low" not in without and without["estimated_hours_attack_low"] > 0
+    assert "classifier refit (every image)" in printed and "adversarial attack" in printed and "ESTIMATE" in printed
+    assert "estimated_hours_classifier_refit_low" not in without and without["estimated_hours_adversarial_attack_low"] > 0
     assert with_refit["estimated_hours_total_high"] > without["estimated_hours_total_high"]
     # A refit of every planned epoch on 749 images costs 3 forwards an image, as the first training's fit part does.
     ratio = with_refit["estimated_hours_classifier_refit_high"] / with_refit["estimated_hours_classifier_training_high"]

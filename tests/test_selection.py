@@ -5,9 +5,19 @@ import pytest
 
 from voc_pipeline.core.fusion import compare_fusion
 from voc_pipeline.core.joint import InferencePlan, JointRule, candidate_table, choose_rule, score_rules
-from voc_pipeline.core.scoring import competition_score
-from voc_pipeline.core.selection import best_candidate, choose_scales, cross_validated, halves, scale_options
-from voc_pipeline.core.thresholds import compare_strategies, default_grid, mean_image_f1, threshold_chooser
+from voc_pipeline.core.scoring import classification_row_scores, competition_score
+from voc_pipeline.core.selection import (
+    best_candidate,
+    bootstrap_interval,
+    choose_scales,
+    choose_within_noise,
+    cross_validated,
+    cross_validated_rows,
+    halves,
+    held_out_selection,
+    scale_options,
+)
+from voc_pipeline.core.thresholds import STRATEGIES, compare_strategies, default_grid, fit_flags, flag_fitter
 
 NUM_CLASSES = 20
 
@@ -65,14 +75,16 @@ def test_one_global_threshold_is_kept_when_per_class_tuning_only_fits_noise(seed
 def test_the_cross_validated_strategy_scores_are_those_of_halves_scored_by_the_other_half():
     probabilities, labels = noisy_labels(7)
     grid = default_grid(0.01)
-    result = compare_strategies(probabilities, labels, grid, rounds=3, seed=0)
-    first, second = halves(len(labels), seed=0)
-    for strategy, key in (("global", "global_cross_validated"), ("per-class", "per_class_cross_validated")):
-        choose = threshold_chooser(strategy, grid, 3)
-        by_hand = sum(mean_image_f1(probabilities[held_out], labels[held_out],
-                                    choose(probabilities[fit], labels[fit])) * len(held_out)
-                      for fit, held_out in ((first, second), (second, first))) / len(labels)
-        assert result[key] == pytest.approx(by_hand, abs=1e-12), strategy
+    result = compare_strategies(probabilities, labels, grid, rounds=3, seed=0, repeats=2)
+    for strategy in STRATEGIES:
+        by_hand = []
+        for repeat in range(2):
+            first, second = halves(len(labels), seed=repeat)
+            for fit, held_out in ((first, second), (second, first)):
+                fitted = fit_flags(strategy, probabilities[fit], labels[fit], grid, 3)
+                by_hand.append(classification_row_scores(fitted.flags(probabilities[held_out]), labels[held_out]).sum())
+        key = f"{strategy.replace('-', '_')}_cross_validated"
+        assert result[key] == pytest.approx(sum(by_hand) / (2 * len(labels)), abs=1e-12), strategy
 
 
 def segmenter_evidence(labels: np.ndarray, informative: bool, seed: int):
@@ -94,7 +106,7 @@ def test_fusion_that_adds_only_noise_to_a_sure_classifier_is_not_kept():
     labels = one_class_each(60, seed=1)
     sure = np.where(labels == 1, 0.95, 0.05)
     largest, area = segmenter_evidence(labels, informative=False, seed=2)
-    chooser = threshold_chooser("global", default_grid(0.05), 1)
+    chooser = flag_fitter("global", default_grid(0.05), 1)
     outcome = compare_fusion(sure, largest, area, labels, chooser, seed=0)
     assert outcome.classifier_cross_validated == pytest.approx(1.0)
     assert not outcome.use_fusion and outcome.to_dict()["chosen"] == "classifier"
@@ -104,7 +116,7 @@ def test_fusion_wins_when_the_segmenter_knows_what_the_classifier_does_not():
     labels = one_class_each(60, seed=3)
     clueless = np.random.default_rng(4).uniform(0.2, 0.8, labels.shape)
     largest, area = segmenter_evidence(labels, informative=True, seed=5)
-    chooser = threshold_chooser("global", default_grid(0.05), 1)
+    chooser = flag_fitter("global", default_grid(0.05), 1)
     outcome = compare_fusion(clueless, largest, area, labels, chooser, seed=0)
     assert outcome.fused_cross_validated > 0.95 > 0.5 > outcome.classifier_cross_validated
     assert outcome.use_fusion and outcome.to_dict()["chosen"] == "fused"
@@ -113,9 +125,11 @@ def test_fusion_wins_when_the_segmenter_knows_what_the_classifier_does_not():
 def test_more_scales_are_used_only_when_they_score_better():
     options = scale_options([0.75, 1.0, 1.25])
     assert options == [(1.0,), (0.75, 1.0, 1.25)]
-    assert choose_scales(options, [0.40, 0.45]) == (0.75, 1.0, 1.25)
-    assert choose_scales(options, [0.45, 0.45]) == (1.0,), "a tie keeps the cheaper single scale"
-    assert choose_scales(options, [0.45, 0.40]) == (1.0,)
+    rng = np.random.default_rng(0)
+    single = rng.random(50)
+    assert choose_scales(options, np.stack([single, single + 0.05])) == (0.75, 1.0, 1.25)
+    assert choose_scales(options, np.stack([single, single])) == (1.0,), "a tie keeps the cheaper single scale"
+    assert choose_scales(options, np.stack([single, single + rng.normal(0.001, 0.05, 50)])) == (1.0,), "noise"
     assert scale_options([1.0]) == [(1.0,)]
 
 
@@ -127,7 +141,8 @@ def test_the_candidate_table_is_the_competition_score_of_each_rule():
     assert [row["name"] for row in table] == [rule.name for rule in rules]
     assert table[1]["score"] == pytest.approx(competition_score(classification[1], segmentation[1])["score"])
     assert [row["score"] for row in table] == pytest.approx([0.25, 0.65, 0.65])
-    assert choose_rule(table) == 1, "two-step ties guided and comes later: the earlier (simpler) one is chosen"
+    rows = (classification + segmentation) / 2
+    assert choose_rule(rows) == 1, "two-step ties guided and comes later: the earlier (simpler) one is chosen"
 
 
 def picture_with_a_missed_class():
@@ -154,11 +169,58 @@ def test_the_rule_that_paints_a_class_the_classifier_accepts_is_chosen():
     plan = InferencePlan(np.full(NUM_CLASSES, 0.5), None, JointRule(), (1.0,), np.tile([0, 0, 1, 1], (NUM_CLASSES, 1)),
                          0.002)
     rules = [JointRule(), JointRule(masks="two-step")]
-    classification, segmentation, confusion = score_rules([probabilities], classifier, labels, [truth], plan, rules)
+    classification, segmentation, confusion, flag_counts = score_rules([probabilities], classifier, labels, [truth], plan,
+                                                                        rules)
+    assert flag_counts.tolist() == [[2], [2]]
     assert classification.tolist() == [[1.0], [1.0]], "both rules keep the classifier's two flags"
     # Independent heads paint only the cat: Dice 2 * 50 / (50 + 100). Two-step paints the accepted dog where the
     # segmenter sees more foreground than background: the whole mask is right.
     assert segmentation[0, 0] == pytest.approx(2 * 50 / 150) and segmentation[1, 0] == pytest.approx(1.0)
     assert confusion[0].sum() == confusion[1].sum() == 100 and confusion[1][12, 12] == 50
-    table = candidate_table(rules, classification, segmentation)
-    assert choose_rule(table) == 1
+    assert choose_rule((classification + segmentation) / 2) == 1
+
+
+def test_a_complex_candidate_that_wins_only_by_noise_is_refused():
+    rng = np.random.default_rng(0)
+    simple = rng.random(80)
+    lucky = simple + rng.normal(0.002, 0.05, 80)  # better on average by far less than its noise
+    assert lucky.mean() > simple.mean()
+    assert choose_within_noise(np.stack([simple, lucky])) == 0
+    clearly = simple + 0.05 + rng.normal(0, 0.01, 80)
+    assert choose_within_noise(np.stack([simple, lucky, clearly])) == 2
+
+
+def test_a_candidate_planted_to_win_on_one_half_only_is_refused_cross_validated():
+    """Candidate 1 is far better on the first half of the images and far worse on the second: chosen on either
+    half it loses on the other, and the honest estimate of choosing shows it."""
+    count = 60
+    first, second = halves(count, seed=3)
+    simple = np.full(count, 0.5)
+    planted = simple.copy()
+    planted[first], planted[second] = 0.9, 0.1
+    rows = np.stack([simple, planted])
+    honest = held_out_selection(rows, seed=3, repeats=1)
+    assert honest.mean() < 0.5, "choosing on one half, scoring on the other, the planted candidate loses"
+    assert rows[:, first].mean(1).argmax() == 1, "in-sample on that half it looked best"
+
+
+def test_cross_validated_rows_score_each_image_once_per_repeat_by_a_candidate_fitted_without_it():
+    seen = []
+
+    def fit_and_score(fit, score):
+        assert not set(fit.tolist()) & set(score.tolist())
+        seen.extend(score.tolist())
+        return np.ones(len(score))
+
+    rows = cross_validated_rows(fit_and_score, 11, seed=0, repeats=3)
+    assert sorted(seen) == sorted(list(range(11)) * 3) and (rows == 1).all()
+    assert np.isnan(cross_validated_rows(fit_and_score, 1, seed=0)).all()
+
+
+def test_the_bootstrap_interval_covers_the_mean_and_narrows_with_more_images():
+    rng = np.random.default_rng(1)
+    small, large = rng.random(30), rng.random(3000)
+    low, high = bootstrap_interval(small, seed=0)
+    assert low < small.mean() < high
+    low_large, high_large = bootstrap_interval(large, seed=0)
+    assert high_large - low_large < (high - low) / 5

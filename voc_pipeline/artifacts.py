@@ -83,6 +83,8 @@ SEGMENTER_OVERLAYS = Artifact("segmenter_overlays.png", "train-seg", "validation
 THRESHOLDS = Artifact("thresholds.json", "tune", "one decision threshold per class")
 THRESHOLD_COMPARISON = Artifact("threshold_comparison.md", "tune", "threshold strategies side by side")
 CLASSIFIER_PER_CLASS = Artifact("classifier_per_class.png", "tune", "per-class AP and F1 before and after tuning")
+RELIABILITY = Artifact("reliability.png", "tune", "predicted probability against observed frequency, both heads, "
+                       "before and after calibration")
 JOINT_RULE = Artifact("joint_rule.json", "tune", "the rule reconciling the two heads, with every candidate's score")
 VALIDATION_PREDICTIONS = Artifact("validation_predictions.npz", "tune",
                                   "the chosen rule on validation: row scores, pixel confusion, the worst images")
@@ -233,8 +235,12 @@ def read_inference_plan(run_dir: Path) -> tuple[InferencePlan, dict]:
     rule, joint = read_joint_rule(run_dir)
     try:
         fusion = FusionModel.from_dict(payload["fusion"]) if payload.get("fusion") else None
+        # Runs tuned before calibration existed hold no strategy name the plan knows, nor temperatures: thresholds, 1.0.
+        strategy = payload.get("strategy") if payload.get("strategy") == "expected-f1" else "global"
         plan = InferencePlan(thresholds, fusion, rule, tuple(float(scale) for scale in joint["scales"]),
-                             np.array(joint["class_boxes"], dtype=np.float64), float(joint["tiny_mask_fraction"]))
+                             np.array(joint["class_boxes"], dtype=np.float64), float(joint["tiny_mask_fraction"]),
+                             strategy, float(payload.get("temperature", 1.0)),
+                             float(joint.get("segmenter_temperature", 1.0)))
     except (KeyError, TypeError, ValueError) as error:
         raise unreadable(JOINT_RULE.path(run_dir), JOINT_RULE.stage, f"no field {error}") from None
     return plan, payload

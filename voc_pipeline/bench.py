@@ -293,17 +293,20 @@ def measured_step_seconds(model, loss, batch: tuple[np.ndarray, np.ndarray]) -> 
     return time.perf_counter() - start
 
 
-def attack_forward_passes(attacks: int, pgd_steps: int, num_epsilons: int) -> int:
-    """Forward-pass equivalents per image of the attack stage on one head: each FGSM (1 step) and PGD run of s
-    steps costs s + 1 taped forwards, s backwards (about 2 forwards each) and s checks of the candidate, then two
-    forwards scoring it with and without the defence; and two clean forwards."""
-    return attacks * num_epsilons * sum(4 * steps + 1 + 2 for steps in (1, pgd_steps)) + 2
+def attack_flops(config, classifier_flops: float, segmenter_flops: float) -> float:
+    """Floating-point operations of the attack stage: at every budget, FGSM (one step) and PGD (pgd_steps steps) on
+    three classifier attacks and one segmenter attack. An attack of s steps costs about 4s + 1 forward passes (a
+    forward pass at each of its s + 1 iterates, a backward pass of about twice that at s of them, and each iterate
+    scored once more), and its result is predicted twice (with and without the defence)."""
+    settings = config.attack
+    passes = sum(4 * steps + 1 + 2 for steps in (1, settings.pgd_steps))
+    return settings.num_images * len(settings.epsilons) * passes * (3 * classifier_flops + segmenter_flops)
 
 
 def bench_estimate(config) -> dict[str, float]:
     """A measured training step of each head here, and an ESTIMATE of the profile's full run on Kaggle's two
     T4s from the heads' counted FLOPs (training = 3x forward, every planned epoch run, no early stop), the
-    refit on every image (refit_all) and the attack stage included."""
+    predictions, the refit on every image (refit_all) and the adversarial attack included."""
     from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
     from voc_pipeline.models.classifier import classifier_from_config
     from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
@@ -339,6 +342,8 @@ def bench_estimate(config) -> dict[str, float]:
                               * (3 * fit_images + COMPETITION_TRAIN_IMAGES - fit_images),
         "prediction (validation and test)": (figures["classifier_forward_gflops"] * views + figures["segmenter_forward_gflops"]
                                              * segmenter_views * 2) * 1e9 * COMPETITION_TEST_IMAGES,
+        "adversarial attack": attack_flops(config, figures["classifier_forward_gflops"] * 1e9,
+                                           figures["segmenter_forward_gflops"] * 1e9),
     }
     # The refit runs at most every planned epoch (it stops at the epoch validation kept), on every labelled
     # image and with no validation pass; a K-fold classifier is not refit.
@@ -348,12 +353,6 @@ def bench_estimate(config) -> dict[str, float]:
     if segmenter_settings.refit_all:
         flops["segmenter refit (every image)"] = (figures["segmenter_forward_gflops"] * 1e9 * segmenter_epochs
                                                   * 3 * COMPETITION_TRAIN_IMAGES)
-    attack = config.attack
-    attacked = min(attack.num_images, COMPETITION_TRAIN_IMAGES - fit_images)
-    epsilons = len(attack.epsilons)
-    flops["attack (both heads)"] = attacked * 1e9 * (
-        figures["classifier_forward_gflops"] * attack_forward_passes(3, attack.pgd_steps, epsilons)
-        + figures["segmenter_forward_gflops"] * (attack_forward_passes(1, attack.pgd_steps, epsilons) + epsilons))
     slow, fast = (flops_per_second * TWO_T4_SPEEDUP for flops_per_second in T4_FLOPS_RANGE)
     print(f"profile at {classifier_settings.backbone} {classifier_settings.image_size} px and DeepLabV3+ "
           f"{segmenter_settings.backbone} {segmenter_settings.image_size} px:")
@@ -368,5 +367,7 @@ def bench_estimate(config) -> dict[str, float]:
     for name, total in [*flops.items(), ("total", sum(flops.values()))]:
         key = "estimated_hours_" + "_".join(name.split(" (")[0].split())
         figures[key + "_low"], figures[key + "_high"] = total / fast / 3600, total / slow / 3600
-        print(f"    {name:<34}{figures[key + '_low']:>6.2f} to {figures[key + '_high']:.2f} h")
+        low, high = figures[key + "_low"], figures[key + "_high"]
+        span = f"{low:>6.2f} to {high:.2f} h" if high >= 1 else f"{low * 60:>6.1f} to {high * 60:.1f} min"
+        print(f"    {name:<34}{span}")
     return figures

@@ -97,9 +97,20 @@ def command_kernel_build(arguments) -> int:
     from voc_pipeline.kernel.competition import resolve_competition
 
     enable_internet = not arguments.no_internet
-    bundle.check_build_arguments(arguments.output, arguments.username, tuple(arguments.weights_dataset), enable_internet)
+    experiments = tuple(arguments.experiments)
+    bundle.check_build_arguments(arguments.output, arguments.username, tuple(arguments.weights_dataset), enable_internet,
+                                 arguments.notes, experiments)
     bundle.build_bundle(arguments.output, arguments.username, resolve_competition(arguments.competition),
-                        tuple(arguments.weights_dataset), not arguments.no_gpu, enable_internet)
+                        tuple(arguments.weights_dataset), not arguments.no_gpu, enable_internet, arguments.notes,
+                        experiments)
+    return 0
+
+
+def command_compare(arguments) -> int:
+    """Runs side by side: comparison.md and comparison.png in --output."""
+    from voc_pipeline.comparison import compare_runs
+
+    compare_runs(arguments.runs, arguments.output)
     return 0
 
 
@@ -151,7 +162,8 @@ def command_kernel_stack(arguments) -> int:
 def command_kernel_check(arguments) -> int:
     from voc_pipeline.kernel import stack
 
-    stack.check_kernel(arguments.bundle, arguments.data, tuple(arguments.assignments), arguments.profile, arguments.stack)
+    stack.check_kernel(arguments.bundle, arguments.data, tuple(arguments.assignments), arguments.profile, arguments.stack,
+                       arguments.output)
     return 0
 
 
@@ -357,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-gpu", action="store_true", help="run the kernel without a GPU (default: two T4s)")
     build.add_argument("--no-internet", action="store_true",
                        help="turn the kernel's internet off (then --weights-dataset is required)")
+    from voc_pipeline.kernel.notes import allowed_names
+
+    build.add_argument("--notes", type=Path, metavar="DIR",
+                       help=f"a folder of your Markdown notes, each put in the notebook where its name says: {allowed_names()}")
+    build.add_argument("--experiments", nargs="+", default=[], type=Path, metavar="RUN",
+                       help="run folders made elsewhere (e.g. runs/resnet): their configuration, metrics, reports and "
+                            "figures travel in the dataset, compared in the notebook")
     build.set_defaults(handler=command_kernel_build)
     push = kernel_commands.add_parser("push", help="upload the datasets, wait until they are ready, push the kernel")
     push.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
@@ -405,14 +424,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "Python, TensorFlow and Keras)")
     stack_parser.add_argument("--output", type=Path, help="the environment's folder (default: .venv-kaggle in the checkout)")
     stack_parser.set_defaults(handler=command_kernel_stack)
-    check = kernel_commands.add_parser("check", help="run the bundle's kernel against a simulated /kaggle tree")
+    check = kernel_commands.add_parser("check", help="execute the bundle's notebook in a Jupyter kernel (papermill) "
+                                                     "against a simulated /kaggle tree; keep it and its HTML")
     check.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
     check.add_argument("--data", type=Path, required=True, help="data root to mount as the competition input")
     check.add_argument("--profile", default="smoke")
     check.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
     check.add_argument("--stack", choices=["kaggle", "local"], default="kaggle",
                        help="Kaggle's versions from kaggle/image.toml (default) or this environment's")
+    check.add_argument("--output", type=Path, default=Path("kaggle/check"),
+                       help="where the executed notebook and its HTML rendering are kept (default: kaggle/check)")
     check.set_defaults(handler=command_kernel_check)
+
+    compare = commands.add_parser("compare", help="runs side by side (configuration differences, validation scores, "
+                                                  "training time): comparison.md and comparison.png")
+    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders, e.g. runs/a runs/b; the first "
+                                                                           "is the reference")
+    compare.add_argument("--output", type=Path, required=True, metavar="DIR")
+    compare.set_defaults(handler=command_compare)
 
     config = commands.add_parser("config", help="print the resolved configuration as TOML")
     add_config_arguments(config)

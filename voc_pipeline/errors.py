@@ -65,3 +65,7 @@ class TrainingDivergedError(VocPipelineError, RuntimeError):
 
 class KernelError(VocPipelineError, RuntimeError):
     """The Kaggle bundle cannot be built, checked or pushed; the message says what to do."""
+
+
+class RunSelectionError(VocPipelineError, ValueError):
+    """A run folder named on the command line (`compare`, `kernel build --experiments`) cannot be used as asked."""

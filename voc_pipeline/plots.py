@@ -115,7 +115,9 @@ def plot_score_comparison(rows: dict[str, dict[str, float]], path) -> None:
     """Grouped bars of the overall, classification and segmentation scores of each answer."""
     figure, axis = plt.subplots(figsize=(8, 3.6))
     kinds = ("score", "classification", "segmentation")
-    width = 0.8 / len(rows)
+    if not rows:
+        axis.text(0.5, 0.5, "no answer to show", ha="center", va="center", transform=axis.transAxes)
+    width = 0.8 / max(len(rows), 1)
     for offset, (name, row) in enumerate(rows.items()):
         positions = np.arange(len(kinds)) + offset * width - 0.4 + width / 2
         bars = axis.bar(positions, [row[kind] for kind in kinds], width, label=name)
@@ -124,7 +126,8 @@ def plot_score_comparison(rows: dict[str, dict[str, float]], path) -> None:
     axis.set_xticklabels(["overall", "classification rows", "segmentation rows"])
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("mean Dice")
-    axis.legend(fontsize=8)
+    if rows:
+        axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
     save_figure(figure, path)
 
@@ -163,3 +166,23 @@ def plot_success_curves(frame: pd.DataFrame, path) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=6)
     save_figure(figure, path)
+
+
+def plot_reliability(curves: dict[str, dict], path: Path) -> Path:
+    """Reliability diagram: each curve's observed frequency against its predicted probability per bin (the
+    diagonal is a calibrated model), with its expected calibration error in the legend."""
+    figure, axis = plt.subplots(figsize=(6.5, 5.5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    for name, curve in curves.items():
+        filled = curve["count"] > 0
+        axis.plot(curve["predicted"][filled], curve["observed"][filled], marker="o",
+                  linestyle="--" if "as trained" in name else "-", label=f"{name} (ECE {curve['ece']:.3f})")
+    axis.set_xlabel("predicted probability")
+    axis.set_ylabel("observed frequency")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_title("calibration on validation")
+    axis.legend(fontsize=7, loc="upper left")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return save_figure(figure, path)

@@ -163,6 +163,21 @@ def read_holder(stream) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
+def lock_holder(run_dir: str | os.PathLike) -> dict | None:
+    """Who runs a stage of `run_dir` now: the record of its lock file while a live process on this machine holds
+    it, else None (no lock file, or one left by a process that ended)."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        with open(path, encoding="utf-8") as stream:
+            holder = read_holder(stream)
+    except OSError:
+        return None
+    pid = holder.get("pid")
+    if holder.get("host", socket.gethostname()) != socket.gethostname() or not isinstance(pid, int):
+        return None
+    return holder if process_is_running(pid) else None
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike, stage: str) -> Iterator[None]:
     """Hold the run folder's lock while the block runs a stage.

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from voc_pipeline.core.probability import logit, sigmoid
-from voc_pipeline.core.selection import cross_validated
-from voc_pipeline.core.thresholds import mean_image_f1
+from voc_pipeline.core.scoring import classification_row_scores
+from voc_pipeline.core.selection import choose_within_noise, cross_validated_rows
 
 FEATURES = ("classifier logit", "segmenter largest probability", "segmenter area share")
 
@@ -68,16 +68,28 @@ def fit_fusion(classifier_probabilities: np.ndarray, largest: np.ndarray, area: 
 
 @dataclass(frozen=True)
 class FusionComparison:
-    """Fused evidence against the classifier alone, each with thresholds fitted on one half of the
-    validation images and scored on the other (core.selection.cross_validated)."""
+    """Fused evidence against the classifier alone, each with its flag strategy fitted on one half of the
+    validation images and scored on the other (core.selection), as per-image rows."""
 
-    classifier_cross_validated: float
-    fused_cross_validated: float
+    classifier_rows: np.ndarray
+    fused_rows: np.ndarray
+
+    @property
+    def classifier_cross_validated(self) -> float:
+        return float(np.mean(self.classifier_rows)) if len(self.classifier_rows) else float("nan")
+
+    @property
+    def fused_cross_validated(self) -> float:
+        return float(np.mean(self.fused_rows)) if len(self.fused_rows) else float("nan")
 
     @property
     def use_fusion(self) -> bool:
-        """Fusion is kept only when it wins: a tie (or a score that cannot be computed) keeps the simpler answer."""
-        return bool(self.fused_cross_validated > self.classifier_cross_validated)
+        """Fusion is kept only when it wins by more than the noise of the estimate (one standard error of the
+        paired difference); a tie, or a score that cannot be computed, keeps the simpler answer."""
+        if not (np.isfinite(self.classifier_rows).all() and np.isfinite(self.fused_rows).all()) or \
+                not len(self.fused_rows):
+            return False
+        return choose_within_noise(np.stack([self.classifier_rows, self.fused_rows])) == 1
 
     def to_dict(self) -> dict:
         """JSON-ready; a score that could not be computed (fewer than two images) is None."""
@@ -91,22 +103,25 @@ def finite_or_none(value: float) -> float | None:
 
 
 def compare_fusion(classifier_probabilities: np.ndarray, largest: np.ndarray, area: np.ndarray, labels: np.ndarray,
-                   choose_thresholds, seed: int) -> FusionComparison:
-    """Cross-validated classification score of the classifier alone and of fused evidence, all (N, C) inputs.
+                   fit_flags, seed: int, repeats: int = 3) -> FusionComparison:
+    """Cross-validated classification rows of the classifier alone and of fused evidence, all (N, C) inputs.
 
     Args:
-        choose_thresholds: (probabilities, labels) -> thresholds, the strategy chosen for the classifier.
-        seed: the seed of the split into halves (the same split for both candidates).
+        fit_flags: (probabilities, labels) -> an object whose .flags(probabilities) gives 0/1 flags: the flag
+            strategy chosen for the classifier (core.thresholds.flag_fitter).
+        seed: the seed of the first split into halves (the same splits for both candidates).
     """
 
-    def classifier_alone(fit_half: np.ndarray, score_half: np.ndarray) -> float:
-        thresholds = choose_thresholds(classifier_probabilities[fit_half], labels[fit_half])
-        return mean_image_f1(classifier_probabilities[score_half], labels[score_half], thresholds)
+    def classifier_alone(fit_half: np.ndarray, score_half: np.ndarray) -> np.ndarray:
+        fitted = fit_flags(classifier_probabilities[fit_half], labels[fit_half])
+        return classification_row_scores(fitted.flags(classifier_probabilities[score_half]), labels[score_half])
 
-    def fused(fit_half: np.ndarray, score_half: np.ndarray) -> float:
+    def fused(fit_half: np.ndarray, score_half: np.ndarray) -> np.ndarray:
         model = fit_fusion(classifier_probabilities[fit_half], largest[fit_half], area[fit_half], labels[fit_half])
         probabilities = model.probabilities(classifier_probabilities, largest, area)
-        thresholds = choose_thresholds(probabilities[fit_half], labels[fit_half])
-        return mean_image_f1(probabilities[score_half], labels[score_half], thresholds)
+        fitted = fit_flags(probabilities[fit_half], labels[fit_half])
+        return classification_row_scores(fitted.flags(probabilities[score_half]), labels[score_half])
 
-    return FusionComparison(cross_validated(classifier_alone, len(labels), seed), cross_validated(fused, len(labels), seed))
+    count = len(labels)
+    return FusionComparison(cross_validated_rows(classifier_alone, count, seed, repeats),
+                            cross_validated_rows(fused, count, seed, repeats))

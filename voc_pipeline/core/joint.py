@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
+from voc_pipeline.core.calibration import calibrate_sigmoid
 from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.core.expected import expected_f1_flags
 from voc_pipeline.core.masks import MASK_RULES, class_evidence, fill_missing_classes, label_map
 from voc_pipeline.core.scoring import (
     classification_row_scores,
@@ -26,7 +29,7 @@ from voc_pipeline.core.scoring import (
     segmentation_row_score,
     segmentation_row_scores,
 )
-from voc_pipeline.core.selection import best_candidate
+from voc_pipeline.core.selection import choose_within_noise
 from voc_pipeline.core.thresholds import apply_thresholds
 
 
@@ -86,9 +89,10 @@ class ImageDecisions:
     """
 
     def __init__(self, probabilities: np.ndarray, base_flags: np.ndarray, area_share: np.ndarray, boxes: np.ndarray,
-                 tiny_fraction: float):
+                 tiny_fraction: float, temperature: float = 1.0):
         self.probabilities, self.base_flags = probabilities, np.asarray(base_flags).astype(np.int8)
         self.area_share, self.boxes, self.tiny_fraction = area_share, boxes, tiny_fraction
+        self.temperature = temperature
         self._masks: dict[tuple, np.ndarray] = {}
 
     def decide(self, rule: JointRule) -> tuple[np.ndarray, np.ndarray]:
@@ -96,38 +100,50 @@ class ImageDecisions:
         flags = final_flags(self.base_flags, self.area_share, rule.add_area_fraction)
         key = (rule.masks, rule.fallback, flags.tobytes() if rule.masks != "independent" or rule.fallback else b"")
         if key not in self._masks:
-            labels = label_map(self.probabilities, flags, rule.masks)
+            labels = label_map(self.probabilities, flags, rule.masks, self.temperature)
             if rule.fallback:
                 labels = fill_missing_classes(labels, flags, self.boxes, self.tiny_fraction)
             self._masks[key] = labels
         return flags, self._masks[key]
 
 
+class RuleScores(NamedTuple):
+    """What every candidate rule did on every validation image."""
+
+    classification: np.ndarray  # (R, N) classification row scores
+    segmentation: np.ndarray  # (R, N) segmentation row scores
+    confusion: np.ndarray  # (R, 21, 21) pixel confusion matrices
+    flag_counts: np.ndarray  # (R, N) classes flagged per image
+
+    @property
+    def rows(self) -> np.ndarray:
+        """(R, N) each image's mean of its two rows: its share of the competition score."""
+        return (self.classification + self.segmentation) / 2
+
+
 def score_rules(maps: Iterable[np.ndarray], classifier_probabilities: np.ndarray, true_labels: np.ndarray,
-                true_maps: Sequence[np.ndarray], plan: InferencePlan,
-                rules: Sequence[JointRule]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every rule applied to every image, with the plan's flags and typical boxes.
+                true_maps: Sequence[np.ndarray], plan: InferencePlan, rules: Sequence[JointRule]) -> RuleScores:
+    """Every rule applied to every image, with the plan's flags, calibration and typical boxes.
 
     Args:
         maps: per image, the segmenter's (H, W, 21) probabilities (a generator keeps one image in memory).
         classifier_probabilities: (N, 20); true_labels (N, 20); true_maps: N label maps without void.
-
-    Returns:
-        (classification row scores (R, N), segmentation row scores (R, N), pixel confusion matrices (R, 21, 21)).
     """
     count = len(true_labels)
     classification, segmentation = np.zeros((len(rules), count)), np.zeros((len(rules), count))
+    flag_counts = np.zeros((len(rules), count), dtype=np.int64)
     confusion = np.zeros((len(rules), NUM_CLASSES + 1, NUM_CLASSES + 1), dtype=np.int64)
     for image, probabilities in enumerate(maps):
         largest, area = class_evidence(probabilities)
         _, flags = plan.base_flags(classifier_probabilities[image], largest, area)
-        decisions = ImageDecisions(probabilities, flags, area, plan.boxes, plan.tiny_fraction)
+        decisions = ImageDecisions(probabilities, flags, area, plan.boxes, plan.tiny_fraction, plan.segmenter_temperature)
         for index, rule in enumerate(rules):
             final, labels = decisions.decide(rule)
             classification[index, image] = classification_row_scores(final[None], true_labels[image][None])[0]
             segmentation[index, image] = segmentation_row_score(labels, true_maps[image])
             confusion[index] += confusion_matrix(labels, true_maps[image])
-    return classification, segmentation, confusion
+            flag_counts[index, image] = int(final.sum())
+    return RuleScores(classification, segmentation, confusion, flag_counts)
 
 
 def score_predictions(flags: np.ndarray, label_maps: Sequence[np.ndarray], true_labels: np.ndarray,
@@ -142,9 +158,10 @@ def candidate_table(rules: Sequence[JointRule], classification: np.ndarray, segm
             for index, rule in enumerate(rules)]
 
 
-def choose_rule(table: Sequence[dict]) -> int:
-    """The position of the rule with the best overall score (independent heads, listed first, wins ties)."""
-    return best_candidate([row["score"] for row in table])
+def choose_rule(rows: np.ndarray) -> int:
+    """The rule to use, from (R, N) per-image competition rows: the simplest (independent heads come first) whose
+    score is within the noise of the best one's (core.selection.choose_within_noise)."""
+    return choose_within_noise(rows)
 
 
 @dataclass(frozen=True)
@@ -158,6 +175,9 @@ class InferencePlan:
         scales: the segmenter's scales.
         boxes: (20, 4) typical boxes of the classes, for the fallback.
         tiny_fraction: the mask share under which an accepted class counts as missing.
+        flag_strategy: "global" or "per-class" (flags = thresholds), or "expected-f1" (each image's expected-F1
+            set under its source probabilities calibrated by classifier_temperature).
+        classifier_temperature, segmenter_temperature: the heads' calibrations (core.calibration).
     """
 
     thresholds: np.ndarray
@@ -166,16 +186,22 @@ class InferencePlan:
     scales: tuple[float, ...]
     boxes: np.ndarray
     tiny_fraction: float
+    flag_strategy: str = "global"
+    classifier_temperature: float = 1.0
+    segmenter_temperature: float = 1.0
 
     def base_flags(self, classifier_probabilities: np.ndarray, largest: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the flags' source probabilities, the tuned flags) of one image, all (20,)."""
         source = (classifier_probabilities if self.fusion is None
                   else self.fusion.probabilities(classifier_probabilities[None], largest[None], area[None])[0])
+        if self.flag_strategy == "expected-f1":
+            return source, expected_f1_flags(calibrate_sigmoid(source[None], self.classifier_temperature))[0]
         return source, apply_thresholds(source[None], self.thresholds)[0]
 
     def decide(self, probabilities: np.ndarray, classifier_probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(source probabilities, final flags, uint8 label map) of one image from its (H, W, 21) probabilities."""
         largest, area = class_evidence(probabilities)
         source, flags = self.base_flags(classifier_probabilities, largest, area)
-        final, labels = ImageDecisions(probabilities, flags, area, self.boxes, self.tiny_fraction).decide(self.rule)
+        final, labels = ImageDecisions(probabilities, flags, area, self.boxes, self.tiny_fraction,
+                                       self.segmenter_temperature).decide(self.rule)
         return source, final, labels

@@ -6,7 +6,9 @@ are than what they are. Mask rules combine the two, each a candidate chosen on v
 - "remove-rejected": the same, with pixels of classes the flags reject turned into background;
 - "guided": the most probable of background and the accepted classes, per pixel;
 - "two-step": a pixel is foreground when its background probability is below the foreground total
-  (below 0.5), and then takes the accepted class with the highest probability.
+  (below 0.5), and then takes the accepted class with the highest probability;
+- "expected-dice": the accepted classes' pixels that maximise the image's expected Dice under the
+  calibrated probabilities (voc_pipeline.core.expected): a threshold of its own for each image.
 A fallback paints, for an accepted class whose mask is empty or tiny, that class's typical box from the
 training masks, on background pixels only.
 """
@@ -17,18 +19,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from voc_pipeline.core.calibration import calibrate_softmax
 from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.core.expected import expected_dice_label_map
 
-MASK_RULES = ("independent", "remove-rejected", "guided", "two-step")
+MASK_RULES = ("independent", "remove-rejected", "guided", "two-step", "expected-dice")
 
 
-def label_map(probabilities: np.ndarray, accepted: np.ndarray, rule: str) -> np.ndarray:
+def label_map(probabilities: np.ndarray, accepted: np.ndarray, rule: str, temperature: float = 1.0) -> np.ndarray:
     """The uint8 H x W label map (0 = background, k = class k) of one image under a mask rule.
 
     Args:
         probabilities: (H, W, 21) per-pixel probabilities, background first.
         accepted: (20,) flags of the classes the image is taken to hold.
         rule: one of MASK_RULES.
+        temperature: the segmenter's calibration, read by the expected-dice rule only (the others use
+            rankings, which a temperature does not change).
     """
     accepted = np.asarray(accepted).astype(bool)
     if rule == "independent":
@@ -45,6 +51,8 @@ def label_map(probabilities: np.ndarray, accepted: np.ndarray, rule: str) -> np.
         foreground = probabilities[..., 0] < 1.0 - probabilities[..., 0]
         best = np.where(allowed[1:], probabilities[..., 1:], -1.0).argmax(-1) + 1
         return np.where(foreground, best, 0).astype(np.uint8)
+    if rule == "expected-dice":
+        return expected_dice_label_map(calibrate_softmax(probabilities, temperature), accepted)
     raise ValueError(f"unknown mask rule {rule!r}; expected one of {MASK_RULES}")
 
 

@@ -8,11 +8,14 @@ non-empty truth, so every image gets at least its most probable class.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+from voc_pipeline.core.calibration import calibrate_sigmoid, fit_sigmoid_temperature
+from voc_pipeline.core.expected import expected_f1_flags
 from voc_pipeline.core.scoring import classification_row_scores
-from voc_pipeline.core.selection import cross_validated
+from voc_pipeline.core.selection import choose_within_noise, cross_validated, cross_validated_rows
 
 # Threshold of a class that cannot be tuned (no positive example among the tuning images).
 DEFAULT_THRESHOLD = 0.5
@@ -131,29 +134,85 @@ def cross_validated_score(probabilities: np.ndarray, labels: np.ndarray, choose_
     return cross_validated(fit_and_score, len(labels), seed)
 
 
-def compare_strategies(probabilities: np.ndarray, labels: np.ndarray, grid: np.ndarray, rounds: int, seed: int) -> dict:
-    """Classification score at 0.5, at the best global threshold and at tuned per-class thresholds.
+# The ways to turn an image's probabilities into flags, simplest first: one threshold for every class; the
+# expected-F1 set under probabilities calibrated by one temperature; one threshold per class (20 numbers).
+STRATEGIES = ("global", "expected-f1", "per-class")
+FlagRule = Callable[[np.ndarray], np.ndarray]
 
-    The tuned strategies are also scored cross-validated; `chosen_strategy` is the one (global or
-    per-class) that does better there, so per-class thresholds are used only where the validation set
-    supports them.
+
+@dataclass(frozen=True)
+class FittedFlags:
+    """A strategy fitted on validation probabilities: thresholds (global, per-class) or a temperature (expected-f1)."""
+
+    strategy: str
+    thresholds: np.ndarray
+    temperature: float = 1.0
+
+    def flags(self, probabilities: np.ndarray) -> np.ndarray:
+        """(N, C) int8 flags of (N, C) probabilities; every image keeps at least one class."""
+        if self.strategy == "expected-f1":
+            return expected_f1_flags(calibrate_sigmoid(probabilities, self.temperature))
+        return apply_thresholds(probabilities, self.thresholds)
+
+
+def fit_flags(strategy: str, probabilities: np.ndarray, labels: np.ndarray, grid: np.ndarray, rounds: int) -> FittedFlags:
+    """The strategy's parameters fitted on (N, C) probabilities and labels."""
+    if strategy == "expected-f1":
+        global_threshold = best_global_threshold(probabilities, labels, grid)[0]
+        return FittedFlags(strategy, np.full(labels.shape[1], global_threshold),
+                           fit_sigmoid_temperature(probabilities, labels))
+    chosen = threshold_chooser(strategy, grid, rounds)(probabilities, labels)
+    return FittedFlags(strategy, np.broadcast_to(np.asarray(chosen, dtype=np.float64), (labels.shape[1],)).copy())
+
+
+def flag_fitter(strategy: str, grid: np.ndarray, rounds: int) -> Callable[[np.ndarray, np.ndarray], FittedFlags]:
+    """(probabilities, labels) -> FittedFlags of one strategy."""
+    return lambda probabilities, labels: fit_flags(strategy, probabilities, labels, grid, rounds)
+
+
+def cross_validated_flag_rows(probabilities: np.ndarray, labels: np.ndarray, fitter, seed: int,
+                              repeats: int) -> np.ndarray:
+    """(N,) each image's F1 under the strategy fitted on the half of the images it is not in, averaged over repeats."""
+
+    def fit_and_score(fit_half: np.ndarray, score_half: np.ndarray) -> np.ndarray:
+        fitted = fitter(probabilities[fit_half], labels[fit_half])
+        return classification_row_scores(fitted.flags(probabilities[score_half]), labels[score_half])
+
+    return cross_validated_rows(fit_and_score, len(labels), seed, repeats)
+
+
+def compare_strategies(probabilities: np.ndarray, labels: np.ndarray, grid: np.ndarray, rounds: int, seed: int,
+                       repeats: int = 3) -> dict:
+    """Classification score at 0.5 and under each strategy, in-sample and cross-validated.
+
+    Each strategy is fitted on half of the images and scored on the other, over `repeats` splits; the chosen one
+    is the simplest whose cross-validated score is within one standard error of the best (core.selection), so a
+    strategy with more parameters is used only where the validation images support it.
 
     Returns:
-        The scores, `chosen_strategy`, its `thresholds` (C,) and the classes it left `untuned`.
+        The scores, `chosen_strategy`, its `thresholds` (C,) and `temperature`, the classes it left `untuned`, and
+        `cross_validated_rows` (N,) of the chosen strategy.
     """
-    global_threshold, global_score = best_global_threshold(probabilities, labels, grid)
-    per_class_thresholds, untuned = tune_thresholds(probabilities, labels, grid, rounds)
-    per_class_cv = cross_validated_score(probabilities, labels, threshold_chooser("per-class", grid, rounds), seed)
-    global_cv = cross_validated_score(probabilities, labels, threshold_chooser("global", grid, rounds), seed)
-    use_per_class = not per_class_cv < global_cv
+    fitted = {strategy: fit_flags(strategy, probabilities, labels, grid, rounds) for strategy in STRATEGIES}
+    rows = np.stack([cross_validated_flag_rows(probabilities, labels, flag_fitter(strategy, grid, rounds), seed, repeats)
+                     for strategy in STRATEGIES])
+    chosen = STRATEGIES[choose_within_noise(rows)] if np.isfinite(rows).all() else "global"
+    in_sample = {strategy: float(classification_row_scores(fitted[strategy].flags(probabilities), labels).mean())
+                 for strategy in STRATEGIES}
+    cross_validated = dict(zip(STRATEGIES, rows.mean(1).tolist()))
+    untuned = [index for index in range(labels.shape[1]) if labels[:, index].sum() == 0]
     return {
         "threshold_0.5": mean_image_f1(probabilities, labels, 0.5),
-        "global_threshold": global_threshold,
-        "global": global_score,
-        "global_cross_validated": global_cv,
-        "per_class": mean_image_f1(probabilities, labels, per_class_thresholds),
-        "per_class_cross_validated": per_class_cv,
-        "chosen_strategy": "per-class" if use_per_class else "global",
-        "thresholds": per_class_thresholds if use_per_class else np.full(labels.shape[1], global_threshold),
-        "untuned": untuned if use_per_class else [],
+        "global_threshold": float(fitted["global"].thresholds[0]),
+        "global": in_sample["global"],
+        "global_cross_validated": cross_validated["global"],
+        "expected_f1": in_sample["expected-f1"],
+        "expected_f1_cross_validated": cross_validated["expected-f1"],
+        "temperature": fitted["expected-f1"].temperature,
+        "per_class": in_sample["per-class"],
+        "per_class_cross_validated": cross_validated["per-class"],
+        "chosen_strategy": chosen,
+        "thresholds": fitted[chosen].thresholds,
+        "untuned": untuned if chosen == "per-class" else [],
+        "cross_validated_rows": rows[STRATEGIES.index(chosen)],
     }

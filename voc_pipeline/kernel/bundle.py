@@ -21,7 +21,21 @@ import sys
 from pathlib import Path
 
 from voc_pipeline.errors import KernelError
-from voc_pipeline.files import atomic_directory, read_json_file, write_json_atomic, write_text_atomic
+from voc_pipeline.files import (
+    atomic_directory,
+    byte_size,
+    folder_size,
+    read_json_file,
+    write_json_atomic,
+    write_text_atomic,
+)
+from voc_pipeline.kernel.experiments import (
+    EXPERIMENTS_FOLDER,
+    EXPERIMENTS_LIMIT_BYTES,
+    bundle_experiments,
+    check_experiments,
+)
+from voc_pipeline.kernel.notes import read_notes
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 KERNEL_SOURCE = REPOSITORY / "kaggle" / "kernel.py"
@@ -66,32 +80,67 @@ def check_dataset_slug(slug: str) -> str:
     return slug
 
 
-def notebook_from_percent(source: str) -> dict:
-    """An nbformat 4.5 notebook from a py:percent script: `# %%` starts a code cell, `# %% [markdown]` a
-    text cell whose lines lose their leading `# `. Each cell gets the id nbformat 4.5 requires."""
-    cells, kind, lines = [], None, []
+CELL_HEADER = re.compile(r"# %%(?:\s+\[(?P<kind>markdown)\])?(?:\s+tags=(?P<tags>\[.*\]))?\s*")
+# The tag of the cells kept only when the bundle carries experiments (`kernel build --experiments`).
+EXPERIMENTS_TAG = "experiments"
+NOTES_TAG_PREFIX = "notes:"
+
+
+def percent_cells(source: str) -> list[dict]:
+    """The cells of a py:percent script: `# %%` starts a code cell, `# %% [markdown]` a text cell whose lines lose
+    their leading `# `; either may carry `tags=["..."]` (JSON), kept in the cell's metadata. Empty cells are
+    dropped, except notes slots (a `notes:PLACE` tag), which stand where a note may go."""
+    cells, kind, tags, lines = [], None, [], []
 
     def close():
         text = "\n".join(lines).strip("\n")
-        if kind and text:
+        slot = any(tag.startswith(NOTES_TAG_PREFIX) for tag in tags)
+        if kind and (text or slot):
             if kind == "markdown":
                 text = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in text.split("\n"))
-            cell = {"cell_type": kind, "id": f"cell-{len(cells):02d}", "metadata": {},
+            cell = {"cell_type": kind, "metadata": {"tags": list(tags)} if tags else {},
                     "source": text.splitlines(keepends=True)}
             if kind == "code":
                 cell.update(execution_count=None, outputs=[])
             cells.append(cell)
 
     for line in source.splitlines():
-        if line.startswith("# %%"):
+        header = CELL_HEADER.fullmatch(line)
+        if header:
             close()
-            kind, lines = ("markdown" if "[markdown]" in line else "code"), []
+            kind, lines = header["kind"] or "code", []
+            tags = json.loads(header["tags"]) if header["tags"] else []
         else:
             lines.append(line)
     close()
-    return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                                         "language_info": {"name": "python"}},
+    return cells
+
+
+def notebook_from_percent(source: str, notes: dict | None = None, experiments: bool = False) -> dict:
+    """An nbformat 4.5 notebook from a py:percent script (`percent_cells`), with each notes slot replaced by the
+    note for its place (or dropped without one) and the experiments cells kept only with `experiments`. Each cell
+    gets the id nbformat 4.5 requires."""
+    notes = notes or {}
+    cells = []
+    for cell in percent_cells(source):
+        tags = cell["metadata"].get("tags", [])
+        places = [tag.removeprefix(NOTES_TAG_PREFIX) for tag in tags if tag.startswith(NOTES_TAG_PREFIX)]
+        if places:
+            cells += [notes[place].cell("") for place in places if place in notes]
+        elif EXPERIMENTS_TAG not in tags or experiments:
+            cells.append(cell)
+    for index, cell in enumerate(cells):
+        cell["id"] = f"cell-{index:02d}"
+    return {"cells": cells,
+            "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                         "language_info": {"name": "python"}},
             "nbformat": 4, "nbformat_minor": 5}
+
+
+def notes_slots(source: str) -> set[str]:
+    """The places of the kernel source that a note can go to."""
+    return {tag.removeprefix(NOTES_TAG_PREFIX) for cell in percent_cells(source)
+            for tag in cell["metadata"].get("tags", []) if tag.startswith(NOTES_TAG_PREFIX)}
 
 
 def build_wheels(destination: Path) -> list[Path]:
@@ -124,14 +173,18 @@ def kernel_metadata(username: str, competition: str, datasets: list[str], enable
 
 
 def check_build_arguments(output: str | Path, username: str, weights_datasets: tuple[str, ...],
-                          enable_internet: bool) -> None:
+                          enable_internet: bool, notes: str | Path | None = None,
+                          experiments: tuple[str | Path, ...] = ()) -> None:
     """Everything about a build that can be checked here, before Kaggle is asked which competition to build for.
 
     Raises:
-        KernelError: a user or dataset name Kaggle would refuse, no way to get weights, or an output folder holding
-            files the build did not write.
+        KernelError: a user or dataset name Kaggle would refuse, no way to get weights, an output folder holding
+            files the build did not write, a notes folder that is missing or holds a file that matches no place.
+        RunSelectionError: an experiment run that does not exist or is still running.
     """
     check_username(username)
+    read_notes(notes)
+    check_experiments(experiments)
     for slug in weights_datasets:
         check_dataset_slug(slug)
     if not enable_internet and not weights_datasets:
@@ -141,7 +194,8 @@ def check_build_arguments(output: str | Path, username: str, weights_datasets: t
 
 
 def build_bundle(output: str | Path, username: str, competition: str,
-                 weights_datasets: tuple[str, ...] = (), enable_gpu: bool = True, enable_internet: bool = True) -> Path:
+                 weights_datasets: tuple[str, ...] = (), enable_gpu: bool = True, enable_internet: bool = True,
+                 notes: str | Path | None = None, experiments: tuple[str | Path, ...] = ()) -> Path:
     """Write `output/dataset` (wheels + dataset-metadata.json) and `output/kernel` (notebook + kernel-metadata.json).
 
     Args:
@@ -150,8 +204,11 @@ def build_bundle(output: str | Path, username: str, competition: str,
             recorded in kernel-metadata.json, which later commands read it from.
         weights_datasets: slugs (owner/name) of datasets holding Keras ImageNet weight files.
         enable_internet: let Keras download ImageNet weights; without it a weights dataset is required.
+        notes: a folder of the student's Markdown notes (voc_pipeline.kernel.notes), put at their places.
+        experiments: run folders made elsewhere; their small files and their comparison travel in the dataset.
     """
-    check_build_arguments(output, username, weights_datasets, enable_internet)
+    check_build_arguments(output, username, weights_datasets, enable_internet, notes, experiments)
+    student_notes = read_notes(notes)
     if not competition or "/" in competition:
         raise KernelError(f"give this year's competition slug with --competition (got {competition!r})")
     output = Path(output)
@@ -162,14 +219,20 @@ def build_bundle(output: str | Path, username: str, competition: str,
     with atomic_directory(output / "dataset", overwrite=True) as dataset, \
             atomic_directory(output / "kernel", overwrite=True) as kernel:
         wheels = build_wheels(dataset)
+        bundled = bundle_experiments(experiments, dataset / EXPERIMENTS_FOLDER) if experiments else None
         write_json_atomic(dataset / "dataset-metadata.json", {
             "title": "voc-pipeline wheels", "id": dataset_slug, "licenses": [{"name": "CC0-1.0"}]})
-        write_text_atomic(kernel / "kernel.ipynb", json.dumps(notebook_from_percent(KERNEL_SOURCE.read_text()), indent=1))
+        notebook = notebook_from_percent(KERNEL_SOURCE.read_text(), student_notes, experiments=bool(experiments))
+        write_text_atomic(kernel / "kernel.ipynb", json.dumps(notebook, indent=1))
+        dataset_bytes = folder_size(dataset)
         write_json_atomic(kernel / "kernel-metadata.json", metadata)
     write_json_atomic(output / BUNDLE_MARKER, {"written_by": "voc-pipeline kernel build", "folders": list(BUNDLE_FOLDERS)})
     print(f"bundle in {output}: {len(wheels)} wheels ({', '.join(wheel.name for wheel in wheels)}), notebook and "
           f"metadata (competition {competition}, {'GPU T4 x2' if enable_gpu else 'CPU'}, internet {'on' if enable_internet else 'off'}, "
           f"datasets {', '.join(metadata['dataset_sources'])})")
+    print(f"dataset: {byte_size(dataset_bytes)}" + (f", of which {len(bundled['runs'])} experiment runs "
+          f"{byte_size(bundled['bytes'])} (limit {byte_size(EXPERIMENTS_LIMIT_BYTES)})" if bundled else "")
+          + f"; notes: {', '.join(f'{place}.md' for place in student_notes) or 'none'}")
     return output
 
 

@@ -1,5 +1,5 @@
-"""Kaggle's stack, locally: an environment built from `kaggle/image.toml`, and the kernel run against a
-simulated /kaggle tree on it (`voc-pipeline kernel check`).
+"""Kaggle's stack, locally: an environment built from `kaggle/image.toml`, and the notebook executed in a
+Jupyter kernel against a simulated /kaggle tree on it (`voc-pipeline kernel check`).
 
 The kernel meets Kaggle's Python, TensorFlow and Keras, not this machine's. `build_stack_environment`
 makes `.venv-kaggle` with that Python (found through PATH or pyenv; else this Python, with a warning) and
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from voc_pipeline.data.output_folder import KAGGLE_FILE_LIMIT, count_files
 from voc_pipeline.data.submission import validate_submission
 from voc_pipeline.errors import KernelError
+from voc_pipeline.files import ensure_writable_folder
 from voc_pipeline.kernel.bundle import REPOSITORY, WHEELS_DATASET
 
 logger = logging.getLogger(__name__)
@@ -152,35 +154,124 @@ def simulate_kaggle(bundle: str | Path, data_root: str | Path, simulation: str |
     return simulation
 
 
+def write_kernelspec(python: Path, folder: Path) -> Path:
+    """A Jupyter data folder whose `python3` kernel runs `python` (set JUPYTER_PATH to it), so that papermill's kernel
+    is the kernel's environment and not whatever `python3` kernel this machine has registered."""
+    spec = folder / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3", "language": "python"}))
+    return folder
+
+
+def section_title(cell: dict) -> str | None:
+    """The title of a notebook section (a Markdown cell starting with `## `), else None."""
+    source = "".join(cell.get("source", []))
+    if cell["cell_type"] != "markdown" or not source.startswith("## "):
+        return None
+    # A student's note is text inside a section, whatever its own headings.
+    return None if any(tag.startswith("notes:") for tag in cell.get("metadata", {}).get("tags", [])) else source.splitlines()[0][3:].strip()
+
+
+def notebook_sections(notebook: dict) -> dict[str, list[dict]]:
+    """{section title: its code cells}, in order."""
+    sections: dict[str, list[dict]] = {}
+    current = None
+    for cell in notebook["cells"]:
+        title = section_title(cell)
+        if title is not None:
+            current = sections.setdefault(title, [])
+        elif current is not None and cell["cell_type"] == "code":
+            current.append(cell)
+    return sections
+
+
+def notebook_problems(notebook: dict) -> list[str]:
+    """What is wrong with an executed notebook: error outputs, and sections none of whose cells has an output."""
+    problems = [f"cell {index} ({cell.get('id', '?')}) has an error output: {output.get('ename')}: "
+                f"{str(output.get('evalue', ''))[:500]}"
+                for index, cell in enumerate(notebook["cells"]) for output in cell.get("outputs", [])
+                if output.get("output_type") == "error"]
+    problems += [f"section {title!r} has no output" for title, cells in notebook_sections(notebook).items()
+                 if not any(cell.get("outputs") for cell in cells)]
+    return problems
+
+
+def stream_text(notebook: dict) -> str:
+    """Everything the executed notebook's cells printed, in order."""
+    return "".join("".join(output.get("text", "")) for cell in notebook["cells"] for output in cell.get("outputs", [])
+                   if output.get("output_type") == "stream")
+
+
 def check_kernel(bundle: str | Path, data_root: str | Path, assignments: tuple[str, ...] = (), profile: str = "smoke",
-                 stack: str = "kaggle") -> dict:
-    """Run the bundle's kernel end to end against a simulated /kaggle tree; validate its output.
+                 stack: str = "kaggle", output: str | Path = "kaggle/check") -> dict:
+    """Execute the bundle's notebook as Kaggle does, in a Jupyter kernel (papermill), against a simulated /kaggle
+    tree; keep the executed notebook and its HTML rendering (nbconvert) in `output`; validate what it left.
+
+    The notebook's `parameters` cell gets the simulated root, the profile and the overrides; Kaggle's own run
+    uses that cell's defaults.
 
     Args:
         stack: "kaggle" (the environment of kaggle/image.toml) or "local" (this environment's packages).
 
     Returns:
-        {"files": files left in working/, "rows": submission rows, "valid": bool, "python": version}.
+        {"files": files left in working/, "rows": submission rows, "valid": bool, "python": version,
+         "notebook": the executed .ipynb, "html": its rendering, "output": what the cells printed}.
+
+    Raises:
+        KernelError: an error output, a section without outputs, 500 or more files in working/, an invalid
+            submission; the executed notebook and its HTML are kept for a look all the same.
     """
     base_python = build_stack_environment() if stack == "kaggle" else Path(sys.executable)
+    # Absolute: papermill runs in the simulated working folder.
+    bundle, output = Path(bundle).resolve(), ensure_writable_folder(output).resolve()
+    executed, html = output / "kernel.ipynb", output / "kernel.html"
+    for stale in (executed, html):
+        stale.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="kaggle-check-") as temporary:
         simulation = simulate_kaggle(bundle, data_root, Path(temporary) / "kaggle")
-        script = Path(temporary) / "kernel.py"
-        notebook = json.loads((Path(bundle) / "kernel" / "kernel.ipynb").read_text())
-        # Run the notebook's code cells in order, as Kaggle does.
-        script.write_text("\n\n".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"))
-        python = layered_environment(base_python, Path(temporary) / "environment")
-        command = [str(python), str(script), "--kaggle-root", str(simulation), "--profile", profile]
-        command += [item for assignment in assignments for item in ("--set", assignment)]
-        # Kaggle runs notebooks in /kaggle/working; here that also keeps the source checkout off sys.path.
-        result = subprocess.run(command, capture_output=True, text=True, cwd=simulation / "working")
-        if result.returncode:
-            raise KernelError(f"the kernel failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         working = simulation / "working"
-        report = validate_submission(working / "submission.csv", simulation / "input" / "competitions" / bundle_competition_slug(bundle))
+        python = layered_environment(base_python, Path(temporary) / "environment")
+        parameters = Path(temporary) / "parameters.json"
+        parameters.write_text(json.dumps({"kaggle_root": str(simulation), "profile": profile, "assignments": list(assignments)}))
+        # nbconvert's templates are in the base environment's share/jupyter, which the layered one does not see.
+        base_share = Path(subprocess.run([str(base_python), "-c", "import sys; print(sys.prefix)"], check=True,
+                                         capture_output=True, text=True).stdout.strip()) / "share" / "jupyter"
+        jupyter_path = os.pathsep.join([str(write_kernelspec(python, Path(temporary) / "jupyter")), str(base_share)])
+        environment = {**os.environ, "JUPYTER_PATH": jupyter_path,
+                       "JUPYTER_PLATFORM_DIRS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+        environment.pop("PYTHONPATH", None)
+        # Kaggle runs notebooks in /kaggle/working; here that also keeps the source checkout off sys.path.
+        result = subprocess.run([str(python), "-m", "papermill", str(Path(bundle) / "kernel" / "kernel.ipynb"), str(executed),
+                                 "-f", str(parameters), "-k", "python3", "--cwd", str(working), "--no-progress-bar"],
+                                capture_output=True, text=True, cwd=working, env=environment)
+        if not executed.is_file():
+            raise KernelError(f"papermill did not execute the notebook (exit {result.returncode}):\n{result.stderr[-3000:]}")
+        render = subprocess.run([str(python), "-m", "nbconvert", "--to", "html", "--output-dir", str(output), str(executed)],
+                                capture_output=True, text=True, env=environment)
+        notebook = json.loads(executed.read_text())
+        problems = notebook_problems(notebook)
+        if result.returncode and not problems:
+            problems.append(f"papermill failed (exit {result.returncode}): {result.stderr[-2000:]}")
+        if render.returncode:
+            problems.append(f"nbconvert could not render it: {render.stderr[-1000:]}")
         files = count_files(working)
-        if not report.valid or files >= KAGGLE_FILE_LIMIT:
-            raise KernelError(f"kernel output is not acceptable: {files} files, problems: {report.problems}")
+        if files >= KAGGLE_FILE_LIMIT:
+            problems.append(f"{files} files in working/: Kaggle finds no submission at {KAGGLE_FILE_LIMIT} or more")
+        report = None
+        if (working / "submission.csv").is_file():
+            report = validate_submission(working / "submission.csv",
+                                         simulation / "input" / "competitions" / bundle_competition_slug(bundle))
+            problems += [f"submission: {problem}" for problem in report.problems]
+        elif not problems:
+            problems.append("the notebook wrote no submission.csv in working/")
+        if problems:
+            raise KernelError("the notebook as Kaggle runs it is not acceptable (executed notebook: "
+                              f"{executed}, HTML: {html}):\n" + "\n".join(f"- {problem}" for problem in problems))
         version = python_version_of(python)
-        print(f"kernel check passed on Python {version}: valid submission with {report.rows} rows, {files} files in working/")
-        return {"files": files, "rows": report.rows, "valid": report.valid, "python": version, "output": result.stdout}
+        print(f"kernel check passed on Python {version}: the notebook ran in a Jupyter kernel without an error, every "
+              f"section has its outputs, valid submission with {report.rows} rows, {files} files in working/; executed "
+              f"notebook {executed}, HTML {html}")
+        return {"files": files, "rows": report.rows, "valid": report.valid, "python": version, "notebook": executed,
+                "html": html, "output": stream_text(notebook)}

@@ -112,8 +112,11 @@ def keras_home() -> Path:
 
 def missing_weights(config: Config, home: Path | None = None) -> list[WeightFile]:
     """The planned files that are not in Keras's cache (`home`, default Keras's home) yet."""
+    plan = plan_weights(config)
+    if not plan:  # nothing to look for: Keras (and TensorFlow) need not be imported to say so
+        return []
     home = Path(home or keras_home())
-    return [weight for weight in plan_weights(config) if not (home / weight.cache_subdir / weight.fname).is_file()]
+    return [weight for weight in plan if not (home / weight.cache_subdir / weight.fname).is_file()]
 
 
 def write_weights_dataset(plan: list[WeightFile], output: str | Path, username: str, overwrite: bool = False,

@@ -87,6 +87,7 @@ def run_attack(config: Config) -> dict:
                   overlays=([overlay(image, label_map.astype(np.uint8)) for image, label_map in zip(base[shown], segmenter_examples["clean"][shown])],
                             [overlay(np.asarray(image, np.uint8), label_map.astype(np.uint8)) for image, label_map in zip(segmentation_adversarial[shown], segmentation_predicted[shown])]))
     plot_success_curves(frame, output / "success_vs_epsilon.png")
+    observations = findings(frame)
     write_text_atomic(output / "attack.md", "\n\n".join([
         f"# Adversarial attacks on run `{config.run_name}`",
         f"{len(positions)} validation images; L-infinity budgets in pixel levels (0..255); PGD with "
@@ -94,11 +95,12 @@ def run_attack(config: Config) -> dict:
         f"most {bit_depth_bound(settings.defence_bits):g} levels). Success: the predicted flags change (untargeted), the "
         "target class appears or the top class disappears (targeted), or the share of pixels painted as the target "
         "(segmenter). Scores: classification rows' mean F1, segmentation rows' mean Dice.",
-        "## Findings", "\n".join(f"- {finding}" for finding in findings(frame)),
+        "## Findings", "\n".join(f"- {finding}" for finding in observations),
         attack_table(frame), "![success versus epsilon](success_vs_epsilon.png)",
         "![classifier examples](classifier_examples.png)", "![segmenter examples](segmenter_examples.png)",
     ]) + "\n")
-    summary = {"images": len(positions), "epsilons": epsilons, "rows": len(frame)}
+    # The findings travel in the stage's metrics too: the notebook renders them without importing this stage.
+    summary = {"images": len(positions), "epsilons": epsilons, "rows": len(frame), "findings": observations}
     print(attack_table(frame[frame["method"] == "PGD"]))
     return summary
 

@@ -16,6 +16,7 @@ from voc_pipeline.data.competition import load_split
 from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_text_atomic
 from voc_pipeline.plots import plot_confusion, plot_mask_overlays, plot_score_comparison
+from voc_pipeline.report_parts import choices_section, score_table
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,12 @@ FIGURES = [
     (artifacts.SCORE_COMPARISON.pattern, "Competition score on validation"),
     (artifacts.WORST_IMAGES.pattern, "The validation images the chosen rule scores worst"),
     (artifacts.PIXEL_CONFUSION.pattern, "Pixel confusion of the chosen rule on validation"),
+    (artifacts.RELIABILITY.pattern, "Calibration of both heads on validation"),
 ]
+
+# Classes per image predicted on the test set against validation: a gap this large says the choices made on
+# validation do not carry over to the test images.
+CLASSES_PER_IMAGE_WARNING = 0.5
 
 
 def baseline_scores(fit_labels: np.ndarray, true_labels: np.ndarray, true_maps: list[np.ndarray]) -> dict[str, float]:
@@ -36,11 +42,6 @@ def baseline_scores(fit_labels: np.ndarray, true_labels: np.ndarray, true_maps: 
     class_index = most_frequent_class(fit_labels)
     maps = [centre_box_map(*truth.shape, class_index) for truth in true_maps]
     return score_predictions(baseline_flags(fit_labels, len(true_labels)), maps, true_labels, true_maps)
-
-
-def score_table(rows: dict[str, dict[str, float]]) -> str:
-    return markdown.table(("answer", "overall", "classification rows", "segmentation rows"),
-                          [(name, row["score"], row["classification"], row["segmentation"]) for name, row in rows.items()])
 
 
 def per_class_table(tuning: dict, segmenter: dict) -> str:
@@ -73,27 +74,6 @@ def plot_mistakes(run_dir, train) -> None:
                    f"pixels of {len(arrays['all_ids'])} validation images (rows: truth)")
 
 
-def choices_section(tuning: dict) -> list[str]:
-    """What tune chose on validation, and what it was chosen against."""
-    scales = tuning["scales"]
-    scale_table = markdown.table(("segmenter scales", "validation Dice of its own masks", "seconds per image"),
-                                 [(name, f"{row['segmentation_dice']:.4f}", f"{row['seconds_per_image']:.3f}")
-                                  for name, row in scales["options"].items()])
-    fusion = tuning["fusion"]
-    fusion_text = ("Fused evidence was not tried (joint.fusion = false)." if fusion.get("classifier_cross_validated") is None
-                   else f"Fused evidence: cross-validated classification {fusion['fused_cross_validated']:.4f} against "
-                        f"{fusion['classifier_cross_validated']:.4f} for the classifier alone; flags from the "
-                        f"{fusion['chosen']}.")
-    candidates = sorted(tuning["joint"]["candidates"], key=lambda row: -row["score"])
-    rule_table = markdown.table(("joint rule", "overall", "classification", "segmentation"),
-                                [(row["name"], row["score"], row["classification"], row["segmentation"])
-                                 for row in candidates[:10]])
-    return ["## What tune chose on validation",
-            f"Scales used: {', '.join(f'{scale:g}' for scale in scales['chosen'])}.", scale_table, fusion_text,
-            f"Joint rule: **{tuning['joint']['chosen']}**, the best of {len(candidates)} candidates (the ten best):",
-            rule_table]
-
-
 def chosen_row(table: list[dict], name: str, run_dir) -> dict:
     """The candidate-table row of the chosen rule, or an ArtifactError when joint_rule.json does not hold it."""
     for row in table:
@@ -113,6 +93,28 @@ def final_models_text(final_models: dict) -> str:
         lines.append(f"- {head}: {', '.join(f'`{name}`' for name in entry['models'])}, trained on {entry['trained_on']} "
                      f"({entry['images']} images){refit}.")
     return "The test predictions were made by:\n\n" + "\n".join(lines)
+
+
+def estimate_section(estimate: dict, test_flags: np.ndarray) -> tuple[list[str], dict]:
+    """How well the chosen answer should do off validation, and whether the test set looks like validation:
+    (report lines, figures)."""
+    low, high = estimate["interval"]
+    test_classes = float(test_flags.sum(1).mean()) if len(test_flags) else float("nan")
+    figures = {"estimate": estimate["score"], "interval": [low, high], "in_sample": estimate["in_sample"],
+               "classes_per_image": {"truth_validation": estimate["true_classes_per_image"],
+                                     "predicted_validation": estimate["classes_per_image"], "predicted_test": test_classes}}
+    lines = [f"**What to expect off validation: {estimate['score']:.4f}** ({estimate['level']:.0%} bootstrap interval "
+             f"over images [{low:.4f}, {high:.4f}]). The joint rule is chosen on half of the validation images, with "
+             f"the flags fitted on the images it is not scored on, and scored on the other half, over repeated splits. "
+             f"In-sample the chosen rule scores {estimate['in_sample']:.4f} (the best candidate "
+             f"{estimate['best_in_sample']:.4f}): the difference is what choosing on the same images overstates.",
+             markdown.table(("classes per image", "truth (validation)", "predicted (validation)", "predicted (test)"),
+                            [("mean", estimate["true_classes_per_image"], estimate["classes_per_image"], test_classes)])]
+    if abs(test_classes - estimate["classes_per_image"]) > CLASSES_PER_IMAGE_WARNING:
+        lines.append(f"**Warning:** the test images get {test_classes:.2f} classes each against "
+                     f"{estimate['classes_per_image']:.2f} on validation: the probabilities behave differently on the "
+                     f"test set, and the validation figures above may not carry over.")
+    return lines, figures
 
 
 def run_evaluate(config: Config) -> dict:
@@ -138,12 +140,15 @@ def run_evaluate(config: Config) -> dict:
     classifier, segmenter = artifacts.read_metrics(run_dir, "train-cls"), artifacts.read_metrics(run_dir, "train-seg")
     tuning = artifacts.read_metrics(run_dir, "tune")
     plot_mistakes(run_dir, train)
+    test_arrays, _ = artifacts.read_test_predictions(run_dir)
+    estimate_lines, estimate_figures = (estimate_section(joint["estimate"], test_arrays["flags"]) if "estimate" in joint
+                                        else ([], {}))
     threshold_table = artifacts.THRESHOLD_COMPARISON.require(run_dir).read_text()
     sections = [
         f"# Run `{config.run_name}`: validation report",
         f"{len(ids)} validation images (held out from training; thresholds and the joint rule were chosen on them, "
         "so the tuned figures are slightly optimistic: see the cross-validated column below).",
-        "## Competition score", score_table(rows),
+        "## Competition score", score_table(rows), *estimate_lines,
         "## Classifier",
         f"Backbone `{classifier_manifest['backbone']}` at {classifier_manifest['image_size']} px, loss "
         f"`{classifier_manifest['loss']}`. Validation mAP {classifier['mean_average_precision']:.4f} "
@@ -154,7 +159,7 @@ def run_evaluate(config: Config) -> dict:
         f"{segmenter_manifest['image_size']} px. Validation mIoU {segmenter['mean_iou']:.4f}, "
         f"segmentation-row Dice {segmenter['segmentation_dice']:.4f} "
         f"(without flip TTA: {segmenter['segmentation_dice_without_flip_tta']:.4f}).",
-        *choices_section(tuning),
+        "## What tune chose on validation", *choices_section(tuning),
         "## Per class", per_class_table(tuning["thresholds"], segmenter),
         "## Figures",
     ]
@@ -164,4 +169,4 @@ def run_evaluate(config: Config) -> dict:
                  "`voc-pipeline attack` (stage attack) attacks this run's models and writes [attack/attack.md](attack/attack.md)."]
     write_text_atomic(artifacts.REPORT.path(run_dir), "\n\n".join(sections) + "\n")
     print(score_table(rows))
-    return {"validation_images": len(ids), "scores": rows, "joint_rule": rule.name}
+    return {"validation_images": len(ids), "scores": rows, "joint_rule": rule.name, **estimate_figures}

@@ -24,11 +24,19 @@ from sklearn.metrics import f1_score
 
 from voc_pipeline import artifacts, markdown
 from voc_pipeline.config import Config
+from voc_pipeline.core.calibration import (
+    calibrate_sigmoid,
+    calibrate_softmax,
+    fit_softmax_temperature,
+    reliability,
+    sample_pixels,
+)
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
 from voc_pipeline.core.fusion import FusionModel, compare_fusion, fit_fusion
 from voc_pipeline.core.joint import (
     InferencePlan,
     JointRule,
+    RuleScores,
     candidate_rules,
     candidate_table,
     choose_rule,
@@ -39,36 +47,39 @@ from voc_pipeline.core.scoring import (
     average_precisions,
     segmentation_row_score,
 )
-from voc_pipeline.core.selection import choose_scales, scale_options
+from voc_pipeline.core.selection import bootstrap_interval, choose_scales, halves, held_out_selection, scale_options
 from voc_pipeline.core.thresholds import (
     DEFAULT_THRESHOLD,
+    FittedFlags,
     apply_thresholds,
     compare_strategies,
     default_grid,
-    threshold_chooser,
+    fit_flags,
+    flag_fitter,
 )
 from voc_pipeline.data.competition import ImageSet, load_split
 from voc_pipeline.data.splits import positions_of
 from voc_pipeline.errors import ArtifactError
 from voc_pipeline.files import save_label_maps_atomic, write_json_atomic, write_text_atomic
 from voc_pipeline.models.segmenter import probability_maps
-from voc_pipeline.plots import plot_per_class_bars
+from voc_pipeline.plots import plot_per_class_bars, plot_reliability
 
 logger = logging.getLogger(__name__)
 
 
 def markdown_table(rows: dict[str, dict]) -> str:
-    """The threshold comparison as a markdown table, one row per probability source."""
+    """The flag-strategy comparison as a markdown table, one row per probability source."""
     return markdown.table(
-        ("probabilities", "0.5", "best global (t)", "global, cross-validated", "per-class", "per-class, cross-validated",
-         "chosen"),
+        ("probabilities", "0.5", "best global (t)", "global, cross-validated", "expected F1 (T)",
+         "expected F1, cross-validated", "per-class", "per-class, cross-validated", "chosen"),
         [(name, f"{row['threshold_0.5']:.4f}", f"{row['global']:.4f} ({row['global_threshold']:.2f})",
-          f"{row['global_cross_validated']:.4f}", f"{row['per_class']:.4f}", f"{row['per_class_cross_validated']:.4f}",
+          f"{row['global_cross_validated']:.4f}", f"{row['expected_f1']:.4f} ({row['temperature']:.2f})",
+          f"{row['expected_f1_cross_validated']:.4f}", f"{row['per_class']:.4f}", f"{row['per_class_cross_validated']:.4f}",
           row["chosen_strategy"]) for name, row in rows.items()])
 
 
 def summary_of(comparison: dict) -> dict:
-    return {key: value for key, value in comparison.items() if key not in ("thresholds", "untuned")}
+    return {key: value for key, value in comparison.items() if key not in ("thresholds", "untuned", "cross_validated_rows")}
 
 
 # ---------------------------------------------------------------- 1. thresholds on the classifier alone
@@ -94,13 +105,13 @@ def compare_classifier_thresholds(config: Config, validation: artifacts.Classifi
     return comparison
 
 
-def plot_classifier_per_class(config: Config, labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray,
-                              title: str) -> dict:
-    """Per-class AP and F1 before and after tuning, as a PNG; returns the per-class table."""
-    f1_tuned = f1_score(labels, apply_thresholds(probabilities, thresholds), average=None, zero_division=0)
+def plot_classifier_per_class(config: Config, labels: np.ndarray, probabilities: np.ndarray, flags: np.ndarray,
+                              thresholds: np.ndarray, title: str) -> dict:
+    """Per-class AP and F1 before and after tuning (`flags`: the chosen strategy's), as a PNG; the per-class table."""
+    f1_tuned = f1_score(labels, flags, average=None, zero_division=0)
     f1_half = f1_score(labels, apply_thresholds(probabilities, 0.5), average=None, zero_division=0)
     average_precision = average_precisions(labels, probabilities)
-    plot_per_class_bars({"average precision": average_precision, "F1 at 0.5": f1_half, "F1 at tuned thresholds": f1_tuned},
+    plot_per_class_bars({"average precision": average_precision, "F1 at 0.5": f1_half, "F1 as tuned": f1_tuned},
                         CLASS_NAMES, artifacts.CLASSIFIER_PER_CLASS.path(config.run_dir), title, "score")
     return {name: {"average_precision": None if np.isnan(ap) else float(ap), "f1_at_0.5": float(half),
                    "f1_tuned": float(tuned), "threshold": float(threshold)}
@@ -141,26 +152,49 @@ class Validation:
 # ---------------------------------------------------------------- 2. scales
 
 
-def compare_scales(config: Config, validation: Validation) -> tuple[tuple[float, ...], dict, dict]:
-    """(chosen scales, figures, per-scale-choice evidence (largest, area) of every validation image)."""
+# Pixels per validation image on which the segmenter's temperature is fitted: enough for one number, and memory
+# bounded by a few megabytes whatever the images' sizes.
+CALIBRATION_PIXELS = 4000
+
+
+@dataclass
+class ScaleChoice:
+    """The segmenter's scales chosen on validation, and what the chosen scales' maps said about every image."""
+
+    scales: tuple[float, ...]
+    figures: dict
+    largest: np.ndarray
+    area: np.ndarray
+    pixel_probabilities: np.ndarray  # (P, 21) a sample of validation pixels' probabilities
+    pixel_labels: np.ndarray  # (P,) their true labels
+
+
+def compare_scales(config: Config, validation: Validation) -> ScaleChoice:
+    """1.0 alone against the configured scales by the validation Dice of the segmenter's own masks (the more
+    scales only when they win by more than the noise), with the time each costs."""
     options = scale_options(config.inference.segmenter_scales)
-    figures, evidence = {}, {}
+    figures, rows, seen = {}, [], []
     for scales in options:
         list(validation.maps(scales, [0]))  # traces the model for these sizes, so the timing below is of predicting
-        started, dice, largest, area = time.perf_counter(), [], [], []
+        rng = np.random.default_rng(config.seed)
+        started, dice, largest, area, pixels, labels = time.perf_counter(), [], [], [], [], []
         for probabilities, truth in zip(validation.maps(scales), validation.masks):
             dice.append(segmentation_row_score(probabilities.argmax(-1), truth))
             image_largest, image_area = class_evidence(probabilities)
             largest.append(image_largest)
             area.append(image_area)
+            sampled, sampled_labels = sample_pixels(probabilities, truth, CALIBRATION_PIXELS, rng, VOID_LABEL)
+            pixels.append(sampled)
+            labels.append(sampled_labels)
         figures[scale_name(scales)] = {"segmentation_dice": float(np.mean(dice)),
                                        "seconds_per_image": (time.perf_counter() - started) / len(validation.ids)}
-        evidence[scales] = (np.array(largest), np.array(area))
-    chosen = choose_scales(options, [figures[scale_name(scales)]["segmentation_dice"] for scales in options])
+        rows.append(dice)
+        seen.append((np.array(largest), np.array(area), np.concatenate(pixels), np.concatenate(labels)))
+    chosen = choose_scales(options, np.array(rows))
     for name, row in figures.items():
         logger.info("segmenter at scales %s: validation Dice %.4f, %.3f s per image", name, row["segmentation_dice"],
                     row["seconds_per_image"])
-    return chosen, {"options": figures, "chosen": list(chosen)}, evidence
+    return ScaleChoice(chosen, {"options": figures, "chosen": list(chosen)}, *seen[options.index(chosen)])
 
 
 def scale_name(scales: tuple[float, ...]) -> str:
@@ -172,12 +206,12 @@ def scale_name(scales: tuple[float, ...]) -> str:
 
 @dataclass(frozen=True)
 class FlagSource:
-    """What the tuned flags are thresholds on, chosen in step 3.
+    """What the flags are made from, chosen in step 3.
 
     Attributes:
         title: for the per-class figure ("flip tta", "plain" or "fused evidence").
         probabilities, labels: the source's probabilities and the truth of the images they were tuned on.
-        comparison: compare_strategies' result on them (thresholds, strategy, untuned classes, scores).
+        comparison: compare_strategies' result on them (strategy, thresholds, temperature, scores).
         fusion: the fitted fusion model, or None for the classifier alone.
         figures: the fusion comparison's figures.
     """
@@ -190,22 +224,34 @@ class FlagSource:
     figures: dict
 
     @property
+    def strategy(self) -> str:
+        return self.comparison["chosen_strategy"]
+
+    @property
     def thresholds(self) -> np.ndarray:
         return self.comparison["thresholds"].round(4)
+
+    @property
+    def temperature(self) -> float:
+        return round(float(self.comparison["temperature"]), 4)
 
     @property
     def untuned(self) -> list[str]:
         return [CLASS_NAMES[index] for index in self.comparison["untuned"]]
 
+    def fitted(self) -> FittedFlags:
+        return FittedFlags(self.strategy, self.thresholds, self.temperature)
+
 
 def choose_flag_source(config: Config, validation: Validation, classifier: tuple[str, np.ndarray, np.ndarray],
                        comparison: dict, largest: np.ndarray, area: np.ndarray) -> FlagSource:
-    """The classifier's probabilities (with the thresholds step 1 chose on all its validation images), or fused
-    evidence (thresholds chosen again on the images both heads saw) when it wins cross-validated.
+    """The classifier's probabilities (with the strategy step 1 chose on all its validation images), or fused
+    evidence (its strategy chosen again on the images both heads saw) when it wins cross-validated by more
+    than the noise.
 
     Args:
         classifier: (source name, probabilities, labels) of every classifier validation image.
-        comparison: step 1's threshold comparison of those probabilities.
+        comparison: step 1's strategy comparison of those probabilities.
         largest, area: the segmenter's evidence on the validation images, at the chosen scales.
     """
     name, probabilities, labels = classifier
@@ -213,8 +259,8 @@ def choose_flag_source(config: Config, validation: Validation, classifier: tuple
     if not config.joint.fusion:
         return classifier_alone
     grid = default_grid(config.thresholds.grid_step)
-    chooser = threshold_chooser(comparison["chosen_strategy"], grid, config.thresholds.rounds)
-    outcome = compare_fusion(validation.classifier_probabilities, largest, area, validation.labels, chooser, config.seed)
+    fitter = flag_fitter(comparison["chosen_strategy"], grid, config.thresholds.rounds)
+    outcome = compare_fusion(validation.classifier_probabilities, largest, area, validation.labels, fitter, config.seed)
     logger.info("fused evidence: cross-validated classification %.4f against %.4f for the classifier alone: %s",
                 outcome.fused_cross_validated, outcome.classifier_cross_validated,
                 "kept" if outcome.use_fusion else "not kept")
@@ -230,12 +276,11 @@ def choose_flag_source(config: Config, validation: Validation, classifier: tuple
 # ---------------------------------------------------------------- 4. the joint rule
 
 
-def save_validation_predictions(config: Config, validation: Validation, plan: InferencePlan,
-                                classification: np.ndarray, segmentation: np.ndarray, confusion: np.ndarray) -> None:
-    """The chosen rule on validation: every image's row scores, the pixel confusion matrix, and the worst images'
-    flags, probabilities and label maps, recomputed for those images only."""
-    rows = (classification + segmentation) / 2
-    worst = np.argsort(rows, kind="stable")[: config.joint.worst_images]
+def save_validation_predictions(config: Config, validation: Validation, plan: InferencePlan, scores: RuleScores,
+                                chosen: int) -> None:
+    """The chosen rule on validation: every image's row scores and flag count, the pixel confusion matrix, and
+    the worst images' flags, probabilities and label maps, recomputed for those images only."""
+    worst = np.argsort(scores.rows[chosen], kind="stable")[: config.joint.worst_images]
     probabilities, flags, maps = [], [], []
     for position, map_probabilities in zip(worst, validation.maps(plan.scales, worst)):
         source, final, labels = plan.decide(map_probabilities, validation.classifier_probabilities[position])
@@ -243,73 +288,148 @@ def save_validation_predictions(config: Config, validation: Validation, plan: In
         flags.append(final)
         maps.append(labels)
     save_label_maps_atomic(artifacts.VALIDATION_PREDICTIONS.path(config.run_dir), validation.ids[worst], maps,
-                           all_ids=validation.ids, classification_scores=classification, segmentation_scores=segmentation,
-                           confusion=confusion, probabilities=np.array(probabilities).reshape(-1, NUM_CLASSES),
+                           all_ids=validation.ids, classification_scores=scores.classification[chosen],
+                           segmentation_scores=scores.segmentation[chosen], confusion=scores.confusion[chosen],
+                           flag_counts=scores.flag_counts[chosen],
+                           probabilities=np.array(probabilities).reshape(-1, NUM_CLASSES),
                            flags=np.array(flags, dtype=np.int8).reshape(-1, NUM_CLASSES))
 
 
-def choose_joint_rule(config: Config, validation: Validation, flags: FlagSource,
-                      scales: tuple[float, ...]) -> tuple[InferencePlan, list[dict]]:
-    """Every candidate rule scored by the competition score on validation; (the plan with the best, the table).
-    Also saves the chosen rule's validation predictions."""
+def plan_for(config: Config, validation: Validation, fitted: FittedFlags, fusion: FusionModel | None, rule: JointRule,
+             scales: tuple[float, ...], segmenter_temperature: float) -> InferencePlan:
+    return InferencePlan(fitted.thresholds, fusion, rule, scales, validation.boxes, config.joint.tiny_mask_fraction,
+                         fitted.strategy, fitted.temperature, segmenter_temperature)
+
+
+def cross_fitted_rows(config: Config, validation: Validation, flags: FlagSource, choice: ScaleChoice,
+                      segmenter_temperature: float, rules: list[JointRule]) -> np.ndarray:
+    """(R, N) every rule's per-image competition rows with the flag source (fusion, thresholds or temperature)
+    fitted on the other half of the validation images: rows no image's own truth has tuned."""
+    grid = default_grid(config.thresholds.grid_step)
+    probabilities, labels = validation.classifier_probabilities, validation.labels
+    rows = np.zeros((len(rules), len(labels)))
+    first, second = halves(len(labels), config.seed)
+    for fit, score in ((first, second), (second, first)):
+        fusion = (fit_fusion(probabilities[fit], choice.largest[fit], choice.area[fit], labels[fit])
+                  if flags.fusion is not None else None)
+        source = fusion.probabilities(probabilities, choice.largest, choice.area) if fusion else probabilities
+        fitted = fit_flags(flags.strategy, source[fit], labels[fit], grid, config.thresholds.rounds)
+        plan = plan_for(config, validation, fitted, fusion, JointRule(), choice.scales, segmenter_temperature)
+        scores = score_rules(validation.maps(choice.scales, score), probabilities[score], labels[score],
+                             [validation.masks[position] for position in score], plan, rules)
+        rows[:, score] = scores.rows
+    return rows
+
+
+# Splits into halves behind the honest estimate of the joint rule's choice, and the bootstrap interval's level.
+ESTIMATE_REPEATS, INTERVAL_LEVEL = 10, 0.9
+
+
+def choose_joint_rule(config: Config, validation: Validation, flags: FlagSource, choice: ScaleChoice,
+                      segmenter_temperature: float) -> tuple[InferencePlan, list[dict], dict]:
+    """Every candidate rule scored by the competition score on validation; the simplest within the noise of the
+    best is chosen. Returns (the plan, the candidate table, the estimate) and saves the chosen rule's validation
+    predictions. The estimate is honest: the rule chosen on half of the images with the flag source fitted
+    without them, scored on the other half, repeated; with a bootstrap interval over images."""
     rules = candidate_rules(config.joint.area_grid)
-    plan = InferencePlan(flags.thresholds, flags.fusion, JointRule(), scales, validation.boxes,
-                         config.joint.tiny_mask_fraction)
-    classification, segmentation, confusion = score_rules(validation.maps(plan.scales), validation.classifier_probabilities,
-                                                          validation.labels, validation.masks, plan, rules)
-    table = candidate_table(rules, classification, segmentation)
-    best = choose_rule(table)
-    plan = InferencePlan(flags.thresholds, flags.fusion, rules[best], scales, validation.boxes,
-                         config.joint.tiny_mask_fraction)
-    logger.info("joint rule: %s (validation score %.4f; independent heads %.4f)", rules[best].name, table[best]["score"],
+    plan = plan_for(config, validation, flags.fitted(), flags.fusion, JointRule(), choice.scales, segmenter_temperature)
+    scores = score_rules(validation.maps(plan.scales), validation.classifier_probabilities, validation.labels,
+                         validation.masks, plan, rules)
+    table = candidate_table(rules, scores.classification, scores.segmentation)
+    chosen = choose_rule(scores.rows)
+    plan = plan_for(config, validation, flags.fitted(), flags.fusion, rules[chosen], choice.scales, segmenter_temperature)
+    honest = held_out_selection(cross_fitted_rows(config, validation, flags, choice, segmenter_temperature, rules),
+                                config.seed, ESTIMATE_REPEATS)
+    low, high = bootstrap_interval(honest, config.seed, INTERVAL_LEVEL)
+    estimate = {"score": float(honest.mean()), "interval": [low, high], "level": INTERVAL_LEVEL,
+                "in_sample": table[chosen]["score"], "best_in_sample": max(row["score"] for row in table),
+                "classes_per_image": float(scores.flag_counts[chosen].mean()),
+                "true_classes_per_image": float(validation.labels.sum(1).mean())}
+    logger.info("joint rule: %s (validation %.4f in-sample; %.4f [%.4f, %.4f] cross-fitted and chosen on the other half; "
+                "independent heads %.4f)", rules[chosen].name, table[chosen]["score"], estimate["score"], low, high,
                 table[0]["score"])
-    save_validation_predictions(config, validation, plan, classification[best], segmentation[best], confusion[best])
-    return plan, table
+    save_validation_predictions(config, validation, plan, scores, chosen)
+    return plan, table, estimate
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def calibrate_segmenter(config: Config, choice: ScaleChoice, flags: FlagSource) -> tuple[float, dict]:
+    """The segmenter's temperature fitted on the sampled validation pixels, and the reliability figure of both
+    heads (before and after calibration); returns (temperature, figures)."""
+    temperature = round(fit_softmax_temperature(choice.pixel_probabilities, choice.pixel_labels), 4)
+    curves = {}
+    for name, probabilities, outcomes in (
+            ("classifier", flags.probabilities, flags.labels),
+            ("segmenter (most probable label)", choice.pixel_probabilities.max(-1),
+             choice.pixel_probabilities.argmax(-1) == choice.pixel_labels)):
+        curves[f"{name}, as trained"] = reliability(probabilities, outcomes)
+    classifier_t = flags.temperature if flags.fusion is None else 1.0
+    curves[f"classifier, T = {classifier_t:.2f}"] = reliability(calibrate_sigmoid(flags.probabilities, classifier_t),
+                                                                flags.labels)
+    calibrated = calibrate_softmax(choice.pixel_probabilities, temperature)
+    curves[f"segmenter, T = {temperature:.2f}"] = reliability(calibrated.max(-1),
+                                                              calibrated.argmax(-1) == choice.pixel_labels)
+    plot_reliability(curves, artifacts.RELIABILITY.path(config.run_dir))
+    logger.info("calibration: classifier T %.2f, segmenter T %.2f (expected calibration error %s)", classifier_t,
+                temperature, ", ".join(f"{name} {curve['ece']:.3f}" for name, curve in curves.items()))
+    return temperature, {"classifier_temperature": classifier_t, "segmenter_temperature": temperature,
+                         "expected_calibration_error": {name: curve["ece"] for name, curve in curves.items()}}
 
 
 # ---------------------------------------------------------------- the stage
 
 
 def write_choices(config: Config, flags: FlagSource, classifier_comparison: dict, plan: InferencePlan,
-                  validation: Validation, table: list[dict]) -> None:
+                  validation: Validation, table: list[dict], estimate: dict) -> None:
     """thresholds.json and joint_rule.json: what predict applies to the test images."""
+    rule = ("flags = each image's expected-F1 set of the source probabilities calibrated by the temperature"
+            if plan.flag_strategy == "expected-f1" else "flag = source probability >= threshold")
     write_json_atomic(artifacts.THRESHOLDS.path(config.run_dir), {
         "source": "fused" if flags.fusion else "classifier",
         "fusion": flags.fusion.to_dict() if flags.fusion else None,
-        "strategy": flags.comparison["chosen_strategy"],
+        "strategy": plan.flag_strategy,
+        "temperature": plan.classifier_temperature,
         "thresholds": dict(zip(CLASS_NAMES, flags.thresholds.tolist())),
         "classifier_thresholds": dict(zip(CLASS_NAMES, classifier_comparison["thresholds"].round(4).tolist())),
         "classifier_flip_tta": config.inference.classifier_flip_tta,
         "default_threshold": DEFAULT_THRESHOLD,
         "untuned_classes": flags.untuned,
-        "rule": "flag = source probability >= threshold; an image without any flag gets its most probable class",
+        "rule": rule + "; an image without any flag gets its most probable class",
     })
     write_json_atomic(artifacts.JOINT_RULE.path(config.run_dir), {
-        "rule": plan.rule.to_dict(), "scales": list(plan.scales),
+        "rule": plan.rule.to_dict(), "scales": list(plan.scales), "segmenter_temperature": plan.segmenter_temperature,
         "segmenter_flip_tta": config.inference.segmenter_flip_tta, "tiny_mask_fraction": plan.tiny_fraction,
-        "class_boxes": validation.boxes.round(4).tolist(), "validation_ids": validation.ids.tolist(), "candidates": table,
+        "class_boxes": validation.boxes.round(4).tolist(), "validation_ids": validation.ids.tolist(),
+        "estimate": estimate, "candidates": table,
     })
 
 
 def run_tune(config: Config) -> dict:
-    """Stage `tune`: writes thresholds.json, threshold_comparison.md, classifier_per_class.png,
+    """Stage `tune`: writes thresholds.json, threshold_comparison.md, classifier_per_class.png, reliability.png,
     joint_rule.json and validation_predictions.npz; returns the figures of every choice."""
     classifier = artifacts.read_classifier_validation(config.run_dir)
     source_name, source_probabilities = classifier_source(classifier, config.inference.classifier_flip_tta)
     comparison = compare_classifier_thresholds(config, classifier)
     validation = Validation(config, classifier.ids, source_probabilities, load_split(config.data.root, "train"))
-    scales, scale_figures, evidence = compare_scales(config, validation)
+    choice = compare_scales(config, validation)
     flags = choose_flag_source(config, validation, (source_name, source_probabilities, classifier.labels),
-                               comparison[source_name], *evidence[scales])
+                               comparison[source_name], choice.largest, choice.area)
     if flags.untuned:
         logger.warning("no validation positive for %s: their thresholds stay at the default %.2f",
                        ", ".join(flags.untuned), DEFAULT_THRESHOLD)
-    per_class = plot_classifier_per_class(config, flags.labels, flags.probabilities, flags.thresholds,
-                                          f"classifier on {len(flags.labels)} validation images ({flags.title})")
-    plan, table = choose_joint_rule(config, validation, flags, scales)
-    write_choices(config, flags, comparison[source_name], plan, validation, table)
+    per_class = plot_classifier_per_class(config, flags.labels, flags.probabilities,
+                                          flags.fitted().flags(flags.probabilities), flags.thresholds,
+                                          f"classifier on {len(flags.labels)} validation images ({flags.title}, "
+                                          f"{flags.strategy})")
+    segmenter_temperature, calibration = calibrate_segmenter(config, choice, flags)
+    plan, table, estimate = choose_joint_rule(config, validation, flags, choice, segmenter_temperature)
+    write_choices(config, flags, comparison[source_name], plan, validation, table, estimate)
     return {"thresholds": {**{name: summary_of(row) for name, row in comparison.items()}, "chosen": source_name,
+                           "strategy": plan.flag_strategy,
                            "mean_average_precision": float(np.nanmean(average_precisions(flags.labels, flags.probabilities))),
                            "per_class": per_class},
-            "scales": scale_figures, "fusion": flags.figures,
-            "joint": {"chosen": plan.rule.name, "validation_images": int(len(validation.ids)), "candidates": table}}
+            "scales": choice.figures, "fusion": flags.figures, "calibration": calibration,
+            "joint": {"chosen": plan.rule.name, "validation_images": int(len(validation.ids)), "estimate": estimate,
+                      "candidates": table}}

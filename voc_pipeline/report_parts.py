@@ -1,0 +1,365 @@
+"""The parts of the handed-in notebook, rendered from a run folder's files at run time.
+
+Every sentence that describes what a run did (its profile, backbones, sizes, losses, epochs, what `tune`
+chose and what it beat, the attack's budgets and success rates) is written here from the run's own files,
+so the notebook cannot say something its run did not do. A part is a list of blocks: Markdown text, or a
+`Figure` (a PNG of the run with its title). The kernel displays them in order; evaluate's `report.md` uses
+the same tables. No TensorFlow is imported here: the notebook's own process never loads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from voc_pipeline import artifacts, markdown
+from voc_pipeline.core.classes import CLASS_NAMES
+from voc_pipeline.errors import ArtifactError, OutputFolderError
+from voc_pipeline.files import byte_size
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG to show inline, with the title shown above it."""
+
+    path: Path
+    title: str
+
+
+Block = str | Figure
+
+
+# ---------------------------------------------------------------- tables shared with evaluate's report.md
+
+
+def score_table(rows: dict[str, dict[str, float]]) -> str:
+    """The competition score of each answer: overall, classification rows, segmentation rows."""
+    return markdown.table(("answer", "overall", "classification rows", "segmentation rows"),
+                          [(name, row["score"], row["classification"], row["segmentation"]) for name, row in rows.items()])
+
+
+def choices_section(tuning: dict, candidates_shown: int = 10) -> list[str]:
+    """What tune chose on validation, and what it was chosen against (tune's metrics)."""
+    scales = tuning["scales"]
+    scale_table = markdown.table(("segmenter scales", "validation Dice of its own masks", "seconds per image"),
+                                 [(name, f"{row['segmentation_dice']:.4f}", f"{row['seconds_per_image']:.3f}")
+                                  for name, row in scales["options"].items()])
+    fusion = tuning["fusion"]
+    fusion_text = ("Fused evidence was not tried (joint.fusion = false)." if fusion.get("classifier_cross_validated") is None
+                   else f"Fused evidence: cross-validated classification {fusion['fused_cross_validated']:.4f} against "
+                        f"{fusion['classifier_cross_validated']:.4f} for the classifier alone; flags from the "
+                        f"{fusion['chosen']}.")
+    candidates = sorted(tuning["joint"]["candidates"], key=lambda row: -row["score"])
+    rule_table = markdown.table(("joint rule", "overall", "classification", "segmentation"),
+                                [(row["name"], row["score"], row["classification"], row["segmentation"])
+                                 for row in candidates[:candidates_shown]])
+    return [f"Scales used: {', '.join(f'{scale:g}' for scale in scales['chosen'])}.", scale_table, fusion_text,
+            f"Joint rule: **{tuning['joint']['chosen']}**, the best of {len(candidates)} candidates "
+            f"(the {min(candidates_shown, len(candidates))} best):", rule_table]
+
+
+# ---------------------------------------------------------------- reading the run folder
+
+
+def read_config(run_dir: Path) -> dict:
+    """The run's resolved configuration (config.toml), as nested dicts."""
+    return tomllib.loads((Path(run_dir) / artifacts.CONFIG_FILE).read_text())
+
+
+def read_history(path: Path) -> list[dict]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def epochs_text(run_dir: Path, pattern: str) -> str:
+    """'4 epochs (head 2, finetune 2)' from the training histories matching `pattern` (one per fold)."""
+    histories = [read_history(path) for path in sorted(Path(run_dir).glob(pattern))]
+    if not histories:
+        return "no training history"
+    phases: dict[str, int] = {}
+    for row in histories[0]:
+        phases[row["phase"]] = phases.get(row["phase"], 0) + 1
+    folds = f" per fold ({len(histories)} folds)" if len(histories) > 1 else ""
+    return (f"{count(len(histories[0]), 'epoch')}{folds} ("
+            + ", ".join(f"{'from random weights, all layers' if phase == 'full' else phase} {count}"
+                        for phase, count in phases.items()) + ")")
+
+
+def figures(run_dir: Path, items: list[tuple[str, str]]) -> list[Figure]:
+    """The figures among `items` (glob pattern, title) that the run wrote, each once."""
+    found = []
+    for pattern, title in items:
+        paths = sorted(Path(run_dir).glob(pattern))
+        found += [Figure(path, title + (f" ({path.stem})" if len(paths) > 1 else "")) for path in paths]
+    return found
+
+
+def count(number: int, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def weights_text(weights: str) -> str:
+    return "ImageNet weights" if weights == "imagenet" else "random initial weights, no pretraining"
+
+
+def phases_text(section: dict) -> str:
+    """How the two-phase recipe is set up, from the configuration section of a head."""
+    if section["weights"] != "imagenet":
+        return (f"From random weights every layer trains from the start: "
+                f"{count(section['head_epochs'] + section['finetune_epochs'], 'planned epoch')} at learning rate "
+                f"{section['head_learning_rate']:g} with {count(section['warmup_epochs'], 'warm-up epoch')} and cosine decay.")
+    return (f"Two phases: {section['head_epochs']} epochs of the head alone on the frozen backbone (learning rate "
+            f"{section['head_learning_rate']:g}), then {section['finetune_epochs']} epochs with the top "
+            f"{section['unfreeze_fraction']:.0%} of the backbone unfrozen (learning rate {section['finetune_learning_rate']:g}, "
+            f"{count(section['warmup_epochs'], 'warm-up epoch')}, cosine decay); batch norm stays frozen so that small batches do "
+            f"not overwrite its ImageNet statistics. Early stopping after {section['patience']} epochs without improvement.")
+
+
+# ---------------------------------------------------------------- the parts
+
+
+def data_part(run_dir: Path) -> list[Block]:
+    """The data as the data stage found it: sizes, images per class, the split."""
+    summary = artifacts.read_json(artifacts.DATA_SUMMARY, run_dir)
+    config = read_config(run_dir)
+    train, test = summary["train"], summary["test"]
+    counts = train["images_per_class"]
+    ordered = sorted(CLASS_NAMES, key=lambda name: -counts.get(name, 0))
+    text = (f"{train['images']} training images (heights {train['height_range'][0]} to {train['height_range'][1]} px, "
+            f"widths {train['width_range'][0]} to {train['width_range'][1]} px) and {test['images']} test images. "
+            f"{summary['validation_split']} training images ({config['data']['validation_fraction']:.0%}, stratified on the "
+            f"classes) are held out for validation; the models learn from the other {summary['train_split']}. "
+            f"The most frequent class is {ordered[0]} ({counts[ordered[0]]} images), the rarest {ordered[-1]} "
+            f"({counts[ordered[-1]]}); images without any class: {train['images_without_class']}; images with void pixels: "
+            f"{train['void_images']}; images whose CSV row disagrees with their mask: {train['label_mask_disagreements']}.")
+    table = markdown.table(("class", *CLASS_NAMES[:10]), [("images", *(counts.get(name, 0) for name in CLASS_NAMES[:10]))]) \
+        + "\n\n" + markdown.table(("class", *CLASS_NAMES[10:]), [("images", *(counts.get(name, 0) for name in CLASS_NAMES[10:]))])
+    return [text, "Training images per class:", table]
+
+
+def classification_part(run_dir: Path) -> list[Block]:
+    """Part 1: the classifier's design, its training, its thresholds, its figures."""
+    config = read_config(run_dir)["classifier"]
+    manifest = artifacts.read_json(artifacts.CLASSIFIER_MANIFEST, run_dir)
+    metrics = artifacts.read_metrics(run_dir, "train-cls")
+    tuning = artifacts.read_metrics(run_dir, "tune")["thresholds"]
+    validation = (f"{len(manifest['models'])} models, one per fold, each validated on the images it did not see, and "
+                  f"averaged" if manifest.get("validation") != "holdout" else "one model, validated on the held-out images")
+    design = (f"Backbone `{manifest['backbone']}` ({weights_text(config['weights'])}) at {manifest['image_size']} px, global "
+              f"average pooling, dropout {config['dropout']:g} and 20 sigmoid outputs: an image can hold several classes, so "
+              f"each class gets its own probability (never a softmax). Loss `{manifest['loss']}`, batch {config['batch_size']}, "
+              f"weight decay {config['weight_decay']:g}. {phases_text(config)} Trained: {epochs_text(run_dir, 'classifier_history*.csv')}; "
+              f"{validation}.")
+    result = (f"Validation mAP {metrics['mean_average_precision']:.4f}, with flip test-time augmentation "
+              f"{metrics['mean_average_precision_flip_tta']:.4f} (tune used the "
+              f"{'flipped' if tuning['chosen'] == 'flip_tta' else 'plain'} probabilities).")
+    thresholds = ("A classification row scores the F1 of the image's 20 flags, so the flags are chosen for the mean "
+                  "per-image F1 and every image keeps at least its most probable class. Three strategies compete: one "
+                  "global threshold; each image's expected-F1 set under probabilities calibrated by one temperature; "
+                  "one threshold per class. Each is fitted on half of the validation images and scored on the other, "
+                  "over repeated splits, and the simplest one within one standard error of the best is kept "
+                  f"(here: **{tuning.get('strategy', 'global')}**). Classification score on validation by strategy:")
+    return [design, result, "### Flags", thresholds, artifacts.THRESHOLD_COMPARISON.require(run_dir).read_text().strip(),
+            *figures(run_dir, [(artifacts.CLASSIFIER_CURVES.pattern, "Classifier learning curves"),
+                               (artifacts.CLASSIFIER_PER_CLASS.pattern,
+                                "Classifier per class: average precision, and F1 before and after tuning"),
+                               (artifacts.RELIABILITY.pattern, "Calibration of both heads on validation")])]
+
+
+def segmentation_part(run_dir: Path) -> list[Block]:
+    """Part 2: the segmenter's design, its training and its figures."""
+    config = read_config(run_dir)["segmenter"]
+    manifest = artifacts.read_json(artifacts.SEGMENTER_MANIFEST, run_dir)
+    metrics = artifacts.read_metrics(run_dir, "train-seg")
+    loss = "cross-entropy" + (f" plus {config['dice_weight']:g} x a soft Dice term" if config["dice_weight"] else "")
+    design = (f"DeepLabV3+ on `{manifest['backbone']}` ({weights_text(config['weights'])}, width {config['width_multiplier']:g}) "
+              f"at {manifest['image_size']} px, output stride {manifest['output_stride']}: ASPP with {config['aspp_filters']} "
+              f"filters, a decoder of {config['decoder_filters']} filters fusing stride-4 features. Images are letterboxed "
+              f"(padding ignored by the loss), training crops scaled by {config['scale_range'][0]:g} to "
+              f"{config['scale_range'][1]:g}; loss {loss}, batch {config['batch_size']}. {phases_text(config)} Trained: "
+              f"{epochs_text(run_dir, 'segmenter_history.csv')}. Probabilities are resized to each image's own size before "
+              f"any decision.")
+    result = (f"Validation mIoU {metrics['mean_iou']:.4f} (without flip TTA {metrics['mean_iou_without_flip_tta']:.4f}); its "
+              f"own masks score a segmentation-row Dice of {metrics['segmentation_dice']:.4f} (an all-background answer "
+              f"{metrics['all_background_dice']:.4f}).")
+    iou = metrics["iou_per_class"]
+    fmt = lambda value: "-" if value is None else f"{value:.3f}"  # noqa: E731
+    names = ["background", *CLASS_NAMES]
+    table = "\n\n".join(markdown.table(("IoU", *names[start:start + 7]), [("validation", *(fmt(iou.get(name)) for name in names[start:start + 7]))])
+                        for start in range(0, len(names), 7))
+    return [design, result, "IoU per class on validation ('-': the class is in no validation image):", table,
+            *figures(run_dir, [(artifacts.SEGMENTER_CURVES.pattern, "Segmenter learning curves"),
+                               (artifacts.SEGMENTER_PER_CLASS.pattern, "Segmenter IoU per class"),
+                               (artifacts.SEGMENTER_OVERLAYS.pattern, "Validation images: truth and prediction")])]
+
+
+def joint_part(run_dir: Path) -> list[Block]:
+    """How both heads decide together: tune's choices, the competition score, the worst images, the confusion."""
+    tuning = artifacts.read_metrics(run_dir, "tune")
+    evaluation = artifacts.read_metrics(run_dir, "evaluate")
+    intro = (f"The classifier's flags and the segmenter's masks are reconciled by a rule chosen on the "
+             f"{evaluation['validation_images']} validation images by the competition score itself; every option is kept "
+             f"only if it wins there.")
+    return [intro, *choices_section(tuning), "Competition score on validation:", score_table(evaluation["scores"]),
+            *figures(run_dir, [(artifacts.SCORE_COMPARISON.pattern, "Competition score on validation"),
+                               (artifacts.WORST_IMAGES.pattern, "The validation images the chosen rule scores worst"),
+                               (artifacts.PIXEL_CONFUSION.pattern, "Pixel confusion of the chosen rule on validation")])]
+
+
+def read_attack_rows(run_dir: Path) -> list[dict]:
+    """attack/attack.csv as rows with numbers as floats."""
+    path = Path(run_dir) / "attack" / "attack.csv"
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: stage attack writes it; {artifacts.rerun_hint('attack')}")
+    rows = read_history(path)
+    for row in rows:
+        for key in ("epsilon", "success_rate", "clean_score", "adversarial_score"):
+            row[key] = float(row[key])
+    return rows
+
+
+def attack_part(run_dir: Path) -> list[Block]:
+    """Part 3: the attack on this run's own models, its table, its panels, the defence and what it found."""
+    settings = read_config(run_dir)["attack"]
+    summary = artifacts.read_metrics(run_dir, "attack")
+    rows = read_attack_rows(run_dir)
+    goal = (f"Goal: find how small an L-infinity perturbation (in pixel levels, 0..255) changes what this run's own models "
+            f"say about {summary['images']} validation images, whether a cheap defence (bit-depth reduction to "
+            f"{settings['defence_bits']} bits) restores it, and what that defence costs on clean images. Attacks: FGSM and "
+            f"PGD ({settings['pgd_steps']} steps) at budgets {', '.join(f'{epsilon:g}' for epsilon in settings['epsilons'])}; "
+            f"on the classifier untargeted (change any flag) and targeted (make {settings['target_class']} appear, make the "
+            f"top class disappear); on the segmenter targeted (paint every pixel {settings['target_class']}). Success is "
+            f"the share of images (classifier) or pixels (segmenter) where the attack reached its goal.")
+    pgd = [row for row in rows if row["method"] == "PGD"]
+    table = markdown.table(("model", "attack", "epsilon", "defence", "success", "clean score", "attacked score"),
+                           [(row["model"], row["attack"], f"{row['epsilon']:g}", row["defence"], f"{row['success_rate']:.0%}",
+                             f"{row['clean_score']:.3f}", f"{row['adversarial_score']:.3f}") for row in pgd])
+    found = summary.get("findings", [])
+    return [goal, "PGD, every budget, with and without the defence (FGSM rows are in attack/attack.csv):", table,
+            "What the attack found:\n\n" + "\n".join(f"- {finding}" for finding in found),
+            *figures(Path(run_dir) / "attack", [("success_vs_epsilon.png", "Success rate against the budget (dashed: with the defence)"),
+                                                ("classifier_examples.png", "Classifier: original, amplified perturbation, adversarial image"),
+                                                ("segmenter_examples.png", "Segmenter: clean and attacked masks")])]
+
+
+def gain_row(choice: str, decided_by: str, kept: str, kept_value: float, alternative: str, alternative_value: float,
+             measure: str) -> tuple:
+    return (choice, decided_by, kept, alternative, measure, f"{kept_value:.4f}", f"{alternative_value:.4f}",
+            f"{kept_value - alternative_value:+.4f}")
+
+
+def findings_rows(run_dir: Path) -> list[tuple]:
+    """What each choice gained over its alternative on validation, from the run's measured figures."""
+    tuning = artifacts.read_metrics(run_dir, "tune")
+    evaluation = artifacts.read_metrics(run_dir, "evaluate")
+    segmenter = artifacts.read_metrics(run_dir, "train-seg")
+    scores = evaluation["scores"]
+    joint_name = next(name for name in scores if name.startswith("joint rule"))
+    baseline_name = next(iter(scores))
+    thresholds = tuning["thresholds"]
+    kind = thresholds["chosen"]
+    chosen = thresholds[kind]
+    strategy = chosen["chosen_strategy"]
+    key = strategy.replace("-", "_")
+    # The alternative shown is the best of the strategies not chosen, cross-validated.
+    other_key = max((other for other in ("global", "expected_f1", "per_class") if other != key
+                     and f"{other}_cross_validated" in chosen), key=lambda other: chosen[f"{other}_cross_validated"])
+    rows = [
+        gain_row("the whole answer", "result", joint_name, scores[joint_name]["score"], baseline_name,
+                 scores[baseline_name]["score"], "competition score"),
+        gain_row("joint rule", "validation", evaluation["joint_rule"], scores[joint_name]["score"], "independent heads",
+                 scores["independent heads"]["score"], "competition score"),
+        gain_row("flag strategy", "cross-validation", f"{strategy} flags", chosen[f"{key}_cross_validated"],
+                 f"{other_key.replace('_', '-')} flags", chosen[f"{other_key}_cross_validated"],
+                 "classification, cross-validated"),
+        gain_row("tuned flags", "always", f"{strategy} flags", chosen[key], "0.5 for every class",
+                 chosen["threshold_0.5"], "classification"),
+    ]
+    other_kind = "plain" if kind == "flip_tta" else "flip_tta"
+    if other_kind in thresholds:
+        rows.append(gain_row("classifier flip TTA", "configuration", kind.replace("flip_tta", "flip TTA"),
+                             chosen[f"{key}_cross_validated"], other_kind.replace("flip_tta", "flip TTA"), thresholds[other_kind][f"{key}_cross_validated"],
+                             "classification, cross-validated"))
+    rows.append(gain_row("segmenter flip TTA", "configuration", "flip TTA", segmenter["mean_iou"], "no flip",
+                         segmenter["mean_iou_without_flip_tta"], "segmenter mIoU"))
+    fusion = tuning["fusion"]
+    if fusion.get("classifier_cross_validated") is not None:
+        fused = fusion["chosen"] != "classifier"
+        rows.append(gain_row("flags from", "cross-validation", "fused evidence" if fused else "the classifier alone",
+                             fusion["fused_cross_validated" if fused else "classifier_cross_validated"],
+                             "the classifier alone" if fused else "fused evidence",
+                             fusion["classifier_cross_validated" if fused else "fused_cross_validated"],
+                             "classification, cross-validated"))
+    options = tuning["scales"]["options"]
+    chosen_scales = ", ".join(f"{scale:g}" for scale in tuning["scales"]["chosen"])
+    for name, option in options.items():
+        if name != chosen_scales and chosen_scales in options:
+            rows.append(gain_row("segmenter scales", "validation", chosen_scales, options[chosen_scales]["segmentation_dice"],
+                                 name, option["segmentation_dice"], "segmenter's own masks, Dice"))
+    return rows
+
+
+def findings_part(run_dir: Path) -> list[Block]:
+    """Part 4: what each choice gained over its alternative on validation, and the attack's defence in one line."""
+    table = markdown.table(("choice", "decided by", "kept", "alternative", "measured as", "kept", "alternative", "gain"),
+                           findings_rows(run_dir))
+    blocks: list[Block] = ["Each choice the run made, next to its alternative, measured on the validation images. A choice "
+                           "decided by validation or cross-validation won there; one fixed by the configuration can show "
+                           "a negative gain, which is a finding in itself:", table]
+    submit = artifacts.read_metrics(run_dir, "submit")
+    if submit.get("local_score"):
+        local = submit["local_score"]
+        blocks.append(f"The test set's true answers were available to this run (`solution.csv`): the submission scores "
+                      f"{local['score']:.4f} on them (classification {local['classification']:.4f}, segmentation "
+                      f"{local['segmentation']:.4f}), the honest figure, since thresholds and the joint rule were chosen "
+                      f"on the validation images.")
+    else:
+        blocks.append("The validation figures are optimistic: thresholds and the joint rule were chosen on the same images. "
+                      "The leaderboard score of this notebook's submission is the honest figure.")
+    estimate = artifacts.read_metrics(run_dir, "evaluate").get("estimate")
+    if estimate is not None:
+        low, high = artifacts.read_metrics(run_dir, "evaluate")["interval"]
+        blocks.append(f"What to expect off validation, estimated without the images' own truth (the joint rule chosen on "
+                      f"half of the validation images, flags fitted without the images scored): {estimate:.4f}, "
+                      f"interval [{low:.4f}, {high:.4f}] by bootstrap over images.")
+    attack = Path(run_dir) / "attack" / "attack.csv"
+    if attack.is_file():
+        rows = read_attack_rows(run_dir)
+        clean = {(row["model"], row["defence"]): row["clean_score"] for row in rows}
+        costs = [f"{model} {clean[(model, 'none')]:.3f} -> {score:.3f}" for (model, defence), score in clean.items()
+                 if defence != "none"]
+        blocks.append(f"The defence's cost on clean validation images: {'; '.join(costs)}.")
+    return blocks
+
+
+def experiments_part(folder: Path) -> list[Block]:
+    """The runs made before this notebook (bundled with `kernel build --experiments`): the comparison."""
+    folder = Path(folder)
+    manifest = json.loads((folder / "experiments.json").read_text())
+    comparison = "\n".join(line for line in (folder / "comparison.md").read_text().splitlines() if not line.startswith("# "))
+    return [f"{len(manifest['runs'])} runs made offline with this package, bundled with the notebook's dataset "
+            f"({manifest['files']} files, {byte_size(manifest['bytes'])}: configuration, metrics, reports and figures; "
+            f"no models or data): {', '.join(f'`{name}`' for name in manifest['runs'])}.", comparison.strip(),
+            Figure(folder / "comparison.png", "Validation score of each offline run")]
+
+
+def submission_part(run_dir: Path, working: Path) -> list[Block]:
+    """The submission the run wrote, and the files left in Kaggle's working folder.
+
+    Raises:
+        OutputFolderError: no submission.csv in `working`, or so many files there that Kaggle would not find it.
+    """
+    from voc_pipeline.data.output_folder import KAGGLE_FILE_LIMIT, count_files
+
+    submit = artifacts.read_metrics(run_dir, "submit")
+    submission, files = Path(working) / "submission.csv", count_files(Path(working))
+    if not submission.is_file() or files >= KAGGLE_FILE_LIMIT:
+        raise OutputFolderError(f"{working}: {'no submission.csv' if not submission.is_file() else 'submission.csv'} and "
+                                f"{files} files; Kaggle finds the submission only with fewer than {KAGGLE_FILE_LIMIT}")
+    return [f"`{submission}`: {submit['rows']} rows, a classification row and a segmentation row for each of "
+            f"{submit['rows'] // 2} test images, checked row by row against the test arrays before it was written. "
+            f"{files} files remain in `{working}` (Kaggle finds no submission at {KAGGLE_FILE_LIMIT} or more)."]
