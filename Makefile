@@ -22,7 +22,7 @@ DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 
 STAGE_TARGETS := train-cls train-seg tune refit predict submit evaluate attack
 
-.PHONY: help install test test-fast test-kaggle-stack lint demo demo-data data-check train status $(STAGE_TARGETS) \
+.PHONY: help install test test-large test-fast test-kaggle-stack lint demo demo-data data-check train status $(STAGE_TARGETS) \
 	kernel-build kernel-check kaggle-data kaggle-push kaggle-status kaggle-output kaggle-submit bench-submission bench-classifier \
 	bench-segmenter bench-predict bench-determinism clean
 
@@ -33,7 +33,7 @@ help:
 	@echo "make evaluate    DATA=... PROFILE=... RUN=...   ... then validation scores and runs/RUN/report.md"
 	@echo "make attack      DATA=... PROFILE=... RUN=...   ... then adversarial examples, runs/RUN/attack/attack.md"
 	@echo "make status      DATA=... PROFILE=... RUN=...   which stages are current, stale or not run, and why"
-	@echo "make test        the test suite (creates $(VENV) if needed)"
+	@echo "make test        the test suite (creates $(VENV) if needed); make test-large: the large backbones' round trips"
 	@echo "make data-check | train-cls | train-seg | tune | refit | predict   run the stages up to that one"
 	@echo "make test-kaggle-stack  the fast tests on Kaggle's Python, TensorFlow and Keras (kaggle/image.toml)"
 	@echo "make kernel-check [NOTES=DIR] [EXPERIMENTS=\"runs/a runs/b\"]  build the bundle, execute its notebook in a Jupyter kernel on a simulated /kaggle tree (kaggle/check/kernel.html)"
@@ -52,10 +52,13 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not large"
+
+test-large: install
+	$(BIN)/python -m pytest -m large
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not large"
 
 lint: install
 	$(BIN)/ruff check voc_pipeline tests kaggle

@@ -50,6 +50,7 @@ def test_preprocessing_maps_uint8_to_the_backbone_range(backbone, expected_black
 
 
 @pytest.mark.slow
+@pytest.mark.large
 def test_strong_profile_classifier_builds_trains_a_step_predicts_and_reloads(tmp_path):
     """EfficientNetV2-S (kaggle-strong's classifier before ConvNeXt) with the asymmetric loss at a tiny size, random weights."""
     model = build_classifier("efficientnetv2_s", image_size=64, num_classes=20, weights="none", dropout=0.3)

@@ -40,7 +40,7 @@ def test_output_is_21_logits_at_any_size_the_output_stride_divides(backbone, out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["resnet50v2", "efficientnetv2_s"])
+@pytest.mark.parametrize("backbone", ["resnet50v2", pytest.param("efficientnetv2_s", marks=pytest.mark.large)])
 def test_strong_backbones_build_train_a_step_predict_and_reload(backbone, tmp_path):
     model = small_segmenter(backbone)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=SegmentationLoss(21, VOID_LABEL, 0.5))
