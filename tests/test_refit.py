@@ -52,7 +52,7 @@ def test_a_final_model_replaced_after_the_refit_is_refused(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     for name in ("classifier.keras", "segmenter.keras"):
         model.save(tmp_path / name)
-    from voc_pipeline.run_folder import hash_file
+    from voc_pipeline.files import hash_file
 
     entry = {"trained_on": "fit part", "images": 1, "refit": False}
     manifest = {"classifier": {**entry, "models": ["classifier.keras"], "sha256": [hash_file(tmp_path / "classifier.keras")]},

@@ -20,7 +20,7 @@ from voc_pipeline.core.fusion import FusionModel
 from voc_pipeline.core.joint import InferencePlan, JointRule
 from voc_pipeline.data.splits import Splits, load_splits
 from voc_pipeline.errors import ArtifactError
-from voc_pipeline.files import json_kind, load_label_maps, read_text_file
+from voc_pipeline.files import hash_file, json_kind, load_label_maps, read_text_file
 
 
 @dataclass(frozen=True)
@@ -327,8 +327,6 @@ def load_final_models(run_dir: Path) -> tuple[list, object, dict]:
 
     Each model file must still have the hash the refit recorded: a model replaced since would otherwise make
     predictions that the manifest and the report attribute to another."""
-    from voc_pipeline.run_folder import hash_file
-
     manifest = read_json(FINAL_MODELS, run_dir)
     try:
         files = [(head, name, digest) for head in ("classifier", "segmenter")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -311,3 +312,19 @@ def json_kind(value) -> str:
     if isinstance(value, str):
         return f"the JSON string {value[:40]!r}"
     return f"the JSON value {json.dumps(value)[:40]}"
+
+
+_file_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def hash_file(path: Path) -> str:
+    """SHA-256 of a file's bytes (remembered per path, size and modification time within one process)."""
+    status = Path(path).stat()
+    memo_key = (str(Path(path).resolve()), status.st_size, status.st_mtime_ns)
+    if memo_key not in _file_hashes:
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        _file_hashes[memo_key] = digest.hexdigest()
+    return _file_hashes[memo_key]

@@ -27,8 +27,8 @@ from voc_pipeline.config import REFIT_KEYS, Config, config_to_dict
 from voc_pipeline.config_view import ConfigView, without_keys
 from voc_pipeline.data.competition import find_data_root, fingerprint
 from voc_pipeline.errors import ConfigError, StaleStageError
-from voc_pipeline.files import ensure_writable_folder, write_json_atomic
-from voc_pipeline.run_folder import hash_file, now, prepare_run_folder, read_record, start_record, write_record
+from voc_pipeline.files import ensure_writable_folder, hash_file, write_json_atomic
+from voc_pipeline.run_folder import now, prepare_run_folder, read_record, start_record, write_record
 
 logger = logging.getLogger(__name__)
 

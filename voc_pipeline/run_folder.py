@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -103,22 +102,6 @@ def write_record(run_dir: Path, stage: str, record: dict) -> None:
 def start_record() -> dict:
     """The beginning of a stage's record (completed and written when the stage finishes)."""
     return {"started": now(), "version": __version__, "git_commit": git_commit()}
-
-
-_file_hashes: dict[tuple[str, int, int], str] = {}
-
-
-def hash_file(path: Path) -> str:
-    """SHA-256 of a file's bytes (remembered per path, size and modification time within one process)."""
-    status = Path(path).stat()
-    memo_key = (str(Path(path).resolve()), status.st_size, status.st_mtime_ns)
-    if memo_key not in _file_hashes:
-        digest = hashlib.sha256()
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        _file_hashes[memo_key] = digest.hexdigest()
-    return _file_hashes[memo_key]
 
 
 # ---------------------------------------------------------------- the run lock

@@ -19,7 +19,6 @@ What the CLI (kaggle 2.2.x with kagglesdk) does, read from its own code, and wha
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import os
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voc_pipeline.errors import KernelError
-from voc_pipeline.files import json_kind, read_json_file, write_json_atomic
+from voc_pipeline.files import hash_file, json_kind, read_json_file, write_json_atomic
 from voc_pipeline.kernel.credentials import CREDENTIALS_HELP, check_credentials
 
 logger = logging.getLogger(__name__)
@@ -440,10 +439,6 @@ OUTPUT_RECORD = "output.json"
 SCORE_RECORD = "kaggle_score.json"
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def fetch_kernel_output(bundle: str | Path, runs_dir: str | Path, test_root: Path | None,
                         kernel: str | None = None, cli: KaggleCli | None = None, competition: str | None = None) -> Path:
     """Download the latest run's output into runs/kaggle-<version>/, validate its submission.csv, and say
@@ -464,7 +459,7 @@ def fetch_kernel_output(bundle: str | Path, runs_dir: str | Path, test_root: Pat
         raise KernelError(f"{submission} does not validate: " + "; ".join(report.problems[:10]))
     write_json_atomic(folder / OUTPUT_RECORD, {
         "kernel": kernel_id, "version": version, "submission": submission.name, "rows": report.rows,
-        "sizes_checked": test_root is not None, "sha256": sha256_of(submission)})
+        "sizes_checked": test_root is not None, "sha256": hash_file(submission)})
     reports = sorted(folder.rglob("report.md"))
     print(f"{submission}: {report.rows} rows, valid{'' if test_root else ' (format only: no local test images to check sizes against)'}")
     print(f"report: {reports[0] if reports else 'not in the output'}")
@@ -486,7 +481,7 @@ def submit_kernel_output(bundle: str | Path, runs_dir: str | Path, competition: 
                              KernelError) if record.exists() else {}
     submission = folder / checked.get("submission", "submission.csv")
     if not checked or checked.get("kernel") != kernel_id or not submission.exists() \
-            or sha256_of(submission) != checked.get("sha256"):
+            or hash_file(submission) != checked.get("sha256"):
         raise KernelError(f"{submission} of version {version} has not been fetched and validated (or changed since): "
                           f"run `voc-pipeline kernel output` first")
     cli = cli or KaggleCli.ready()

@@ -20,8 +20,7 @@ import numpy as np
 
 from voc_pipeline import artifacts
 from voc_pipeline.config import Config, training_settings
-from voc_pipeline.files import write_json_atomic
-from voc_pipeline.run_folder import hash_file
+from voc_pipeline.files import hash_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
