@@ -13,7 +13,7 @@ from voc_pipeline.cli import build_parser, main
 from voc_pipeline.config import build_config
 from voc_pipeline.errors import KernelError
 from voc_pipeline.kernel.bundle import KERNEL_SOURCE, REPOSITORY, build_bundle, kernel_metadata, notebook_from_percent
-from voc_pipeline.kernel.client import credential_sources, find_kaggle_cli, read_failure
+from voc_pipeline.kernel.client import credential_sources, find_kaggle_cli, poll_until, read_failure
 from voc_pipeline.kernel.competition import choose_competition, is_assignment_2, slug_of
 from voc_pipeline.kernel.credentials import check_credentials
 from voc_pipeline.kernel.stack import check_kernel, read_image
@@ -201,6 +201,26 @@ HINT_403 = ("You don't have access to this resource.\nIf this is a competition, 
 ])
 def test_the_error_line_is_the_error_not_the_hint(output, line, status):
     assert read_failure(output) == type(read_failure(""))(line, status)
+
+
+def test_polling_prints_each_change_once_and_returns_the_first_result(capsys):
+    seen = iter([("queued", None), ("queued", None), ("running", None), ("complete", "the row")])
+    assert poll_until("kernel a/b", lambda: next(seen), lambda state: f"still {state}", 0, 60) == "the row"
+    assert capsys.readouterr().out == "kernel a/b: queued\nkernel a/b: running\nkernel a/b: complete\n"
+
+
+def test_polling_past_the_deadline_names_the_last_state():
+    with pytest.raises(KernelError, match="^kernel a/b is still running after the wait$"):
+        poll_until("kernel a/b", lambda: ("running", None), lambda state: f"kernel a/b is still {state} after the wait",
+                   0.01, 0.05)
+
+
+def test_polling_stops_at_a_state_that_failed():
+    def failed():
+        raise KernelError("the kernel's run ended with error")
+
+    with pytest.raises(KernelError, match="ended with error"):
+        poll_until("kernel a/b", failed, lambda state: "timed out", 0, 60)
 
 
 @pytest.mark.parametrize(("slug", "fits"), [

@@ -27,14 +27,17 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from voc_pipeline.errors import KernelError
 from voc_pipeline.files import hash_file, json_kind, read_json_file, write_json_atomic
 from voc_pipeline.kernel.credentials import CREDENTIALS_HELP, check_credentials
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Lines the CLI prints on stdout, with exit status 0, when Kaggle refused what it was sent.
 REJECTIONS = ("Kernel push error", "The following are not valid", "Dataset creation error",
@@ -169,19 +172,17 @@ class KaggleCli:
 
     def wait_until_ready(self, dataset: str) -> None:
         """Poll the dataset's status until Kaggle has processed the upload (bounded by wait_seconds)."""
-        deadline = time.monotonic() + self.wait_seconds
-        while True:
+        def check() -> tuple[str, bool | None]:
             state = self.dataset_status(dataset)
-            print(f"dataset {dataset}: {state}", flush=True)
-            if state == "ready":
-                return
             if state in ("failed", "deleted"):
                 raise KernelError(f"Kaggle could not process dataset {dataset} (status {state}); see its page at "
                                   f"https://www.kaggle.com/datasets/{dataset} and upload it again")
-            if time.monotonic() > deadline:
-                raise KernelError(f"dataset {dataset} is still {state!r} after {self.wait_seconds:.0f} s; run "
-                                  f"`kaggle datasets status {dataset}` until it says ready, then push again")
-            time.sleep(self.poll_seconds)
+            return state, True if state == "ready" else None
+
+        poll_until(f"dataset {dataset}", check,
+                   lambda state: f"dataset {dataset} is still {state!r} after {self.wait_seconds:.0f} s; run "
+                                 f"`kaggle datasets status {dataset}` until it says ready, then push again",
+                   self.poll_seconds, self.wait_seconds)
 
     def upload_dataset(self, folder: Path) -> str:
         """Create the dataset of `folder` (its dataset-metadata.json), or add a version; wait until it is ready.
@@ -230,21 +231,17 @@ class KaggleCli:
 
     def wait_for_kernel(self, kernel: str) -> str:
         """Poll the kernel's latest run until it ends; print each change of state; return the final state."""
-        deadline, last = time.monotonic() + self.wait_seconds, None
-        while True:
+        def check() -> tuple[str, str | None]:
             state, failure = self.kernel_state(kernel)
-            if state != last:
-                print(f"kernel {kernel}: {state}", flush=True)
-                last = state
-            if state == "complete":
-                return state
             if state in ("error", "cancel_requested", "cancel_acknowledged"):
                 raise KernelError(f"the kernel's run ended with {state}{': ' + failure if failure else ''}; its log is "
                                   f"at https://www.kaggle.com/code/{kernel} (tab Logs)")
-            if time.monotonic() > deadline:
-                raise KernelError(f"kernel {kernel} is still {state} after {self.wait_seconds:.0f} s; run "
-                                  f"`voc-pipeline kernel status` again later (a full run takes hours)")
-            time.sleep(self.poll_seconds)
+            return state, state if state == "complete" else None
+
+        return poll_until(f"kernel {kernel}", check,
+                          lambda state: f"kernel {kernel} is still {state} after {self.wait_seconds:.0f} s; run "
+                                        f"`voc-pipeline kernel status` again later (a full run takes hours)",
+                          self.poll_seconds, self.wait_seconds)
 
     def download_output(self, kernel: str, folder: Path) -> Path:
         """Download the latest run's output files into `folder`."""
@@ -278,22 +275,49 @@ class KaggleCli:
 
     def wait_for_score(self, competition: str, ref: int) -> dict:
         """Poll the competition's submissions until `ref` is scored; print each change of state; return its row."""
-        deadline, last = time.monotonic() + self.wait_seconds, None
-        while True:
+        def check() -> tuple[str, dict | None]:
             row = self.submission(competition, ref)
             state = (row or {}).get("status", "not listed yet").split(".")[-1].lower()
-            if state != last:
-                print(f"submission {ref}: {state}", flush=True)
-                last = state
-            if state == "complete":
-                return row
             if state == "error":
                 raise KernelError(f"Kaggle could not score submission {ref}: {self.submission_error(ref)}; fix the "
                                   f"kernel's submission.csv (`voc-pipeline validate`), push again and submit the new version")
-            if time.monotonic() > deadline:
-                raise KernelError(f"submission {ref} is still {state} after {self.wait_seconds:.0f} s; see "
-                                  f"`kaggle competitions submissions -c {competition}` later")
-            time.sleep(self.poll_seconds)
+            return state, row if state == "complete" else None
+
+        return poll_until(f"submission {ref}", check,
+                          lambda state: f"submission {ref} is still {state} after {self.wait_seconds:.0f} s; see "
+                                        f"`kaggle competitions submissions -c {competition}` later",
+                          self.poll_seconds, self.wait_seconds)
+
+
+def poll_until(name: str, check: Callable[[], tuple[str, T | None]], describe: Callable[[str], str],
+               poll_seconds: float, wait_seconds: float) -> T:
+    """Call `check` every poll_seconds until it returns a result; print `name: state` at each change of state.
+
+    Arguments:
+        name: what is waited for, as printed ("kernel OWNER/SLUG").
+        check: returns (state, result), the result None while still waiting; it raises KernelError for a state
+            that ended in failure.
+        describe: the timeout message for the last state seen.
+        poll_seconds: the pause between two checks.
+        wait_seconds: how long to keep checking.
+
+    Returns:
+        The first result that is not None.
+
+    Raises:
+        KernelError: describe(state) once wait_seconds have passed without a result.
+    """
+    deadline, last = time.monotonic() + wait_seconds, None
+    while True:
+        state, result = check()
+        if state != last:
+            print(f"{name}: {state}", flush=True)
+            last = state
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise KernelError(describe(state))
+        time.sleep(poll_seconds)
 
 
 # What `kernel push`, `status` and `output` need from kernel-metadata.json, by type.
