@@ -230,20 +230,8 @@ def command_config(arguments) -> int:
     return 0
 
 
-def test_root_for(solution: Path, data: str | None) -> Path:
-    """The data root whose test set a submission is checked against: --data, else the solution's own folder
-    when it holds the test split (demo data, converted devkits), else the usual search."""
-    from voc_pipeline.data.competition import find_data_root
-    from voc_pipeline.data.submission import check_solution_path
-
-    check_solution_path(solution)  # before the data root is looked for: a mistyped path is named as such
-    if not data and (solution.parent / "test" / "test_set.csv").exists():
-        return solution.parent
-    return find_data_root(data)
-
-
 def command_score(arguments) -> int:
-    from voc_pipeline.data.submission import score_submission
+    from voc_pipeline.data.submission import score_submission, test_root_for
 
     result = score_submission(arguments.solution, arguments.submission, test_root_for(arguments.solution, arguments.data))
     print(f"rows: {result['rows']}")
@@ -265,14 +253,11 @@ def command_validate(arguments) -> int:
 
 
 def command_prune(arguments) -> int:
-    from voc_pipeline.data.output_folder import count_files, prune_working_folder
-    from voc_pipeline.errors import OutputFolderError
+    from voc_pipeline.data.output_folder import check_configured_output, count_files, prune_working_folder
 
     folder = Path(arguments.folder)
-    configured = Path(build_config(arguments.profile, arguments.assignments).submit.output_dir)
-    if folder.is_dir() and folder.resolve() != configured.resolve() and not arguments.force:
-        raise OutputFolderError(f"{folder} is not the configured output folder (submit.output_dir = {configured}); "
-                                f"prune only empties that one: give --set submit.output_dir=... or --force")
+    check_configured_output(folder, build_config(arguments.profile, arguments.assignments).submit.output_dir,
+                            arguments.force)
     deleted = prune_working_folder(folder, tuple(arguments.keep), dry_run=arguments.dry_run, force=arguments.force)
     if arguments.dry_run:
         print("\n".join(f"would delete {path}" for path in deleted) or "nothing would be deleted")
@@ -307,8 +292,7 @@ COMPETITION_HELP = ("this year's competition slug, e.g. kul-computer-vision-ga-2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from voc_pipeline.graph import STAGE_NAMES, STAGES
-
+    """The `voc-pipeline` parser: each command has a handler (set as the `handler` default) that main() calls."""
     parser = argparse.ArgumentParser(
         prog="voc-pipeline",
         description="Staged pipeline for the KU Leuven PASCAL VOC Kaggle competition "
@@ -317,7 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data_commands = add_data_commands(commands)
+    add_stage_commands(commands, data_commands)
+    add_run_commands(commands)
+    add_kernel_commands(commands)
+    add_submission_commands(commands)
+    add_bench_command(commands)
+    return parser
 
+
+def add_data_commands(commands) -> argparse._SubParsersAction:
+    """`data demo`, `data from-voc` and `data download`; returns the `data` group, which also holds the data stage."""
     data = commands.add_parser("data", help="make or check data sets in the competition layout")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     demo = data_commands.add_parser("demo", help="generate the synthetic demo data set")
@@ -342,24 +336,47 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("directory", type=Path, metavar="DIR")
     download.add_argument("--competition", metavar="SLUG", help=COMPETITION_HELP)
     download.set_defaults(handler=command_data_download)
+    return data_commands
+
+
+def add_stage_commands(commands, data_commands) -> None:
+    """One command per stage of the graph: `data prepare` in the `data` group, the others at the top level."""
+    from voc_pipeline.graph import STAGES
+
     for stage in STAGES:
         group = data_commands if stage.command[0] == "data" else commands
         stage_parser = group.add_parser(stage.command[-1], help=f"stage {stage.name}: {stage.summary}")
         add_config_arguments(stage_parser)
         stage_parser.set_defaults(handler=command_stage, stage=stage.name)
 
+
+def add_run_commands(commands) -> None:
+    """`run` (every stage up to --until that is not current) and `status`."""
+    from voc_pipeline.graph import STAGE_NAMES
+
     run = commands.add_parser("run", help="run every stage up to --until that is not current (like make)")
     run.add_argument("--until", choices=STAGE_NAMES, default="evaluate",
                      help=f"the last stage to run (default: evaluate); in order: {', '.join(STAGE_NAMES)}")
     add_config_arguments(run)
     run.set_defaults(handler=command_run)
-
     status = commands.add_parser("status", help="show which stages of a run are current, stale or not run, and why")
     add_config_arguments(status)
     status.set_defaults(handler=command_status)
 
+
+def add_kernel_commands(commands) -> None:
+    """`kernel ACTION`: build the bundle; push, follow, fetch and submit it; credentials, weights, stack, check."""
     kernel = commands.add_parser("kernel", help="build, check or push the Kaggle notebook kernel")
     kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
+    add_kernel_build_command(kernel_commands)
+    add_kernel_loop_commands(kernel_commands)
+    add_kernel_tool_commands(kernel_commands)
+
+
+def add_kernel_build_command(kernel_commands) -> None:
+    """`kernel build`."""
+    from voc_pipeline.kernel.notes import allowed_names
+
     build = kernel_commands.add_parser("build", help="write the wheel dataset and the notebook kernel into a folder")
     build.add_argument("--output", type=Path, default=Path("kaggle/bundle"))
     build.add_argument("--username", required=True, help="your Kaggle user name (owner of the dataset and kernel)")
@@ -369,14 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-gpu", action="store_true", help="run the kernel without a GPU (default: two T4s)")
     build.add_argument("--no-internet", action="store_true",
                        help="turn the kernel's internet off (then --weights-dataset is required)")
-    from voc_pipeline.kernel.notes import allowed_names
-
     build.add_argument("--notes", type=Path, metavar="DIR",
                        help=f"a folder of your Markdown notes, each put in the notebook where its name says: {allowed_names()}")
     build.add_argument("--experiments", nargs="+", default=[], type=Path, metavar="RUN",
                        help="run folders made elsewhere (e.g. runs/resnet): their configuration, metrics, reports and "
                             "figures travel in the dataset, compared in the notebook")
     build.set_defaults(handler=command_kernel_build)
+
+
+def add_kernel_loop_commands(kernel_commands) -> None:
+    """`kernel push`, `status`, `output` and `submit`: the round trip through Kaggle, in the order it is walked."""
     push = kernel_commands.add_parser("push", help="upload the datasets, wait until they are ready, push the kernel")
     push.add_argument("--bundle", type=Path, default=Path("kaggle/bundle"))
     push.add_argument("--weights", type=Path, help="also upload this weights dataset folder (from `kernel weights`)")
@@ -408,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--poll", type=float, default=15.0, help="seconds between checks of the submission's status")
     submit.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait at most for the score")
     submit.set_defaults(handler=command_kernel_submit)
+
+
+def add_kernel_tool_commands(kernel_commands) -> None:
+    """`kernel credentials`, `weights`, `stack` and `check`: what a push needs, checked on this machine."""
     credentials = kernel_commands.add_parser("credentials", help="say which Kaggle credentials the kaggle client "
                                                                  "will use, or what is wrong with those present")
     credentials.set_defaults(handler=command_kernel_credentials)
@@ -436,29 +459,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the executed notebook and its HTML rendering are kept (default: kaggle/check)")
     check.set_defaults(handler=command_kernel_check)
 
+
+def add_submission_commands(commands) -> None:
+    """`compare`, `config`, `score`, `validate` and `prune`: looking at runs and submissions, and tidying up."""
     compare = commands.add_parser("compare", help="runs side by side (configuration differences, validation scores, "
                                                   "training time): comparison.md and comparison.png")
     compare.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders, e.g. runs/a runs/b; the first "
                                                                            "is the reference")
     compare.add_argument("--output", type=Path, required=True, metavar="DIR")
     compare.set_defaults(handler=command_compare)
-
     config = commands.add_parser("config", help="print the resolved configuration as TOML")
     add_config_arguments(config)
     config.set_defaults(handler=command_config)
-
     score = commands.add_parser("score", help="score a submission against a solution CSV")
     score.add_argument("solution", type=Path)
     score.add_argument("submission", type=Path)
     score.add_argument("--data", help="data root whose test set the submission must fit (default: the solution's "
                                       "folder when it holds test/, else found as for the stages)")
     score.set_defaults(handler=command_score)
-
     validate = commands.add_parser("validate", help="check a submission against the test set; non-zero exit on any problem")
     validate.add_argument("submission", type=Path)
     validate.add_argument("--data", help="data root holding test/ (default: found as for the stages)")
     validate.set_defaults(handler=command_validate)
-
     prune = commands.add_parser("prune", help="delete all but kept entries of a folder (Kaggle's 500-file limit)")
     prune.add_argument("folder", type=Path)
     prune.add_argument("--keep", action="append", default=[], metavar="PATTERN", help="glob of entries to keep")
@@ -469,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
     prune.set_defaults(handler=command_prune)
 
+
+def add_bench_command(commands) -> None:
+    """`bench TARGET`: speed figures measured on this machine."""
     bench = commands.add_parser("bench", help="print speed figures measured on this machine")
     bench.add_argument("target", choices=["submission", "classifier", "segmenter", "predict", "determinism", "estimate"])
     bench.add_argument("--images", type=int, default=None, help="images to process (default: 750 for submission, 128 otherwise)")
@@ -476,7 +501,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     bench.set_defaults(handler=command_bench)
-    return parser
 
 
 class Interrupted(KeyboardInterrupt):

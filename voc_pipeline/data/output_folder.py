@@ -1,4 +1,5 @@
-"""Kaggle output hygiene: a notebook that leaves 500 or more files in /kaggle/working loses its submission."""
+"""The output folder's hygiene: only the configured output folder (never a project folder) is pruned, down to
+what Kaggle keeps (a notebook that leaves 500 or more files in /kaggle/working loses its submission)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,19 @@ def check_prunable(folder: Path, patterns: tuple[str, ...], force: bool = False)
         raise OutputFolderError(f"{folder} holds {' and '.join(markers)}: it looks like a project folder, and pruning "
                                 f"would delete everything in it but {', '.join(patterns)}; refused (--dry-run lists "
                                 f"what would go, --force prunes anyway)")
+
+
+def check_configured_output(folder: str | Path, configured: str | Path, force: bool = False) -> None:
+    """Refuse to prune an existing folder other than the configured output folder (submit.output_dir), unless
+    `force`: `prune` empties that one folder, and a mistyped path must not empty another.
+
+    Raises:
+        OutputFolderError: `folder` is an existing folder that is not `configured`, and `force` is not set.
+    """
+    folder, configured = Path(folder), Path(configured)
+    if folder.is_dir() and folder.resolve() != configured.resolve() and not force:
+        raise OutputFolderError(f"{folder} is not the configured output folder (submit.output_dir = {configured}); "
+                                f"prune only empties that one: give --set submit.output_dir=... or --force")
 
 
 def prune_working_folder(folder: str | Path, keep: tuple[str, ...] = (), limit: int = KAGGLE_FILE_LIMIT,

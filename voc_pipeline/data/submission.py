@@ -19,7 +19,7 @@ import pandas as pd
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
 from voc_pipeline.core.rle import encode_flags, encode_label_map, parse_runs, rle_encode
 from voc_pipeline.core.scoring import competition_score, rle_row_dice
-from voc_pipeline.data.competition import read_label_csv, read_npy_header
+from voc_pipeline.data.competition import find_data_root, read_label_csv, read_npy_header
 from voc_pipeline.errors import DataError, RleError, SubmissionError
 from voc_pipeline.files import read_text_file, write_text_atomic
 
@@ -220,6 +220,23 @@ def check_solution_path(path: str | Path) -> Path:
         raise SubmissionError(f"solution file {path} {found}: give the CSV of the test set's true rows (`voc-pipeline "
                               f"data demo` and `data from-voc` write one as solution.csv in the data folder)")
     return path
+
+
+def test_root_for(solution: str | Path, data: str | Path | None) -> Path:
+    """The data root whose test set a submission is checked against when it is scored.
+
+    Arguments:
+        solution: the solution CSV; checked first, so that a mistyped path is named as such.
+        data: the data root given by the user, if any.
+
+    Returns:
+        `data` when given; else the solution's own folder when it holds the test split (demo data, converted
+        devkits); else the data root found as for the stages.
+    """
+    solution = check_solution_path(solution)
+    if not data and (solution.parent / "test" / "test_set.csv").exists():
+        return solution.parent
+    return find_data_root(data)
 
 
 def score_submission(solution_path: str | Path, submission_path: str | Path, test_root: str | Path) -> dict[str, float]:
