@@ -1,7 +1,10 @@
-"""Shared fixtures: the synthetic demo data set and, when present, the real VOC sample."""
+"""Shared fixtures and helpers: the synthetic demo data set (and a private copy to break), the real VOC sample
+when present, whole runs, and the checks of what a failing command prints (`from conftest import ...`)."""
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,32 @@ VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc-sample
 def demo_root(tmp_path_factory) -> Path:
     """A small demo data set in the competition layout (read-only for tests: copy before breaking it)."""
     return write_demo_data(tmp_path_factory.mktemp("demo") / "data", num_train=24, num_test=8, seed=3)
+
+
+@pytest.fixture
+def data(demo_root, tmp_path) -> Path:
+    """A private copy of the demo data to break."""
+    return shutil.copytree(demo_root, tmp_path / "data")
+
+
+def one_line_error(text: str, *fragments: str) -> str:
+    """The error a command printed (its stderr `text`): exactly one line starting with 'error:', holding every
+    fragment, and no traceback. Returns that line."""
+    lines = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def wait_for(predicate, seconds: float) -> bool:
+    """Whether `predicate()` became true within `seconds` (checked every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.fixture

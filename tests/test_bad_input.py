@@ -3,38 +3,21 @@ line that names the file or key and the fix, no traceback, and the user's earlie
 
 import logging
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error, wait_for
 
 from voc_pipeline import artifacts, files
 from voc_pipeline.cli import main
 from voc_pipeline.errors import ArtifactError
 from voc_pipeline.native_logs import forward_without_native_logs
-
-
-def one_line_error(capsys, *fragments: str) -> str:
-    """The command's error: exactly one line, starting with 'error:', holding every fragment, no traceback."""
-    error = capsys.readouterr().err
-    lines = [line for line in error.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in error, error
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
-@pytest.fixture
-def data(demo_root, tmp_path):
-    """A private copy of the demo data to break."""
-    return shutil.copytree(demo_root, tmp_path / "data")
 
 
 def check(data, tmp_path, *extra) -> int:
@@ -67,7 +50,7 @@ def test_a_split_with_a_header_and_no_rows_fails_at_data_check(data, tmp_path, c
     csv = data / split / f"{split}_set.csv"
     csv.write_text(csv.read_text().splitlines()[0] + "\n")
     assert check(data, tmp_path) == 2
-    one_line_error(capsys, f"{split}_set.csv lists no image (a header and no rows)")
+    one_line_error(capsys.readouterr().err, f"{split}_set.csv lists no image (a header and no rows)")
     assert not (tmp_path / "runs" / "default" / "splits.json").exists()
 
 
@@ -84,12 +67,12 @@ def test_arrays_the_csv_does_not_list_are_named_in_a_warning(data, tmp_path, cap
 def test_a_text_file_named_npy_is_called_what_it_is(data, tmp_path, capsys):
     (data / "test" / "img" / "test_2.npy").write_text("id,value\n1,2\n")
     assert check(data, tmp_path) == 2
-    one_line_error(capsys, "test_2.npy is not a NumPy .npy file (it starts with b'id,val'")
+    one_line_error(capsys.readouterr().err, "test_2.npy is not a NumPy .npy file (it starts with b'id,val'")
 
 
 def test_too_few_images_for_the_folds_names_the_key(data, tmp_path, capsys):
     assert check(data, tmp_path, "--set", "data.num_folds=30") == 2
-    one_line_error(capsys, "24 images cannot be split into 30 folds", "data.num_folds")
+    one_line_error(capsys.readouterr().err, "24 images cannot be split into 30 folds", "data.num_folds")
 
 
 # ---------------------------------------------------------------- configuration
@@ -104,7 +87,7 @@ def test_too_few_images_for_the_folds_names_the_key(data, tmp_path, capsys):
 ])
 def test_an_out_of_range_value_stops_before_any_work(data, tmp_path, capsys, assignment, fragment):
     assert check(data, tmp_path, "--set", assignment) == 2
-    one_line_error(capsys, fragment)
+    one_line_error(capsys.readouterr().err, fragment)
     assert not (tmp_path / "runs").exists()
 
 
@@ -113,19 +96,19 @@ def test_an_out_of_range_value_stops_before_any_work(data, tmp_path, capsys, ass
 
 def test_an_unwritable_run_folder_is_named(data, unwritable, capsys):
     assert main(["data", "check", "--data", str(data), "--runs-dir", str(unwritable / "runs")]) == 2
-    one_line_error(capsys, f"cannot write {unwritable / 'runs'}", "choose another folder or fix its permissions")
+    one_line_error(capsys.readouterr().err, f"cannot write {unwritable / 'runs'}", "choose another folder or fix its permissions")
 
 
 def test_runs_dir_pointing_at_a_file_is_named(data, tmp_path, capsys):
     (tmp_path / "a-file").write_text("not a folder")
     assert main(["data", "check", "--data", str(data), "--runs-dir", str(tmp_path / "a-file")]) == 2
-    one_line_error(capsys, "a-file", "a file stands where a folder is needed")
+    one_line_error(capsys.readouterr().err, "a-file", "a file stands where a folder is needed")
     assert (tmp_path / "a-file").read_text() == "not a folder"
 
 
 def test_demo_data_into_an_unwritable_folder_is_named(unwritable, capsys):
     assert main(["data", "demo", str(unwritable / "demo"), "--n-train", "2", "--n-test", "1"]) == 2
-    one_line_error(capsys, f"cannot write {unwritable / 'demo'}")
+    one_line_error(capsys.readouterr().err, f"cannot write {unwritable / 'demo'}")
 
 
 def test_a_cut_json_artifact_names_the_file_and_the_stage_that_rewrites_it(tmp_path):
@@ -155,7 +138,7 @@ def test_a_cut_run_record_is_named(tmp_path, data, capsys):
     record = tmp_path / "runs" / "default" / "run_info.json"
     record.write_text(record.read_text()[:40])
     assert check(data, tmp_path) == 2
-    one_line_error(capsys, "run_info.json is unreadable", "delete it to rerun every stage")
+    one_line_error(capsys.readouterr().err, "run_info.json is unreadable", "delete it to rerun every stage")
 
 
 # ---------------------------------------------------------------- score and validate
@@ -173,7 +156,7 @@ def test_score_refuses_an_invalid_submission_as_validate_does(demo_root, tmp_pat
     assert main(["validate", str(submission), "--data", str(demo_root)]) == 1
     assert fragment in capsys.readouterr().out
     assert main(["score", str(demo_root / "solution.csv"), str(submission)]) == 2
-    one_line_error(capsys, "is not a valid submission, so it is not scored", fragment)
+    one_line_error(capsys.readouterr().err, "is not a valid submission, so it is not scored", fragment)
 
 
 # ---------------------------------------------------------------- prune
@@ -181,7 +164,7 @@ def test_score_refuses_an_invalid_submission_as_validate_does(demo_root, tmp_pat
 
 def test_prune_of_a_missing_folder_is_an_error(tmp_path, capsys):
     assert main(["prune", str(tmp_path / "nowhere"), "--force"]) == 2
-    one_line_error(capsys, "nowhere does not exist or is not a folder")
+    one_line_error(capsys.readouterr().err, "nowhere does not exist or is not a folder")
 
 
 @pytest.mark.parametrize("marker", [".git", "pyproject.toml"])
@@ -192,7 +175,7 @@ def test_prune_refuses_a_project_folder_and_deletes_nothing(tmp_path, capsys, ma
     (project / "README.md").write_text("mine")
     before = sorted(path.name for path in project.rglob("*"))
     assert main(["prune", str(project), "--set", f'submit.output_dir="{project}"']) == 2
-    one_line_error(capsys, f"holds {marker}", "looks like a project folder", "--force")
+    one_line_error(capsys.readouterr().err, f"holds {marker}", "looks like a project folder", "--force")
     assert sorted(path.name for path in project.rglob("*")) == before
 
 
@@ -201,7 +184,7 @@ def test_prune_refuses_a_folder_that_is_not_the_configured_output(tmp_path, caps
     other.mkdir()
     (other / "keep-me.txt").write_text("x")
     assert main(["prune", str(other)]) == 2
-    one_line_error(capsys, "is not the configured output folder (submit.output_dir = submissions)")
+    one_line_error(capsys.readouterr().err, "is not the configured output folder (submit.output_dir = submissions)")
     assert (other / "keep-me.txt").exists()
 
 
@@ -253,7 +236,7 @@ def test_a_bad_batch_size_leaves_the_finished_files_untouched(finished_run, caps
     run_dir, arguments = finished_run
     before = snapshot(run_dir)
     assert main(["predict", *arguments, "--set", "inference.batch_size=0"]) == 2
-    one_line_error(capsys, "inference.batch_size = 0")
+    one_line_error(capsys.readouterr().err, "inference.batch_size = 0")
     assert snapshot(run_dir) == before
 
 
@@ -262,7 +245,7 @@ def test_an_unwritable_output_folder_stops_submit_before_it_writes(finished_run,
     run_dir, arguments = finished_run
     before = snapshot(run_dir)
     assert main(["submit", *arguments, "--set", f'submit.output_dir="{unwritable / "out"}"']) == 2
-    one_line_error(capsys, f"cannot write {unwritable / 'out'}")
+    one_line_error(capsys.readouterr().err, f"cannot write {unwritable / 'out'}")
     assert snapshot(run_dir) == before
 
 
@@ -278,7 +261,7 @@ def test_a_cut_artifact_in_a_run_names_the_stage_that_rewrites_it(finished_run, 
     try:
         path.write_bytes(original[: len(original) // 2])
         assert main([consumer, *arguments]) == 2
-        one_line_error(capsys, f"needs stage {stage}", f"its output {artifact.pattern} was changed or deleted",
+        one_line_error(capsys.readouterr().err, f"needs stage {stage}", f"its output {artifact.pattern} was changed or deleted",
                        f"voc-pipeline run --until {consumer}")
     finally:
         path.write_bytes(original)
@@ -292,7 +275,7 @@ def test_a_cut_model_in_a_run_names_the_stage_that_rewrites_it(finished_run, cap
     try:
         path.write_bytes(original[:1000])
         assert main(["predict", *arguments]) == 2
-        one_line_error(capsys, "needs stage train-cls", "its output classifier.keras was changed or deleted")
+        one_line_error(capsys.readouterr().err, "needs stage train-cls", "its output classifier.keras was changed or deleted")
         with pytest.raises(ArtifactError, match="classifier.keras is unreadable .*stage train-cls rewrites it"):
             artifacts.load_classifiers(run_dir)
     finally:
@@ -307,20 +290,11 @@ def test_submit_refuses_to_prune_a_project_folder(finished_run, tmp_path, capsys
     (project / "pyproject.toml").write_text("[project]\n")
     (project / "main.py").write_text("print('mine')\n")
     assert main(["submit", *arguments, "--set", f'submit.output_dir="{project}"', "--set", "submit.prune_output=true"]) == 2
-    one_line_error(capsys, "holds pyproject.toml", "looks like a project folder")
+    one_line_error(capsys.readouterr().err, "holds pyproject.toml", "looks like a project folder")
     assert (project / "main.py").read_text() == "print('mine')\n"
 
 
 # ---------------------------------------------------------------- signals and what the user reads
-
-
-def wait_for(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.slow

@@ -16,12 +16,6 @@ from voc_pipeline.data.competition import (
 from voc_pipeline.data.splits import load_splits, make_splits, positions_of, save_splits
 
 
-@pytest.fixture
-def broken_root(demo_root, tmp_path):
-    """A private copy of the demo data that a test may break."""
-    return shutil.copytree(demo_root, tmp_path / "data")
-
-
 def test_demo_data_round_trips_through_the_loader(demo_root):
     train, test = load_competition_data(demo_root, show_progress=False)
     assert len(train) == 24 and len(test) == 8
@@ -76,29 +70,29 @@ def break_csv(root, edit):
             (root / "train" / "img" / "train_4.npy").read_bytes()[:100]), r"train_4.npy is not a valid .npy"),
     ],
 )
-def test_loader_errors_name_the_file_and_the_problem(broken_root, breaker, message):
-    breaker(broken_root)
+def test_loader_errors_name_the_file_and_the_problem(data, breaker, message):
+    breaker(data)
     with pytest.raises(DataError, match=message):
-        load_split(broken_root, "train", show_progress=False)
+        load_split(data, "train", show_progress=False)
 
 
-def test_test_split_accepts_minus_one_labels_and_refuses_other_values(broken_root):
-    path = broken_root / "test" / "test_set.csv"
+def test_test_split_accepts_minus_one_labels_and_refuses_other_values(data):
+    path = data / "test" / "test_set.csv"
     frame = pd.read_csv(path)
     frame.loc[0, "cat"] = 5
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match=r"Id 0, class cat: value 5 is not one of \(-1, 0, 1\)"):
-        load_split(broken_root, "test", show_progress=False)
+        load_split(data, "test", show_progress=False)
 
 
-def test_void_is_accepted_and_label_disagreement_is_a_warning(broken_root, caplog):
-    mask_path = broken_root / "train" / "seg" / "train_0.npy"
+def test_void_is_accepted_and_label_disagreement_is_a_warning(data, caplog):
+    mask_path = data / "train" / "seg" / "train_0.npy"
     mask = np.load(mask_path)
     mask[0, :] = 255
     np.save(mask_path, mask)
-    break_csv(broken_root, lambda frame: frame.assign(bottle=frame["bottle"].where(frame.index != 1, 1 - frame["bottle"])))
+    break_csv(data, lambda frame: frame.assign(bottle=frame["bottle"].where(frame.index != 1, 1 - frame["bottle"])))
     with caplog.at_level(logging.INFO):
-        train = load_split(broken_root, "train", show_progress=False)
+        train = load_split(data, "train", show_progress=False)
     assert train.masks[0][0, 0] == 255
     assert "1 masks keep void (255) pixels" in caplog.text
     assert "1 images have CSV labels that disagree with their masks (ids [1])" in caplog.text

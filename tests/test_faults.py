@@ -10,25 +10,16 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 from voc_pipeline import artifacts, files
 from voc_pipeline.cli import main
 from voc_pipeline.core.rle import parse_runs
 from voc_pipeline.errors import ArtifactError, DiskFullError, RleError
-
-
-def one_line_error(text: str, *fragments: str) -> str:
-    """Exactly one line starting with 'error:', holding every fragment, and no traceback."""
-    lines = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in text, text
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def fails(capsys, arguments: list[str], *fragments: str) -> str:
@@ -40,12 +31,6 @@ def fails(capsys, arguments: list[str], *fragments: str) -> str:
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` with its bytes."""
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-@pytest.fixture
-def data(demo_root, tmp_path):
-    """A private copy of the demo data to break."""
-    return shutil.copytree(demo_root, tmp_path / "data")
 
 
 def check_arguments(data: Path, tmp_path: Path, *extra: str) -> list[str]:
@@ -111,15 +96,6 @@ def test_kernel_build_replaces_its_own_marked_bundle_and_nothing_else(tmp_path, 
 
 
 # ---------------------------------------------------------------- 2. two commands on one run
-
-
-def wait_for(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 HOLD_THE_LOCK = """

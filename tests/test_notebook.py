@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+from conftest import one_line_error
 
 from voc_pipeline.cli import main
 from voc_pipeline.config import build_config, config_to_toml
@@ -17,15 +18,6 @@ from voc_pipeline.kernel.stack import check_kernel, notebook_sections, read_imag
 COMPETITION = "kul-computer-vision-ga-2-2026"
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d4944415478da63f8cfc0f01f0005000201a5d0c1e30000000049454e44ae426082")
-
-
-def one_line_error(capsys, *fragments: str) -> str:
-    error = capsys.readouterr().err
-    lines = [line for line in error.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in error, error
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def write_run(folder, assignments=(), until="evaluate", score=0.5, seconds=60.0):
@@ -79,9 +71,9 @@ def test_compare_lists_exactly_the_differing_keys_and_every_runs_scores(tmp_path
 def test_compare_needs_two_runs_and_writes_nothing_otherwise(tmp_path, capsys):
     run = write_run(tmp_path / "runs" / "only")
     assert main(["compare", str(run), "--output", str(tmp_path / "out")]) == 2
-    one_line_error(capsys, "compare needs at least two runs", "got 1")
+    one_line_error(capsys.readouterr().err, "compare needs at least two runs", "got 1")
     assert main(["compare", str(run), str(tmp_path / "runs" / "missing"), "--output", str(tmp_path / "out")]) == 2
-    one_line_error(capsys, "missing", "no such folder")
+    one_line_error(capsys.readouterr().err, "missing", "no such folder")
     assert not (tmp_path / "out").exists()
 
 
@@ -136,7 +128,7 @@ def build(tmp_path, *extra) -> int:
 def test_bad_notes_and_experiments_stop_the_build_before_anything_is_written(tmp_path, capsys, make, arguments, fragments):
     make(tmp_path)
     assert build(tmp_path, *(argument.format(tmp=tmp_path) for argument in arguments)) == 2
-    one_line_error(capsys, *fragments)
+    one_line_error(capsys.readouterr().err, *fragments)
     assert not (tmp_path / "bundle").exists()
 
 
