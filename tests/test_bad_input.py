@@ -1,8 +1,10 @@
 """Bad input and faults, thrown at the command line as a user would: each ends with a non-zero exit and one
 line that names the file or key and the fix, no traceback, and the user's earlier files intact."""
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -16,7 +18,7 @@ from conftest import one_line_error, wait_for
 
 from voc_pipeline import artifacts, files
 from voc_pipeline.cli import main
-from voc_pipeline.errors import ArtifactError
+from voc_pipeline.errors import ArtifactError, OutputFolderError
 from voc_pipeline.native_logs import forward_without_native_logs
 
 
@@ -247,6 +249,45 @@ def test_an_unwritable_output_folder_stops_submit_before_it_writes(finished_run,
     assert main(["submit", *arguments, "--set", f'submit.output_dir="{unwritable / "out"}"']) == 2
     one_line_error(capsys.readouterr().err, f"cannot write {unwritable / 'out'}")
     assert snapshot(run_dir) == before
+
+
+@contextlib.contextmanager
+def immutable(path: Path):
+    """`path` with the file system's immutable flag set (`chattr +i`: not even root may replace it), cleared
+    again whatever happens; the test is skipped where the flag cannot be set (not root, or a file system
+    without it)."""
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True) if shutil.which("chattr") else None
+    if made is None or made.returncode:
+        pytest.skip(f"cannot make {path} immutable here: {made.stderr.strip() if made else 'no chattr'}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_an_atomic_write_onto_an_immutable_file_names_it_and_leaves_it_whole(tmp_path):
+    target = tmp_path / "submission.csv"
+    target.write_text("Id,Predicted\n")
+    with immutable(target), pytest.raises(OutputFolderError, match=r"cannot replace .*submission.csv: .*chattr -i"):
+        files.write_text_atomic(target, "Id,Predicted\nnew\n")
+    assert target.read_text() == "Id,Predicted\n"
+    assert list(tmp_path.iterdir()) == [target], "the temporary file must be removed"
+
+
+@pytest.mark.slow
+def test_submit_force_onto_an_immutable_submission_is_one_line(finished_run, tmp_path, capsys):
+    _, arguments = finished_run
+    output = tmp_path / "out"
+    arguments = [*arguments, "--set", f'submit.output_dir="{output}"']
+    assert main(["submit", *arguments, "--force"]) == 0
+    submission = output / "submission.csv"
+    before = submission.read_bytes()
+    with immutable(submission):
+        assert main(["submit", *arguments, "--force"]) == 2
+        one_line_error(capsys.readouterr().err, f"cannot replace {submission}", "chattr -i",
+                       "choose another submit.output_dir")
+    assert submission.read_bytes() == before
+    assert sorted(path.name for path in output.iterdir()) == ["submission.csv"], "no temporary file may remain"
 
 
 @pytest.mark.slow

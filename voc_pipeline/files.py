@@ -4,8 +4,8 @@ Each writer writes a temporary file beside the target and renames it over the ta
 interrupted run never leaves a half-written CSV, JSON or array that a later stage would trust; the
 temporary file is removed when the block fails or is interrupted (the command line turns SIGTERM into
 the same interruption as Ctrl-C). Written files get the permissions the user's umask gives any new
-file, not the private ones of a temporary file, and a folder that cannot be written is an
-OutputFolderError naming it. A write that finds the disk full is a DiskFullError naming the folder, how
+file, not the private ones of a temporary file, and a folder that cannot be written, or a target the
+system refuses to replace (an immutable file, a folder in its place), is an OutputFolderError naming it. A write that finds the disk full is a DiskFullError naming the folder, how
 much the write needed where that is known, and that the target is as it was.
 
 `read_text_file` is the one reader of text the user hands over (profiles, CSVs, id lists, JSON
@@ -129,15 +129,43 @@ def ensure_writable_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def cannot_replace(target: Path, error: OSError, elsewhere: str) -> OutputFolderError:
+    """The error for a finished temporary file that the system refuses to rename onto `target`."""
+    if target.is_dir():
+        reason, fix = "a folder stands where the file goes", "move that folder away"
+    elif error.errno in (errno.EPERM, errno.EACCES):
+        reason = (f"{error.strerror.lower()}: it is immutable or append-only (`lsattr {target}` shows the flag), or "
+                  f"its folder does not let this user replace it")
+        fix = f"`chattr -i {target}` (as root) or fix the folder's permissions"
+    else:
+        reason, fix = error.strerror or str(error), "fix that"
+    return OutputFolderError(f"cannot replace {target}: {reason}; {fix}, or choose {elsewhere}; nothing was changed "
+                             f"({target.name} is as it was)")
+
+
+def replace_file(temporary: Path, target: Path, elsewhere: str = "another folder") -> None:
+    """Rename `temporary` onto `target`; an OutputFolderError names `target` when the system refuses."""
+    try:
+        os.replace(temporary, target)
+    except OSError as error:
+        if is_disk_full(error):
+            raise
+        raise cannot_replace(target, error, elsewhere) from None
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, needed: int | None = None,
+                elsewhere: str = "another folder") -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
 
     Args:
         needed: the bytes the block will write, if known, for the message when the disk is full.
+        elsewhere: where else the user may write, for the message when `target` cannot be replaced
+            (e.g. "another submit.output_dir").
 
     Raises:
         DiskFullError: the disk filled while the block wrote; `target` is as it was.
+        OutputFolderError: `target` cannot be replaced (an immutable file, a folder in its place); it is as it was.
     """
     target = Path(target)
     make_folder(target.parent)
@@ -150,7 +178,7 @@ def atomic_path(target: str | os.PathLike, needed: int | None = None) -> Iterato
     temporary = Path(temporary_name)
     try:
         yield temporary
-        os.replace(temporary, target)
+        replace_file(temporary, target, elsewhere)
     except OSError as error:
         if not is_disk_full(error):
             raise

@@ -36,7 +36,7 @@ def run_submit(config: Config) -> dict:
     report = validate_submission(path, root)
     if not report.valid:
         raise SubmissionError(f"{path} does not validate:\n  " + "\n  ".join(report.problems))
-    with atomic_path(output) as temporary:
+    with atomic_path(output, elsewhere="another submit.output_dir") as temporary:
         shutil.copyfile(path, temporary)
     if config.submit.prune_output:
         prune_working_folder(output.parent, tuple(config.submit.keep))
