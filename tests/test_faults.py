@@ -76,6 +76,20 @@ def test_kernel_build_refuses_a_file_where_its_folder_goes(tmp_path, capsys):
     assert (output / "dataset").read_text() == "a file named dataset"
 
 
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_kernel_build_onto_a_file_names_it_before_asking_kaggle(tmp_path, capsys, monkeypatch, below):
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME", "KAGGLE_API_TOKEN",
+                 "KAGGLE_API_V1_TOKEN", "KAGGLE_KERNEL_RUN_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no credentials anywhere: asking Kaggle would fail
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    message = fails(capsys, ["kernel", "build", "--output", str(taken / below), "--username", "someone"],
+                    f"--output {taken / below}", f"{taken} is a file", "another --output")
+    assert "credentials" not in message
+    assert taken.read_text() == "mine"
+
+
 @pytest.mark.slow
 def test_kernel_build_replaces_its_own_marked_bundle_and_nothing_else(tmp_path, capsys):
     output = tmp_path / "bundle"

@@ -8,7 +8,7 @@ a weights dataset (`voc-pipeline kernel weights`) must be attached instead.
 The build never deletes what it did not create: it marks its output folder (`.voc-pipeline-bundle`,
 naming the folders it wrote), replaces `dataset/` and `kernel/` only where that mark names them, and
 refuses any other non-empty folder there. The user name and the datasets are checked against Kaggle's
-rules before anything is built.
+rules, and the output path for a file in the way, before Kaggle is asked anything and before anything is built.
 """
 
 from __future__ import annotations
@@ -248,12 +248,30 @@ def marked_folders(output: Path) -> list[str]:
     return [name for name in folders if isinstance(name, str)] if isinstance(folders, list) else []
 
 
-def check_replaceable(output: Path) -> None:
-    """`output/dataset` and `output/kernel` may be replaced only when absent, empty or marked as the build's own.
+def check_output_folder(output: Path) -> None:
+    """`output` must be a folder, or a path where one can be made: nothing but folders on its way down.
 
     Raises:
-        KernelError: one of them holds files the build did not write (or is a file or a link); nothing is deleted.
+        KernelError: `output`, or a path above it, is a file (or a link to nothing).
     """
+    existing = output
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        kind = "a file" if existing.is_file() else "not a folder"
+        raise KernelError(f"--output {output}: {existing} is {kind}, where `kernel build` writes its bundle folder; "
+                          f"move it away or give another --output (nothing was changed)")
+
+
+def check_replaceable(output: Path) -> None:
+    """`output` must be a folder (or free), and `output/dataset` and `output/kernel` may be replaced only when
+    absent, empty or marked as the build's own.
+
+    Raises:
+        KernelError: `output` is a file, or one of the two holds files the build did not write (or is a file or a
+            link); nothing is deleted.
+    """
+    check_output_folder(output)
     owned = marked_folders(output)
     for name in BUNDLE_FOLDERS:
         folder = output / name
