@@ -3,7 +3,8 @@
 # Variables: DATA (data root), PROFILE (smoke, cpu, kaggle or a .toml), RUN (run folder name), SET (extra --set),
 # FORCE=1 (rerun the target's own stage even if it is current).
 # Kaggle targets: KAGGLE_USER (your user name), COMPETITION (this year's slug; default: the assignment 2
-# competition you entered, asked from Kaggle), KAGGLE_DATA (where kaggle-data unpacks the data).
+# competition you entered, asked from Kaggle), KAGGLE_DATA (where kaggle-data unpacks the data when DATA is not
+# given).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -37,7 +38,7 @@ help:
 	@echo "make data-check | train-cls | train-seg | tune | refit | predict   run the stages up to that one"
 	@echo "make test-kaggle-stack  the fast tests on Kaggle's Python, TensorFlow and Keras (kaggle/image.toml)"
 	@echo "make kernel-check [NOTES=DIR] [EXPERIMENTS=\"runs/a runs/b\"]  build the bundle, execute its notebook in a Jupyter kernel on a simulated /kaggle tree (kaggle/check/kernel.html)"
-	@echo "make kaggle-data [COMPETITION=...]  download this year's competition data into $(KAGGLE_DATA), checked"
+	@echo "make kaggle-data [DATA=DIR] [COMPETITION=...]  download this year's competition data into DIR (default $(KAGGLE_DATA)), checked"
 	@echo "make kaggle-push KAGGLE_USER=... [COMPETITION=...] [NOTES=DIR] [EXPERIMENTS=...]  build and upload the bundle, push the kernel"
 	@echo "make kaggle-status / kaggle-output  wait for the kernel's run / fetch and validate its submission"
 	@echo "make kaggle-submit                 submit that output to the competition and print its public score"
@@ -98,6 +99,9 @@ NOTEBOOK_ARGS = $(if $(NOTES),--notes $(NOTES)) $(if $(EXPERIMENTS),--experiment
 KAGGLE_VENV := .venv-kaggle
 COMPETITION ?=
 KAGGLE_DATA ?= data/kaggle
+# A DATA given on the command line (or in the environment), not its data/demo default, is where the competition's
+# data goes: `make kaggle-data DATA=dir` then `make train DATA=dir` reads what was downloaded.
+KAGGLE_DATA_DIR = $(if $(filter-out file,$(origin DATA)),$(DATA),$(KAGGLE_DATA))
 COMPETITION_ARG = $(if $(COMPETITION),--competition $(COMPETITION))
 # The local check mounts the demo data under this name; it never reaches Kaggle.
 LOCAL_COMPETITION := kul-computer-vision-ga-2-local-check
@@ -118,7 +122,7 @@ $(BIN)/kaggle: | install
 	$(BIN)/python -m pip install --quiet -e ".[kaggle]"
 
 kaggle-data: $(BIN)/kaggle
-	$(CLI) data download $(KAGGLE_DATA) $(COMPETITION_ARG)
+	$(CLI) data download $(KAGGLE_DATA_DIR) $(COMPETITION_ARG)
 
 # The credentials are checked first: without usable ones the client prints only its help, after the build.
 kaggle-push: $(BIN)/kaggle
@@ -130,9 +134,10 @@ kaggle-push: $(BIN)/kaggle
 kaggle-status: $(BIN)/kaggle
 	$(CLI) kernel status --bundle $(BUNDLE) $(COMPETITION_ARG)
 
-# The submission is checked against the downloaded test images when kaggle-data has run.
+# The submission is checked against the downloaded test images (in DATA when given, else KAGGLE_DATA) when
+# kaggle-data has run.
 kaggle-output: $(BIN)/kaggle
-	$(CLI) kernel output --bundle $(BUNDLE) $(COMPETITION_ARG) $(if $(wildcard $(KAGGLE_DATA)/test/test_set.csv),--data $(KAGGLE_DATA))
+	$(CLI) kernel output --bundle $(BUNDLE) $(COMPETITION_ARG) $(if $(wildcard $(KAGGLE_DATA_DIR)/test/test_set.csv),--data $(KAGGLE_DATA_DIR))
 
 kaggle-submit: $(BIN)/kaggle
 	$(CLI) kernel submit --bundle $(BUNDLE) $(COMPETITION_ARG)

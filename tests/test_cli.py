@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ import pytest
 from voc_pipeline.cli import main
 from voc_pipeline.data.demo import write_demo_data
 from voc_pipeline.data.submission import make_test_frame, write_submission
+
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -71,3 +75,33 @@ def test_kernel_output_with_a_wrong_data_path_says_so_instead_of_checking_the_fo
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: ") and str(missing) in error[0]
     assert not (tmp_path / "runs").exists()
+
+
+def make_dry_run(target: str, *variables: str) -> list[list[str]]:
+    """The arguments of each voc-pipeline command `make -n TARGET VARIABLES` would run in the checkout (DATA and
+    KAGGLE_DATA taken from the command line only)."""
+    environment = {name: value for name, value in os.environ.items() if name not in ("DATA", "KAGGLE_DATA")}
+    result = subprocess.run(["make", "-n", "-C", str(CHECKOUT), target, *variables], capture_output=True, text=True,
+                            env=environment, check=True)
+    return [line.split("bin/voc-pipeline ", 1)[1].split() for line in result.stdout.splitlines()
+            if "bin/voc-pipeline " in line]
+
+
+def value_of(option: str, arguments: list[str]) -> str | None:
+    """The value given to `option` in `arguments`, or None."""
+    return arguments[arguments.index(option) + 1] if option in arguments else None
+
+
+def test_make_kaggle_data_downloads_where_make_train_with_the_same_data_reads(tmp_path):
+    folder = str(tmp_path / "kaggle-data")
+    assert make_dry_run("kaggle-data", f"DATA={folder}") == [["data", "download", folder]]
+    assert value_of("--data", make_dry_run("train", f"DATA={folder}")[0]) == folder
+    assert make_dry_run("kaggle-data") == [["data", "download", "data/kaggle"]]
+
+
+def test_make_kaggle_output_checks_against_the_given_data_once_it_holds_the_test_set(tmp_path):
+    folder = tmp_path / "kaggle-data"
+    assert value_of("--data", make_dry_run("kaggle-output", f"DATA={folder}")[0]) is None
+    (folder / "test").mkdir(parents=True)
+    (folder / "test" / "test_set.csv").write_text("Id\n")
+    assert value_of("--data", make_dry_run("kaggle-output", f"DATA={folder}")[0]) == str(folder)
