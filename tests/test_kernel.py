@@ -13,7 +13,7 @@ from voc_pipeline.cli import build_parser, main
 from voc_pipeline.config import build_config
 from voc_pipeline.errors import KernelError
 from voc_pipeline.kernel.bundle import KERNEL_SOURCE, REPOSITORY, build_bundle, kernel_metadata, notebook_from_percent
-from voc_pipeline.kernel.client import credential_sources, find_kaggle_cli, poll_until, read_failure
+from voc_pipeline.kernel.client import find_kaggle_cli, poll_until, read_failure
 from voc_pipeline.kernel.competition import choose_competition, is_assignment_2, slug_of
 from voc_pipeline.kernel.credentials import check_credentials
 from voc_pipeline.kernel.stack import check_kernel, read_image
@@ -154,7 +154,6 @@ def test_the_credential_check_follows_the_client_case_by_case(tmp_path, environm
     environment = {key: value.format(home=tmp_path) for key, value in environment.items()}
     check = check_credentials(environment, tmp_path, platform)
     assert check.found == [item.format(home=tmp_path) for item in expected]
-    assert credential_sources(environment, tmp_path, platform) == check.found
     if files and not expected:
         assert check.problems, "a file the client cannot use is named, with the reason"
     said = " ".join(check.found + check.problems)  # names and reasons only, never a value

@@ -55,12 +55,6 @@ HTTP_ERROR = re.compile(r"\b([1-5]\d\d) (?:Client|Server) Error")
 NOT_FOUND_MESSAGE = re.compile(r"not found|does not exist|was denied|no such|permission", re.I)
 
 
-def credential_sources(environment: dict | None = None, home: Path | None = None,
-                       platform: str | None = None) -> list[str]:
-    """Where the kaggle CLI would find usable credentials, by name only (no value is read out)."""
-    return check_credentials(environment, home, platform).found
-
-
 @dataclass(frozen=True)
 class Failure:
     """What a failed client call printed: its error line and the HTTP status, when one can be told."""
