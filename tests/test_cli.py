@@ -6,19 +6,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 from voc_pipeline.cli import main
 from voc_pipeline.data.demo import write_demo_data
-from voc_pipeline.data.submission import make_test_frame, write_submission
+from voc_pipeline.data.submission import make_test_frame, submission_text, write_submission
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_module_help_lists_the_commands():
-    result = subprocess.run([sys.executable, "-m", "voc_pipeline", "--help"], capture_output=True, text=True, check=True)
-    for command in ("data", "score", "validate", "prune", "bench", "config"):
-        assert command in result.stdout
+def test_python_m_voc_pipeline_is_the_command_line_with_its_output_and_exit_status(capsys):
+    assert main(["config", "--profile", "smoke"]) == 0
+    printed = capsys.readouterr().out
+    result = subprocess.run([sys.executable, "-m", "voc_pipeline", "config", "--profile", "smoke"],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, printed)
+    result = subprocess.run([sys.executable, "-m", "voc_pipeline", "config", "--set", "data.bogus=1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    one_line_error(result.stderr, "unknown configuration key 'data.bogus'")
 
 
 def test_data_demo_then_check_writes_splits_and_config(tmp_path, capsys):
@@ -60,10 +67,23 @@ def test_user_errors_are_one_line_messages(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_bench_submission_runs_and_prints_both_writers(capsys):
-    assert main(["bench", "submission", "--images", "5", "--repeats", "1"]) == 0
-    output = capsys.readouterr().out
-    assert "run-based" in output and "reference" in output and "identical" in output
+def test_bench_submission_reports_the_figures_it_measured_on_the_images_asked_for(capsys):
+    assert main(["bench", "submission", "--images", "5", "--repeats", "1", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert figures["images"] == 5
+    assert figures["speedup"] == pytest.approx(figures["reference_seconds"] / figures["fast_seconds"])
+    assert lines[0].startswith("submission writing, 5 images")
+    assert f"speed-up: {figures['speedup']:.1f}x" in lines[-2]
+
+
+def test_bench_submission_gives_no_speed_up_when_the_writers_disagree(monkeypatch):
+    """The speed-up compares two writers of the same file: the fast one, broken, must stop the benchmark."""
+    from voc_pipeline import bench
+
+    monkeypatch.setattr(bench, "submission_text", lambda frame: submission_text(frame).replace("\n", "\r\n", 1))
+    with pytest.raises(AssertionError, match="the fast writer's output differs from the reference writer's"):
+        bench.bench_submission(3, 1)
 
 
 def test_kernel_output_with_a_wrong_data_path_says_so_instead_of_checking_the_format_only(tmp_path, capsys):
