@@ -36,14 +36,18 @@ from voc_pipeline.run_folder import read_record
 PACKAGE = Path(__file__).resolve().parents[1] / "voc_pipeline"
 
 
-def test_stages_run_in_the_documented_order():
-    assert STAGE_NAMES == ("data", "train-cls", "train-seg", "tune", "refit", "predict", "submit", "evaluate", "attack")
-
-
-def test_every_stage_reads_only_what_earlier_stages_write():
+def test_every_stage_comes_after_the_stages_that_write_what_it_reads():
+    """run_until walks STAGES in order: each stage's producers must have run before it, and each file it reads
+    must be one its producer declares it writes (which is what makes that producer's rerun make it stale)."""
+    assert len(set(STAGE_NAMES)) == len(STAGES)
     for position, stage in enumerate(STAGES):
+        earlier = STAGES[:position]
+        assert all(producer in earlier for producer in upstream(stage)), stage.name
         for artifact in stage.reads:
-            assert artifact.stage in STAGE_NAMES[:position], (stage.name, artifact.pattern)
+            assert artifact in stage_named(artifact.stage).writes, (stage.name, artifact.pattern, artifact.stage)
+            assert stage_named(artifact.stage) in earlier, (stage.name, artifact.pattern, artifact.stage)
+    # Validation chooses the epochs, thresholds and rules before the refit trains on its images.
+    assert STAGE_NAMES.index("tune") < STAGE_NAMES.index("refit")
 
 
 def test_predict_reads_only_the_models_the_tuned_choices_and_the_test_images():
