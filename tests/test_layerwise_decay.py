@@ -24,12 +24,22 @@ def test_layerwise_decay_and_the_refit_are_off_unless_asked_for(profile):
         assert all(phase.layer_decay == 1.0 for phase in plan_phases(section)) and not section.refit_all
 
 
-def test_kaggle_strong_fine_tunes_convnext_with_decay_and_refits():
-    config = build_config("kaggle-strong")
-    for section in (config.classifier, config.segmenter):
-        assert section.backbone == "convnext_small" and section.refit_all
-        assert [phase.layer_decay for phase in plan_phases(section)] == [1.0, 0.8]
-    assert config.classifier.image_size == 320 and 448 <= config.segmenter.image_size <= 512 and not config.classifier.kfold
+@pytest.mark.parametrize("head", ["classifier", "segmenter"])
+def test_kaggle_strong_fine_tunes_its_whole_backbone_at_rates_decaying_down_the_stages(head):
+    """What the profile makes training do: the head phase trains the head alone at one rate; fine-tuning then
+    trains every backbone layer, each of the backbone's four stages slower than the one above it and all slower
+    than the head (the multipliers stand for the head's rate, 1)."""
+    section = getattr(build_config("kaggle-strong"), head)
+    model = build_classifier(section.backbone, 32, weights="none")  # the backbone's stages do not depend on the size
+    head_phase, finetune = plan_phases(section)
+    set_backbone_trainable(model, head_phase.trainable_fraction)
+    assert not any(layer.trainable for layer in model.get_layer("backbone").layers) and head_phase.layer_decay == 1.0
+    set_backbone_trainable(model, finetune.trainable_fraction)
+    assert all(layer.trainable for layer in model.get_layer("backbone").layers)
+    multipliers = stage_rate_multipliers(model, section.backbone, finetune.layer_decay)
+    rates = sorted(set(multipliers.values()), reverse=True)
+    assert len(rates) == 4 and rates[0] < 1.0
+    assert all(lower < upper for upper, lower in zip(rates, rates[1:]))
 
 
 def test_only_fine_tuning_decays():
