@@ -1,3 +1,6 @@
+"""The edges a user calls: the command line (`voc-pipeline` and `python -m voc_pipeline`), its outputs and exit
+statuses, and the commands the Makefile runs (`make -n`)."""
+
 import json
 import os
 import subprocess

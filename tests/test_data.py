@@ -1,3 +1,6 @@
+"""Loading the competition layout: the loader's round trip and its errors, where the data root is found, and
+the stratified splits."""
+
 import logging
 import shutil
 

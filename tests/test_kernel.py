@@ -1,5 +1,6 @@
-"""The Kaggle kernel: bundle, weights, credentials, and a run on Kaggle's stack. The push, status, output and
-submit through the real `kaggle` client are in test_kaggle_loop.py."""
+"""The Kaggle kernel: bundle, weights, credentials, reading the client's output and waiting on Kaggle, and a run
+on Kaggle's stack. The push, status, output and submit through the real `kaggle` client are in
+test_kaggle_loop.py."""
 
 import ast
 import json

@@ -1,4 +1,6 @@
-"""The `voc-pipeline` command line. It only parses arguments and calls the stage functions."""
+"""The `voc-pipeline` command line: a parser built by one small function per command group, and a handler per
+command that only reads its arguments and calls the package (the stages, the data tools, the kernel client,
+the benchmarks). Every user error ends in one `error:` line and exit status 2 (main)."""
 
 from __future__ import annotations
 

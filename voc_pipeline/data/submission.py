@@ -1,4 +1,5 @@
-"""Writing, validating and scoring `submission.csv` files.
+"""Writing, validating and scoring `submission.csv` files, and choosing the test set a scored one is checked
+against (`test_root_for`).
 
 The writer produces, byte for byte, what the competition template's writer produces for the same
 test frame (header `Id,Predicted`, for each image in frame order its `<Id>_classification` row then its
