@@ -82,7 +82,8 @@ SEGMENTER_HISTORY = Artifact("segmenter_history.csv", "train-seg", "per-epoch tr
 SEGMENTER_CURVES = Artifact("segmenter_curves.png", "train-seg", "learning curves")
 SEGMENTER_PER_CLASS = Artifact("segmenter_per_class.png", "train-seg", "validation IoU per class")
 SEGMENTER_OVERLAYS = Artifact("segmenter_overlays.png", "train-seg", "validation images: truth and prediction")
-THRESHOLDS = Artifact("thresholds.json", "tune", "one decision threshold per class")
+THRESHOLDS = Artifact("thresholds.json", "tune", "the flags tune chose: strategy, a threshold per class, the "
+                      "temperature, the fused-evidence model if kept")
 THRESHOLD_COMPARISON = Artifact("threshold_comparison.md", "tune", "threshold strategies side by side")
 CLASSIFIER_PER_CLASS = Artifact("classifier_per_class.png", "tune", "per-class AP and F1 before and after tuning")
 RELIABILITY = Artifact("reliability.png", "tune", "predicted probability against observed frequency, both heads, "
