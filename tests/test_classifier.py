@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from voc_pipeline.backbone_table import BACKBONES
 from voc_pipeline.errors import TrainingDivergedError
 from voc_pipeline.models import backbones
 from voc_pipeline.models.backbones import (
-    BACKBONES,
     BackboneError,
     WeightsUnavailableError,
     build_backbone,
@@ -118,7 +118,7 @@ def test_fine_tuning_keeps_batch_norm_frozen_and_trains_only_the_top():
     # simple_cnn, because a randomly initialised MobileNet with frozen (identity) batch norm saturates its
     # ReLU6 activations and passes no gradient at all, which would hide what this test checks.
     model = build_classifier("simple_cnn", 32, weights="none")
-    trainable = set_backbone_trainable(model, 0.5)
+    trainable = set_backbone_trainable(model, 0.5, BACKBONES["simple_cnn"].frozen_when_fine_tuning)
     backbone = model.get_layer("backbone")
     batch_norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert trainable > 0 and all(not layer.trainable for layer in batch_norms)

@@ -128,17 +128,17 @@ def test_no_training_epoch_at_all_is_refused():
         build_config(assignments=["segmenter.head_epochs=0", "segmenter.finetune_epochs=0"])
 
 
-def test_allowed_values_have_one_home_that_the_modules_use():
-    from voc_pipeline import choices
-    from voc_pipeline.models import backbones, losses, segmenter
+def test_a_backbone_segments_exactly_when_the_table_gives_its_taps():
+    """The configuration refuses a segmenter backbone without the taps DeepLabV3+ reads, by the table's own row."""
+    from voc_pipeline.backbone_table import TABLE
 
-    assert tuple(backbones.BACKBONES) == choices.BACKBONES
-    assert segmenter.SEGMENTER_BACKBONES is choices.SEGMENTER_BACKBONES
-    assert losses.CLASSIFIER_LOSSES is choices.CLASSIFIER_LOSSES
-    for name, spec in backbones.BACKBONES.items():
-        assert spec.taps == choices.BACKBONE_TAPS[name], name
-    # A backbone can segment exactly when the table names its stride-4 and stride-16 taps.
-    assert choices.SEGMENTER_BACKBONES == tuple(name for name, taps in choices.BACKBONE_TAPS.items() if {4, 16} <= set(taps))
+    for row in TABLE:
+        assignment = f"segmenter.backbone={row.name}"
+        if {4, 8, 16} <= set(row.taps):
+            assert build_config(assignments=[assignment]).segmenter.backbone == row.name
+        else:
+            with pytest.raises(ConfigError, match=rf"segmenter.backbone = '{row.name}' is not one of"):
+                build_config(assignments=[assignment])
 
 
 def test_both_heads_share_one_training_schedule_with_their_own_defaults():

@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import pytest
 
-from voc_pipeline.choices import BACKBONE_TAPS, SEGMENTER_BACKBONES
+from voc_pipeline.backbone_table import BACKBONES
 from voc_pipeline.core.classes import VOID_LABEL
-from voc_pipeline.models.backbones import BACKBONES, build_backbone, preprocessing_layer, tapped_feature_map
+from voc_pipeline.models.backbones import build_backbone, preprocessing_layer, tapped_feature_map
 from voc_pipeline.models.classifier import build_classifier, predict_probabilities
 from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
 from voc_pipeline.models.segmenter import build_segmenter, predict_label_maps
@@ -16,12 +16,6 @@ CONVNEXTS = ("convnext_tiny", "convnext_small", "convnext_base")
 # Small and Base share Tiny's code and differ in depth and width only; their full round trip (tens of millions
 # of parameters to train, save and reload) runs with `make test-large`, Tiny's in every `make test`.
 ROUND_TRIP = ("convnext_tiny", *(pytest.param(name, marks=pytest.mark.large) for name in CONVNEXTS[1:]))
-
-
-def test_convnext_is_in_both_tables_and_can_segment():
-    for name in CONVNEXTS:
-        assert BACKBONES[name].taps == BACKBONE_TAPS[name] and name in SEGMENTER_BACKBONES
-        assert BACKBONES[name].preprocessing == "raw" and BACKBONES[name].normalization == "layer"
 
 
 @pytest.mark.parametrize("name", CONVNEXTS)

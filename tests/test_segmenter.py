@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from voc_pipeline.backbone_table import BACKBONES
 from voc_pipeline.config import build_config
 from voc_pipeline.core.classes import VOID_LABEL
 from voc_pipeline.errors import BackboneError, ConfigError
-from voc_pipeline.models.backbones import BACKBONES
 from voc_pipeline.models.input_pipeline import random_scale_crop_flip, segmentation_dataset
 from voc_pipeline.models.losses import SegmentationLoss
 from voc_pipeline.models.segmenter import (

@@ -8,7 +8,9 @@ readers, so reading a JSON artifact never loads TensorFlow.
 
 from __future__ import annotations
 
+import csv
 import json
+import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +82,8 @@ SEGMENTER_HISTORY = Artifact("segmenter_history.csv", "train-seg", "per-epoch tr
 SEGMENTER_CURVES = Artifact("segmenter_curves.png", "train-seg", "learning curves")
 SEGMENTER_PER_CLASS = Artifact("segmenter_per_class.png", "train-seg", "validation IoU per class")
 SEGMENTER_OVERLAYS = Artifact("segmenter_overlays.png", "train-seg", "validation images: truth and prediction")
-THRESHOLDS = Artifact("thresholds.json", "tune", "one decision threshold per class")
+THRESHOLDS = Artifact("thresholds.json", "tune", "the flags tune chose: strategy, a threshold per class, the "
+                      "temperature, the fused-evidence model if kept")
 THRESHOLD_COMPARISON = Artifact("threshold_comparison.md", "tune", "threshold strategies side by side")
 CLASSIFIER_PER_CLASS = Artifact("classifier_per_class.png", "tune", "per-class AP and F1 before and after tuning")
 RELIABILITY = Artifact("reliability.png", "tune", "predicted probability against observed frequency, both heads, "
@@ -102,6 +105,12 @@ SCORE_COMPARISON = Artifact("score_comparison.png", "evaluate", "competition sco
 WORST_IMAGES = Artifact("worst_validation_images.png", "evaluate", "the worst validation images, both heads' outputs")
 PIXEL_CONFUSION = Artifact("pixel_confusion.png", "evaluate", "pixel confusion heatmap of the chosen rule")
 ATTACK_FILES = Artifact("attack/*", "attack", "adversarial attacks: attack.md, attack.csv and example panels")
+
+
+# The attack's figures, shown by name (ATTACK_FILES covers them as the stage's outputs).
+ATTACK_SUCCESS_PLOT = Artifact("attack/success_vs_epsilon.png", "attack", "success rate against the budget")
+ATTACK_CLASSIFIER_EXAMPLES = Artifact("attack/classifier_examples.png", "attack", "classifier: adversarial examples")
+ATTACK_SEGMENTER_EXAMPLES = Artifact("attack/segmenter_examples.png", "attack", "segmenter: clean and attacked masks")
 
 
 def metrics(stage: str) -> Artifact:
@@ -158,6 +167,11 @@ def refit_history_file(head: str) -> str:
 
 def refit_curves_file(head: str) -> str:
     return f"refit_{head}_curves.png"
+
+
+def refit_curves(head: str) -> Artifact:
+    """The learning curves of `head`'s refit, as an artifact of its own."""
+    return Artifact(refit_curves_file(head), "refit", f"learning curves of the {head}'s refit")
 
 
 # ---------------------------------------------------------------- readers
@@ -272,6 +286,26 @@ def read_test_predictions(run_dir: Path) -> tuple[dict[str, np.ndarray], list[np
     return read_label_map_npz(TEST_PREDICTIONS, run_dir)
 
 
+def read_config(run_dir: Path) -> dict:
+    """The run's resolved configuration (config.toml, written before any stage works), as nested dicts."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: every stage writes it before it works; {rerun_hint('data')}")
+    try:
+        return tomllib.loads(read_text_file(path, "the run's configuration", error_type=ArtifactError))
+    except tomllib.TOMLDecodeError as error:
+        raise ArtifactError(f"{path} is not valid TOML ({error}); any stage rewrites it: {rerun_hint('data')}") from None
+
+
+def read_training_facts(artifact: Artifact, run_dir: Path) -> dict:
+    """What a head's training started from and what each phase trained, from its manifest (`heads.training_facts`)."""
+    facts = read_json(artifact, run_dir).get("training")
+    if not isinstance(facts, dict) or not isinstance(facts.get("phases"), list):
+        raise unreadable(artifact.path(run_dir), artifact.stage, "it holds no record of what its training did "
+                         "(written by an earlier version of the package)")
+    return facts
+
+
 def read_metrics(run_dir: Path, stage: str) -> dict:
     """The figures a stage returned when it last finished."""
     return read_json(metrics(stage), run_dir)
@@ -320,6 +354,24 @@ def read_history(run_dir: Path, name: str, stage: str) -> list[dict]:
     if not {"epoch", "phase"} <= set(history.columns):
         raise unreadable(path, stage, "it has no epoch and phase columns")
     return history.to_dict("records")
+
+
+ATTACK_NUMBERS = ("epsilon", "success_rate", "clean_score", "adversarial_score")
+
+
+def read_attack_rows(run_dir: Path) -> list[dict]:
+    """attack/attack.csv (stage attack) as one dict per row, its numbers as floats."""
+    path = Path(run_dir) / "attack" / "attack.csv"
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: stage attack writes it; {rerun_hint('attack')}")
+    try:
+        rows = list(csv.DictReader(read_text_file(path, "the attack's table", error_type=ArtifactError).splitlines()))
+        for row in rows:
+            for key in ATTACK_NUMBERS:
+                row[key] = float(row[key])
+    except (KeyError, TypeError, ValueError) as error:
+        raise unreadable(path, "attack", f"no number in column {error}") from None
+    return rows
 
 
 def load_final_models(run_dir: Path) -> tuple[list, object, dict]:

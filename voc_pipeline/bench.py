@@ -90,6 +90,36 @@ def prediction_rate(predict, images, batch_size: int) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
+def synthetic_train_split(num_images: int, seed: int):
+    """VOC-sized random images with VOC-like masks and the labels those masks imply, as a train split."""
+    from pathlib import Path
+
+    from voc_pipeline.core.classes import CLASS_NAMES
+    from voc_pipeline.data.competition import ImageSet
+
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(num_images)]
+    masks = voc_like_label_maps(num_images, seed)
+    labels = np.stack([np.isin(np.arange(1, NUM_CLASSES + 1), np.unique(mask)) for mask in masks]).astype(np.int8)
+    return ImageSet("bench", np.arange(num_images), images, masks, labels, CLASS_NAMES, Path("."))
+
+
+def bench_head(config, head, num_images: int, steps: int) -> tuple[dict[str, float], object, object, object]:
+    """Training images/s of `head`'s recipe (random weights: speed does not depend on them) through its input
+    pipeline and on one batch held in memory; returns (figures, model, images, pipeline)."""
+    import keras
+
+    from voc_pipeline.models.training import seed_everything
+
+    seed_everything(config.seed, config.deterministic)
+    settings = head.settings(config)
+    data = synthetic_train_split(num_images, config.seed)
+    model = head.build(settings, weights="none")
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=head.loss(settings))
+    pipeline = head.dataset(settings, data, np.arange(num_images), True, config.seed).repeat()
+    return training_figures(model, pipeline, steps, settings.batch_size), model, data.images, pipeline
+
+
 def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str, float]:
     """Classifier throughput at the configuration's backbone, image size and batch size, on VOC-sized images.
 
@@ -97,24 +127,11 @@ def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str,
     model alone), the input pipeline alone, and prediction images/s; weights are random (speed does not
     depend on them).
     """
-    import keras
+    from voc_pipeline.models.classifier import predict_probabilities
+    from voc_pipeline.models.heads import CLASSIFIER
 
-    from voc_pipeline.models.classifier import classifier_from_config, predict_probabilities
-    from voc_pipeline.models.input_pipeline import classification_dataset
-    from voc_pipeline.models.losses import classifier_loss
-    from voc_pipeline.models.training import seed_everything
-
-    seed_everything(config.seed, config.deterministic)
-    settings = config.classifier
-    rng = np.random.default_rng(config.seed)
-    images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(num_images)]
-    labels = (rng.random((num_images, NUM_CLASSES)) < 0.1).astype(np.float32)
-    model = classifier_from_config(settings, weights="none")
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=classifier_loss(settings.loss))
-    pipeline = classification_dataset(images, labels, np.arange(num_images), settings.image_size, settings.batch_size,
-                                      training=True, seed=config.seed).repeat()
-    batch_size = settings.batch_size
-    figures = training_figures(model, pipeline, steps, batch_size)
+    settings, batch_size = config.classifier, config.classifier.batch_size
+    figures, model, images, pipeline = bench_head(config, CLASSIFIER, num_images, steps)
     start = time.perf_counter()
     for _ in pipeline.take(steps):
         pass
@@ -129,25 +146,11 @@ def bench_classifier(config, num_images: int = 128, steps: int = 8) -> dict[str,
 def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, float]:
     """Segmenter throughput at the configuration's size on VOC-sized images: training through the input
     pipeline and on one in-memory batch, and prediction including the resize back to original sizes."""
-    import keras
+    from voc_pipeline.models.heads import SEGMENTER
+    from voc_pipeline.models.segmenter import predict_label_maps
 
-    from voc_pipeline.core.classes import VOID_LABEL
-    from voc_pipeline.models.input_pipeline import segmentation_dataset
-    from voc_pipeline.models.losses import SegmentationLoss
-    from voc_pipeline.models.segmenter import predict_label_maps, segmenter_from_config
-    from voc_pipeline.models.training import seed_everything
-
-    seed_everything(config.seed, config.deterministic)
-    settings = config.segmenter
-    rng = np.random.default_rng(config.seed)
-    images = [rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8) for _ in range(num_images)]
-    masks = voc_like_label_maps(num_images, config.seed)
-    model = segmenter_from_config(settings, weights="none")
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=SegmentationLoss(NUM_CLASSES + 1, VOID_LABEL))
-    pipeline = segmentation_dataset(images, masks, np.arange(num_images), settings.image_size, settings.batch_size,
-                                    training=True, seed=config.seed).repeat()
-    batch_size = settings.batch_size
-    figures = training_figures(model, pipeline, steps, batch_size)
+    settings, batch_size = config.segmenter, config.segmenter.batch_size
+    figures, model, images, _ = bench_head(config, SEGMENTER, num_images, steps)
     figures["predict_with_resize_back_images_per_second"] = prediction_rate(
         lambda chosen: predict_label_maps(model, chosen, settings.image_size, settings.output_stride, batch_size,
                                           flip_tta=False), images, batch_size)
@@ -178,16 +181,17 @@ def bench_predict(config, num_images: int = 48) -> dict[str, float]:
 
     from voc_pipeline.core.probability import sigmoid
     from voc_pipeline.core.thresholds import apply_thresholds
-    from voc_pipeline.models.classifier import classifier_from_config, predict_probabilities
-    from voc_pipeline.models.segmenter import predict_label_maps, segmenter_from_config, softmax
+    from voc_pipeline.models.classifier import predict_probabilities
+    from voc_pipeline.models.heads import CLASSIFIER, SEGMENTER
+    from voc_pipeline.models.segmenter import predict_label_maps, softmax
 
     rng = np.random.default_rng(config.seed)
     images = [rng.integers(0, 256, size=(int(rng.integers(300, 501)), int(rng.integers(300, 501)), 3), dtype=np.uint8)
               for _ in range(num_images)]
     ids = np.arange(num_images)
     classifier_settings, segmenter_settings = config.classifier, config.segmenter
-    classifier = classifier_from_config(classifier_settings, weights="none")
-    segmenter = segmenter_from_config(segmenter_settings, weights="none")
+    classifier = CLASSIFIER.build(classifier_settings, weights="none")
+    segmenter = SEGMENTER.build(segmenter_settings, weights="none")
     thresholds = np.full(NUM_CLASSES, 0.5)
     batch_size = config.inference.batch_size
 
@@ -323,24 +327,21 @@ def bench_estimate(config) -> dict[str, float]:
     """A measured training step of each head here, and an ESTIMATE of the profile's full run on Kaggle's two
     T4s from the heads' counted FLOPs (training = 3x forward, every planned epoch run, no early stop), the
     predictions, the refit on every image (refit_all) and the adversarial attack included."""
-    from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
-    from voc_pipeline.models.classifier import classifier_from_config
-    from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
-    from voc_pipeline.models.segmenter import segmenter_from_config
+    from voc_pipeline.models.heads import CLASSIFIER, SEGMENTER
 
     classifier_settings, segmenter_settings = config.classifier, config.segmenter
     rng = np.random.default_rng(config.seed)
-    classifier = classifier_from_config(classifier_settings, weights="none")
-    segmenter = segmenter_from_config(segmenter_settings, weights="none")
+    classifier = CLASSIFIER.build(classifier_settings, weights="none")
+    segmenter = SEGMENTER.build(segmenter_settings, weights="none")
     figures = {"classifier_forward_gflops": forward_flops(classifier, classifier_settings.image_size) / 1e9,
                "segmenter_forward_gflops": forward_flops(segmenter, segmenter_settings.image_size) / 1e9}
     size, batch = classifier_settings.image_size, classifier_settings.batch_size
     figures["classifier_step_seconds_here"] = measured_step_seconds(
-        classifier, classifier_loss(classifier_settings.loss),
+        classifier, CLASSIFIER.loss(classifier_settings),
         (rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), (rng.random((batch, NUM_CLASSES)) < 0.1).astype("float32")))
     size, batch = segmenter_settings.image_size, segmenter_settings.batch_size
     figures["segmenter_step_seconds_here"] = measured_step_seconds(
-        segmenter, SegmentationLoss(NUM_CLASSES + 1, VOID_LABEL, segmenter_settings.dice_weight),
+        segmenter, SEGMENTER.loss(segmenter_settings),
         (rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), rng.integers(0, NUM_CLASSES + 1, (batch, size, size))))
 
     fit_images = COMPETITION_TRAIN_IMAGES * (1 - config.data.validation_fraction)

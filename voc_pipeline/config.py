@@ -16,16 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voc_pipeline.choices import (
-    BACKBONE_TAPS,
-    BACKBONES,
-    CLASSIFIER_LOSSES,
-    DEFENCE_BITS,
-    MIXED_PRECISION_MODES,
-    OUTPUT_STRIDES,
-    PIXEL_LEVELS,
-    SEGMENTER_BACKBONES,
-)
+from voc_pipeline.backbone_table import BACKBONE_NAMES, SEGMENTER_BACKBONES, backbone
+from voc_pipeline.choices import CLASSIFIER_LOSSES, DEFENCE_BITS, MIXED_PRECISION_MODES, OUTPUT_STRIDES, PIXEL_LEVELS
 from voc_pipeline.config_view import unwrapped
 from voc_pipeline.core.classes import CLASS_NAMES
 from voc_pipeline.errors import ConfigError
@@ -138,7 +130,7 @@ def default_for(name: str, default):
 class ClassifierConfig(TrainingSchedule):
     # mobilenet_v2 is the product's default; vgg16, resnet50v2, simple_cnn are baselines; efficientnetv2_s
     # and convnext_tiny/small/base (the best public solution's choice) are the stronger options for a GPU budget.
-    backbone: str = one_of("mobilenet_v2", *BACKBONES)
+    backbone: str = one_of("mobilenet_v2", *BACKBONE_NAMES)
     # Square input side; MobileNetV2's ImageNet weights exist for 96, 128, 160, 192 and 224.
     image_size: int = bounded(224, 32, 2048)
     # Dropout before the logits: the head overfits 600 images quickly otherwise.
@@ -159,8 +151,8 @@ class ClassifierConfig(TrainingSchedule):
 
 @dataclass(frozen=True, kw_only=True)
 class SegmenterConfig(TrainingSchedule):
-    # mobilenet (MobileNet v1, the product's default), mobilenet_v2, or a backbone with taps in
-    # voc_pipeline.choices.BACKBONE_TAPS.
+    # mobilenet (MobileNet v1, the product's default), mobilenet_v2, or another backbone the table
+    # (voc_pipeline.backbone_table) gives taps for.
     backbone: str = one_of("mobilenet", *SEGMENTER_BACKBONES)
     # Square input side; images are letterboxed into it. Must be divisible by the output stride.
     image_size: int = bounded(320, 32, 2048)
@@ -405,7 +397,7 @@ def validate_config(config: Config) -> None:
         if section.head_epochs + section.finetune_epochs < 1:
             raise ConfigError(f"{name}.head_epochs + {name}.finetune_epochs must be at least 1 (no epoch would train), "
                               f"got {section.head_epochs} + {section.finetune_epochs}")
-        if section.layerwise_lr_decay != 1.0 and not BACKBONE_TAPS[section.backbone]:
+        if section.layerwise_lr_decay != 1.0 and not backbone(section.backbone).taps:
             raise ConfigError(f"{name}.layerwise_lr_decay = {section.layerwise_lr_decay} needs a backbone with stages, "
                               f"and {name}.backbone {section.backbone!r} has none in the backbone table; use one of "
                               f"{', '.join(SEGMENTER_BACKBONES)} or leave it at 1.0")

@@ -1,4 +1,5 @@
-"""PNG figures a person would rather look at than a table: learning curves and per-class bars."""
+"""PNG figures a person would rather look at than a table: learning curves, per-class bars, mask overlays, the
+confusion heatmap, score comparisons, adversarial examples and attack curves, and reliability diagrams."""
 
 from __future__ import annotations
 

@@ -9,15 +9,13 @@ the same tables. No TensorFlow is imported here: the notebook's own process neve
 
 from __future__ import annotations
 
-import csv
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from voc_pipeline import artifacts, markdown
 from voc_pipeline.core.classes import CLASS_NAMES
-from voc_pipeline.errors import ArtifactError, OutputFolderError
+from voc_pipeline.errors import OutputFolderError
 from voc_pipeline.files import byte_size
 
 
@@ -61,22 +59,42 @@ def choices_section(tuning: dict, candidates_shown: int = 10) -> list[str]:
             f"(the {min(candidates_shown, len(candidates))} best):", rule_table]
 
 
-# ---------------------------------------------------------------- reading the run folder
+# ---------------------------------------------------------------- the run's figures, one list for the notebook and report.md
+
+# (artifact, title): each part shows its own; evaluate's report.md links them all. Patterns with "*" find every
+# fold's curves of a K-fold classifier.
+CLASSIFIER_FIGURES = ((artifacts.CLASSIFIER_CURVES, "Classifier learning curves"),
+                      (artifacts.refit_curves("classifier"), "Classifier refit on every labelled image: learning curves"),
+                      (artifacts.CLASSIFIER_PER_CLASS, "Classifier per class: average precision, and F1 before and after tuning"),
+                      (artifacts.RELIABILITY, "Calibration of both heads on validation"))
+SEGMENTER_FIGURES = ((artifacts.SEGMENTER_CURVES, "Segmenter learning curves"),
+                     (artifacts.refit_curves("segmenter"), "Segmenter refit on every labelled image: learning curves"),
+                     (artifacts.SEGMENTER_PER_CLASS, "Segmenter IoU per class"),
+                     (artifacts.SEGMENTER_OVERLAYS, "Validation images: truth and prediction"))
+JOINT_FIGURES = ((artifacts.SCORE_COMPARISON, "Competition score on validation"),
+                 (artifacts.WORST_IMAGES, "The validation images the chosen rule scores worst"),
+                 (artifacts.PIXEL_CONFUSION, "Pixel confusion of the chosen rule on validation"))
+ATTACK_FIGURES = ((artifacts.ATTACK_SUCCESS_PLOT, "Success rate against the budget (dashed: with the defence)"),
+                  (artifacts.ATTACK_CLASSIFIER_EXAMPLES, "Classifier: original, amplified perturbation, adversarial image"),
+                  (artifacts.ATTACK_SEGMENTER_EXAMPLES, "Segmenter: clean and attacked masks"))
+REPORT_FIGURES = (*CLASSIFIER_FIGURES, *SEGMENTER_FIGURES, *JOINT_FIGURES)
 
 
-def read_config(run_dir: Path) -> dict:
-    """The run's resolved configuration (config.toml), as nested dicts."""
-    return tomllib.loads((Path(run_dir) / artifacts.CONFIG_FILE).read_text())
+def figures(run_dir: Path, items) -> list[Figure]:
+    """The figures among `items` ((artifact, title) pairs) that the run wrote, each file once."""
+    found = []
+    for artifact, title in items:
+        paths = artifact.files(run_dir)
+        found += [Figure(path, title + (f" ({path.stem})" if len(paths) > 1 else "")) for path in paths]
+    return found
 
 
-def read_history(path: Path) -> list[dict]:
-    with open(path, newline="") as stream:
-        return list(csv.DictReader(stream))
+# ---------------------------------------------------------------- how each head was trained, from what its training recorded
 
 
-def epochs_text(run_dir: Path, pattern: str) -> str:
-    """'4 epochs (head 2, finetune 2)' from the training histories matching `pattern` (one per fold)."""
-    histories = [read_history(path) for path in sorted(Path(run_dir).glob(pattern))]
+def epochs_text(run_dir: Path, history: artifacts.Artifact) -> str:
+    """'4 epochs (head 2, finetune 2)' from the training histories of `history` (one per fold)."""
+    histories = [artifacts.read_history(run_dir, path.name, history.stage) for path in history.files(run_dir)]
     if not histories:
         return "no training history"
     phases: dict[str, int] = {}
@@ -88,35 +106,33 @@ def epochs_text(run_dir: Path, pattern: str) -> str:
                         for phase, count in phases.items()) + ")")
 
 
-def figures(run_dir: Path, items: list[tuple[str, str]]) -> list[Figure]:
-    """The figures among `items` (glob pattern, title) that the run wrote, each once."""
-    found = []
-    for pattern, title in items:
-        paths = sorted(Path(run_dir).glob(pattern))
-        found += [Figure(path, title + (f" ({path.stem})" if len(paths) > 1 else "")) for path in paths]
-    return found
-
-
 def count(number: int, noun: str) -> str:
     """'1 epoch', '3 epochs'."""
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def weights_text(weights: str) -> str:
-    return "ImageNet weights" if weights == "imagenet" else "random initial weights, no pretraining"
-
-
-def phases_text(section: dict) -> str:
-    """How the two-phase recipe is set up, from the configuration section of a head."""
-    if section["weights"] != "imagenet":
-        return (f"From random weights every layer trains from the start: "
-                f"{count(section['head_epochs'] + section['finetune_epochs'], 'planned epoch')} at learning rate "
-                f"{section['head_learning_rate']:g} with {count(section['warmup_epochs'], 'warm-up epoch')} and cosine decay.")
-    return (f"Two phases: {section['head_epochs']} epochs of the head alone on the frozen backbone (learning rate "
-            f"{section['head_learning_rate']:g}), then {section['finetune_epochs']} epochs with the top "
-            f"{section['unfreeze_fraction']:.0%} of the backbone unfrozen (learning rate {section['finetune_learning_rate']:g}, "
-            f"{count(section['warmup_epochs'], 'warm-up epoch')}, cosine decay); batch norm stays frozen so that small batches do "
-            f"not overwrite its ImageNet statistics. Early stopping after {section['patience']} epochs without improvement.")
+def training_text(facts: dict) -> str:
+    """How a head was trained, from the record its training wrote (`heads.training_facts`): what it started from,
+    each phase's epochs, rates and trainable layers, and what fine-tuning kept frozen."""
+    phases = {phase["phase"]: phase for phase in facts["phases"]}
+    patience = facts["early_stopping_patience"]
+    stopping = (f" Early stopping after {count(patience, 'epoch')} without improvement." if patience
+                else " Every epoch runs and the last is kept.")
+    if "full" in phases:
+        full = phases["full"]
+        return (f"From {facts['initial_weights']}, every layer trains from the start: "
+                f"{count(full['epochs'], 'planned epoch')} at learning rate {full['learning_rate']:g} with "
+                f"{count(full['warmup_epochs'], 'warm-up epoch')} and cosine decay.{stopping}")
+    head = phases["head"]
+    text = (f"From {facts['initial_weights']}, in phases: {count(head['epochs'], 'epoch')} of the head alone on the "
+            f"frozen backbone (learning rate {head['learning_rate']:g})")
+    finetune = phases.get("finetune")
+    if finetune is None:
+        return text + "; the backbone is never fine-tuned." + stopping
+    return (text + f", then {count(finetune['epochs'], 'epoch')} with {finetune['trainable_backbone_layers']} of the "
+            f"backbone's {finetune['backbone_layers']} layers trainable (learning rate {finetune['learning_rate']:g}, "
+            f"{count(finetune['warmup_epochs'], 'warm-up epoch')}, cosine decay); {facts['fine_tuning_keeps_frozen']}."
+            + stopping)
 
 
 # ---------------------------------------------------------------- the parts
@@ -125,7 +141,7 @@ def phases_text(section: dict) -> str:
 def data_part(run_dir: Path) -> list[Block]:
     """The data as the data stage found it: sizes, images per class, the split."""
     summary = artifacts.read_json(artifacts.DATA_SUMMARY, run_dir)
-    config = read_config(run_dir)
+    config = artifacts.read_config(run_dir)
     train, test = summary["train"], summary["test"]
     counts = train["images_per_class"]
     ordered = sorted(CLASS_NAMES, key=lambda name: -counts.get(name, 0))
@@ -143,17 +159,18 @@ def data_part(run_dir: Path) -> list[Block]:
 
 def classification_part(run_dir: Path) -> list[Block]:
     """Part 1: the classifier's design, its training, its thresholds, its figures."""
-    config = read_config(run_dir)["classifier"]
+    config = artifacts.read_config(run_dir)["classifier"]
     manifest = artifacts.read_json(artifacts.CLASSIFIER_MANIFEST, run_dir)
+    facts = artifacts.read_training_facts(artifacts.CLASSIFIER_MANIFEST, run_dir)
     metrics = artifacts.read_metrics(run_dir, "train-cls")
     tuning = artifacts.read_metrics(run_dir, "tune")["thresholds"]
     validation = (f"{len(manifest['models'])} models, one per fold, each validated on the images it did not see, and "
                   f"averaged" if manifest.get("validation") != "holdout" else "one model, validated on the held-out images")
-    design = (f"Backbone `{manifest['backbone']}` ({weights_text(config['weights'])}) at {manifest['image_size']} px, global "
+    design = (f"Backbone `{manifest['backbone']}` at {manifest['image_size']} px, global "
               f"average pooling, dropout {config['dropout']:g} and 20 sigmoid outputs: an image can hold several classes, so "
               f"each class gets its own probability (never a softmax). Loss `{manifest['loss']}`, batch {config['batch_size']}, "
-              f"weight decay {config['weight_decay']:g}. {phases_text(config)} Trained: {epochs_text(run_dir, 'classifier_history*.csv')}; "
-              f"{validation}.")
+              f"weight decay {config['weight_decay']:g}. {training_text(facts)} Trained: "
+              f"{epochs_text(run_dir, artifacts.CLASSIFIER_HISTORY)}; {validation}.")
     result = (f"Validation mAP {metrics['mean_average_precision']:.4f}, with flip test-time augmentation "
               f"{metrics['mean_average_precision_flip_tta']:.4f} (tune used the "
               f"{'flipped' if tuning['chosen'] == 'flip_tta' else 'plain'} probabilities).")
@@ -164,25 +181,23 @@ def classification_part(run_dir: Path) -> list[Block]:
                   "over repeated splits, and the simplest one within one standard error of the best is kept "
                   f"(here: **{tuning.get('strategy', 'global')}**). Classification score on validation by strategy:")
     return [design, result, "### Flags", thresholds, artifacts.THRESHOLD_COMPARISON.require(run_dir).read_text().strip(),
-            *figures(run_dir, [(artifacts.CLASSIFIER_CURVES.pattern, "Classifier learning curves"),
-                               (artifacts.CLASSIFIER_PER_CLASS.pattern,
-                                "Classifier per class: average precision, and F1 before and after tuning"),
-                               (artifacts.RELIABILITY.pattern, "Calibration of both heads on validation")])]
+            *figures(run_dir, CLASSIFIER_FIGURES)]
 
 
 def segmentation_part(run_dir: Path) -> list[Block]:
     """Part 2: the segmenter's design, its training and its figures."""
-    config = read_config(run_dir)["segmenter"]
+    config = artifacts.read_config(run_dir)["segmenter"]
     manifest = artifacts.read_json(artifacts.SEGMENTER_MANIFEST, run_dir)
+    facts = artifacts.read_training_facts(artifacts.SEGMENTER_MANIFEST, run_dir)
     metrics = artifacts.read_metrics(run_dir, "train-seg")
     loss = "cross-entropy" + (f" plus {config['dice_weight']:g} x a soft Dice term" if config["dice_weight"] else "")
-    design = (f"DeepLabV3+ on `{manifest['backbone']}` ({weights_text(config['weights'])}, width {config['width_multiplier']:g}) "
+    design = (f"DeepLabV3+ on `{manifest['backbone']}` (width {config['width_multiplier']:g}) "
               f"at {manifest['image_size']} px, output stride {manifest['output_stride']}: ASPP with {config['aspp_filters']} "
               f"filters, a decoder of {config['decoder_filters']} filters fusing stride-4 features. Images are letterboxed "
               f"(padding ignored by the loss), training crops scaled by {config['scale_range'][0]:g} to "
-              f"{config['scale_range'][1]:g}; loss {loss}, batch {config['batch_size']}. {phases_text(config)} Trained: "
-              f"{epochs_text(run_dir, 'segmenter_history.csv')}. Probabilities are resized to each image's own size before "
-              f"any decision.")
+              f"{config['scale_range'][1]:g}; loss {loss}, batch {config['batch_size']}. {training_text(facts)} "
+              f"Trained: {epochs_text(run_dir, artifacts.SEGMENTER_HISTORY)}. Probabilities are resized to each image's "
+              f"own size before any decision.")
     result = (f"Validation mIoU {metrics['mean_iou']:.4f} (without flip TTA {metrics['mean_iou_without_flip_tta']:.4f}); its "
               f"own masks score a segmentation-row Dice of {metrics['segmentation_dice']:.4f} (an all-background answer "
               f"{metrics['all_background_dice']:.4f}).")
@@ -192,9 +207,7 @@ def segmentation_part(run_dir: Path) -> list[Block]:
     table = "\n\n".join(markdown.table(("IoU", *names[start:start + 7]), [("validation", *(fmt(iou.get(name)) for name in names[start:start + 7]))])
                         for start in range(0, len(names), 7))
     return [design, result, "IoU per class on validation ('-': the class is in no validation image):", table,
-            *figures(run_dir, [(artifacts.SEGMENTER_CURVES.pattern, "Segmenter learning curves"),
-                               (artifacts.SEGMENTER_PER_CLASS.pattern, "Segmenter IoU per class"),
-                               (artifacts.SEGMENTER_OVERLAYS.pattern, "Validation images: truth and prediction")])]
+            *figures(run_dir, SEGMENTER_FIGURES)]
 
 
 def joint_part(run_dir: Path) -> list[Block]:
@@ -205,28 +218,14 @@ def joint_part(run_dir: Path) -> list[Block]:
              f"{evaluation['validation_images']} validation images by the competition score itself; every option is kept "
              f"only if it wins there.")
     return [intro, *choices_section(tuning), "Competition score on validation:", score_table(evaluation["scores"]),
-            *figures(run_dir, [(artifacts.SCORE_COMPARISON.pattern, "Competition score on validation"),
-                               (artifacts.WORST_IMAGES.pattern, "The validation images the chosen rule scores worst"),
-                               (artifacts.PIXEL_CONFUSION.pattern, "Pixel confusion of the chosen rule on validation")])]
-
-
-def read_attack_rows(run_dir: Path) -> list[dict]:
-    """attack/attack.csv as rows with numbers as floats."""
-    path = Path(run_dir) / "attack" / "attack.csv"
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing: stage attack writes it; {artifacts.rerun_hint('attack')}")
-    rows = read_history(path)
-    for row in rows:
-        for key in ("epsilon", "success_rate", "clean_score", "adversarial_score"):
-            row[key] = float(row[key])
-    return rows
+            *figures(run_dir, JOINT_FIGURES)]
 
 
 def attack_part(run_dir: Path) -> list[Block]:
     """Part 3: the attack on this run's own models, its table, its panels, the defence and what it found."""
-    settings = read_config(run_dir)["attack"]
+    settings = artifacts.read_config(run_dir)["attack"]
     summary = artifacts.read_metrics(run_dir, "attack")
-    rows = read_attack_rows(run_dir)
+    rows = artifacts.read_attack_rows(run_dir)
     goal = (f"Goal: find how small an L-infinity perturbation (in pixel levels, 0..255) changes what this run's own models "
             f"say about {summary['images']} validation images, whether a cheap defence (bit-depth reduction to "
             f"{settings['defence_bits']} bits) restores it, and what that defence costs on clean images. Attacks: FGSM and "
@@ -241,9 +240,7 @@ def attack_part(run_dir: Path) -> list[Block]:
     found = summary.get("findings", [])
     return [goal, "PGD, every budget, with and without the defence (FGSM rows are in attack/attack.csv):", table,
             "What the attack found:\n\n" + "\n".join(f"- {finding}" for finding in found),
-            *figures(Path(run_dir) / "attack", [("success_vs_epsilon.png", "Success rate against the budget (dashed: with the defence)"),
-                                                ("classifier_examples.png", "Classifier: original, amplified perturbation, adversarial image"),
-                                                ("segmenter_examples.png", "Segmenter: clean and attacked masks")])]
+            *figures(run_dir, ATTACK_FIGURES)]
 
 
 def gain_row(choice: str, decided_by: str, kept: str, kept_value: float, alternative: str, alternative_value: float,
@@ -328,7 +325,7 @@ def findings_part(run_dir: Path) -> list[Block]:
                       f"interval [{low:.4f}, {high:.4f}] by bootstrap over images.")
     attack = Path(run_dir) / "attack" / "attack.csv"
     if attack.is_file():
-        rows = read_attack_rows(run_dir)
+        rows = artifacts.read_attack_rows(run_dir)
         clean = {(row["model"], row["defence"]): row["clean_score"] for row in rows}
         costs = [f"{model} {clean[(model, 'none')]:.3f} -> {score:.3f}" for (model, defence), score in clean.items()
                  if defence != "none"]

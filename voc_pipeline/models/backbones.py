@@ -1,6 +1,7 @@
 """Backbones shared by the classifier and the segmenter: construction, weights and preprocessing.
 
-Every backbone comes from `keras.applications` (or is the small from-scratch CNN) without its top.
+What each backbone is, is a row of `voc_pipeline.backbone_table`; this module turns a row into a Keras
+model. Every backbone comes from `keras.applications` (or is the small from-scratch CNN) without its top.
 Weights are `imagenet` (downloaded by Keras), `none` (random initialisation) or the path of a weights
 file (how Kaggle users without internet attach them). The preprocessing a backbone expects is a layer
 placed in front of it inside the model, so a saved model takes raw uint8 RGB.
@@ -8,14 +9,14 @@ placed in front of it inside the model, so a saved model takes raw uint8 RGB.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 from keras import layers
 
-from voc_pipeline.choices import BACKBONE_TAPS, INPUT_TAP
+from voc_pipeline.backbone_table import INPUT_TAP, backbone
 from voc_pipeline.errors import BackboneError, WeightsUnavailableError
 
 WEIGHTS_HELP = (
@@ -52,70 +53,10 @@ def simple_cnn(include_top: bool = False, weights=None, input_shape=(224, 224, 3
     return keras.Model(inputs, features, name="simple_cnn")
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """How to build one backbone and feed it.
-
-    Attributes:
-        constructor: the keras.applications function (include_top, weights, input_shape, ...).
-        preprocessing: "tf" (-1..1), "caffe" (BGR minus means), "unit" (0..1) or "raw" (0..255; the
-            backbone preprocesses itself).
-        imagenet_sizes: square input sizes with ImageNet weights; None means any size from min_size.
-        min_size: the smallest input size the architecture accepts.
-        taps: layer names of the feature maps at output strides 4, 8, 16 and 32 (for the segmenter), from
-            voc_pipeline.choices.BACKBONE_TAPS.
-        has_width_multiplier: accepts `alpha` (the MobileNets).
-        normalization: "batch" (batch norm, whose statistics fine-tuning keeps frozen), "layer" (ConvNeXt's
-            layer norm: no batch statistics, so its scales train with the layers around them) or "none".
-    """
-
-    constructor: Callable[..., keras.Model]
-    preprocessing: str
-    imagenet_sizes: tuple[int, ...] | None
-    min_size: int = 32
-    taps: dict[int, str] = field(default_factory=dict)
-    has_width_multiplier: bool = False
-    extra_arguments: dict = field(default_factory=dict)
-    normalization: str = "batch"
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "mobilenet_v2": BackboneSpec(
-        keras.applications.MobileNetV2, "tf", (96, 128, 160, 192, 224),
-        taps=BACKBONE_TAPS["mobilenet_v2"], has_width_multiplier=True,
-    ),
-    "mobilenet": BackboneSpec(
-        keras.applications.MobileNet, "tf", (128, 160, 192, 224),
-        taps=BACKBONE_TAPS["mobilenet"], has_width_multiplier=True,
-    ),
-    "vgg16": BackboneSpec(keras.applications.VGG16, "caffe", None, normalization="none"),
-    "resnet50v2": BackboneSpec(keras.applications.ResNet50V2, "tf", None, taps=BACKBONE_TAPS["resnet50v2"]),
-    "efficientnetv2_s": BackboneSpec(
-        keras.applications.EfficientNetV2S, "raw", None, extra_arguments={"include_preprocessing": True},
-        taps=BACKBONE_TAPS["efficientnetv2_s"],
-    ),
-    # ConvNeXt normalises ImageNet's mean and deviation itself (include_preprocessing), from raw 0..255 input.
-    "convnext_tiny": BackboneSpec(
-        keras.applications.ConvNeXtTiny, "raw", None, extra_arguments={"include_preprocessing": True},
-        taps=BACKBONE_TAPS["convnext_tiny"], normalization="layer",
-    ),
-    "convnext_small": BackboneSpec(
-        keras.applications.ConvNeXtSmall, "raw", None, extra_arguments={"include_preprocessing": True},
-        taps=BACKBONE_TAPS["convnext_small"], normalization="layer",
-    ),
-    "convnext_base": BackboneSpec(
-        keras.applications.ConvNeXtBase, "raw", None, extra_arguments={"include_preprocessing": True},
-        taps=BACKBONE_TAPS["convnext_base"], normalization="layer",
-    ),
-    "simple_cnn": BackboneSpec(simple_cnn, "unit", None),
-}
-
-
-def backbone_spec(name: str) -> BackboneSpec:
-    """The spec of a backbone by name, or an error listing the valid names."""
-    if name not in BACKBONES:
-        raise BackboneError(f"unknown backbone {name!r}; expected one of: {', '.join(BACKBONES)}")
-    return BACKBONES[name]
+def constructor_of(name: str) -> Callable[..., keras.Model]:
+    """The function the backbone table names for `name` ("module.function"), imported."""
+    module, _, function = backbone(name).constructor.rpartition(".")
+    return getattr(importlib.import_module(module), function)
 
 
 def resolve_weights(weights: str) -> str | None:
@@ -136,11 +77,11 @@ def check_image_size(name: str, image_size: int, weights: str | None, pretrained
     With `pretrained_size_only` false (dense prediction), ImageNet weights of a MobileNet are accepted at
     any size: its convolutions do not depend on the input size, and Keras then loads the 224 px weights.
     """
-    spec = backbone_spec(name)
-    if image_size < spec.min_size:
-        raise BackboneError(f"{name} needs an image size of at least {spec.min_size}, got {image_size}")
-    if pretrained_size_only and weights == "imagenet" and spec.imagenet_sizes and image_size not in spec.imagenet_sizes:
-        raise BackboneError(f"{name} has ImageNet weights for image sizes {', '.join(map(str, spec.imagenet_sizes))}, "
+    row = backbone(name)
+    if image_size < row.min_size:
+        raise BackboneError(f"{name} needs an image size of at least {row.min_size}, got {image_size}")
+    if pretrained_size_only and weights == "imagenet" and row.imagenet_sizes and image_size not in row.imagenet_sizes:
+        raise BackboneError(f"{name} has ImageNet weights for image sizes {', '.join(map(str, row.imagenet_sizes))}, "
                             f"got {image_size}; pick one of those or use weights=none")
 
 
@@ -155,28 +96,28 @@ def build_backbone(name: str, image_size: int, weights: str = "imagenet", width_
         BackboneError: unknown name, unsupported size or missing weights file.
         WeightsUnavailableError: the ImageNet download failed; the message names the three options.
     """
-    spec = backbone_spec(name)
+    row = backbone(name)
     resolved = resolve_weights(weights)
     check_image_size(name, image_size, resolved, pretrained_size_only)
     side = None if any_size else image_size
-    arguments = dict(include_top=False, weights=resolved, input_shape=(side, side, 3), **spec.extra_arguments)
-    if spec.has_width_multiplier:
+    arguments = dict(include_top=False, weights=resolved, input_shape=(side, side, 3), **row.extra_arguments)
+    if row.has_width_multiplier:
         arguments["alpha"] = width_multiplier
     elif width_multiplier != 1.0:
         raise BackboneError(f"{name} has no width multiplier; leave it at 1.0")
     try:
-        backbone = spec.constructor(**arguments)
+        network = constructor_of(name)(**arguments)
     except Exception as error:  # Keras raises a bare Exception for a failed download.
         if resolved == "imagenet" and ("URL fetch failure" in str(error) or isinstance(error, OSError)):
             raise WeightsUnavailableError(f"could not download ImageNet weights for {name}: {error}. {WEIGHTS_HELP}") from None
         raise
     # A stable name, so the training stage can find the backbone inside the model.
-    return keras.Model(backbone.input, backbone.output, name="backbone")
+    return keras.Model(network.input, network.output, name="backbone")
 
 
 def tapped_feature_map(network: keras.Model, tap: str):
     """The feature map a tap of the backbone table names: the named layer's output, or its input for a name
-    ending in "/input" (voc_pipeline.choices.INPUT_TAP)."""
+    ending in "/input" (voc_pipeline.backbone_table.INPUT_TAP)."""
     if tap.endswith(INPUT_TAP):
         return network.get_layer(tap.removesuffix(INPUT_TAP)).input
     return network.get_layer(tap).output
@@ -191,9 +132,9 @@ def stage_of_each_layer(network: keras.Model, name: str) -> dict[str, int]:
     Raises:
         BackboneError: the backbone table names no taps for `name`.
     """
-    taps = backbone_spec(name).taps
+    taps = backbone(name).taps
     if not taps:
-        raise BackboneError(f"{name} has no stages in the backbone table (voc_pipeline.choices.BACKBONE_TAPS names no "
+        raise BackboneError(f"{name} has no stages in the backbone table (voc_pipeline.backbone_table names no "
                             f"taps for it); layer-wise learning-rate decay needs them: leave layerwise_lr_decay at 1.0")
     names = [layer.name for layer in network.layers]
     position = {layer_name: index for index, layer_name in enumerate(names)}
@@ -209,7 +150,7 @@ def stage_of_each_layer(network: keras.Model, name: str) -> dict[str, int]:
 
 def preprocessing_layer(name: str) -> layers.Layer:
     """The layer that maps raw uint8 RGB to what the backbone expects (it also casts to float)."""
-    kind = backbone_spec(name).preprocessing
+    kind = backbone(name).preprocessing
     if kind == "tf":
         return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
     if kind == "caffe":

@@ -17,10 +17,11 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from voc_pipeline.choices import ATROUS_RATES, SEGMENTER_BACKBONES
+from voc_pipeline.backbone_table import BACKBONES, SEGMENTER_BACKBONES
+from voc_pipeline.choices import ATROUS_RATES
 from voc_pipeline.core.classes import NUM_CLASSES
 from voc_pipeline.errors import BackboneError
-from voc_pipeline.models.backbones import backbone_spec, build_backbone, preprocessing_layer, tapped_feature_map
+from voc_pipeline.models.backbones import build_backbone, preprocessing_layer, tapped_feature_map
 from voc_pipeline.models.input_pipeline import letterbox_for_prediction
 
 LOW_LEVEL_STRIDE = 4
@@ -81,7 +82,7 @@ def build_segmenter(backbone: str = "mobilenet", image_size: int = 320, *, num_c
     """An uncompiled DeepLabV3+ from raw uint8 RGB to float32 logits of the same height and width.
 
     Args:
-        backbone: one of SEGMENTER_BACKBONES (their stride-4 and output-stride taps are named in backbones.py).
+        backbone: one of SEGMENTER_BACKBONES (their stride-4 and output-stride taps are in the backbone table).
         image_size: the nominal (training) square side; must be divisible by output_stride. The model
             accepts any height and width divisible by output_stride.
         num_classes: 21 for VOC (background and the 20 classes).
@@ -100,11 +101,11 @@ def build_segmenter(backbone: str = "mobilenet", image_size: int = 320, *, num_c
     if image_size % output_stride:
         raise BackboneError(f"image size {image_size} is not divisible by the output stride {output_stride}; "
                             f"use a multiple of {output_stride} (e.g. {image_size // output_stride * output_stride or output_stride})")
-    spec = backbone_spec(backbone)
+    taps = BACKBONES[backbone].taps
     inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
     network = build_backbone(backbone, image_size, weights, width_multiplier, pretrained_size_only=False, any_size=True)
-    extractor = keras.Model(network.input, [tapped_feature_map(network, spec.taps[LOW_LEVEL_STRIDE]),
-                                            tapped_feature_map(network, spec.taps[output_stride])], name="backbone")
+    extractor = keras.Model(network.input, [tapped_feature_map(network, taps[LOW_LEVEL_STRIDE]),
+                                            tapped_feature_map(network, taps[output_stride])], name="backbone")
     low_level, high_level = extractor(preprocessing_layer(backbone)(inputs))
 
     context = atrous_spatial_pyramid_pooling(high_level, aspp_filters, ATROUS_RATES[output_stride])

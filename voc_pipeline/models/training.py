@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from voc_pipeline.backbone_table import backbone, is_pretrained
 from voc_pipeline.choices import MIXED_PRECISION_MODES
 from voc_pipeline.config import TrainingSchedule
 from voc_pipeline.errors import ConfigError, TrainingDivergedError
-from voc_pipeline.files import reporting_full_disk, write_text_atomic
-from voc_pipeline.plots import plot_learning_curves
+from voc_pipeline.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -67,36 +67,25 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def set_backbone_trainable(model: keras.Model, trainable_fraction: float) -> int:
-    """Unfreeze the top `trainable_fraction` of the backbone's layers; batch norm always stays frozen.
+def set_backbone_trainable(model: keras.Model, trainable_fraction: float, keep_frozen: tuple[str, ...] = ()) -> int:
+    """Unfreeze the top `trainable_fraction` of the backbone's layers, except layers of the `keep_frozen` classes.
 
-    What stays frozen depends on the backbone family (BackboneSpec.normalization). Frozen batch-norm layers
-    run in inference mode in Keras 3, so their ImageNet statistics are kept while the convolutions around
-    them adapt (small batches would otherwise wreck them). Layer norm (ConvNeXt) keeps no batch statistics:
-    it normalises each position by itself, so there is nothing to protect, and its scale and offset train
-    with the layers around them like any other weight.
+    The phase's plan names those classes from the backbone table (`Backbone.frozen_when_fine_tuning`): batch
+    norm for the batch-norm families. Frozen batch-norm layers run in inference mode in Keras 3, so their
+    ImageNet statistics are kept while the convolutions around them adapt (small batches would otherwise
+    wreck them). ConvNeXt's layer norm keeps no batch statistics, so nothing is kept frozen there.
 
     Returns:
         The number of backbone layers left trainable.
     """
+    frozen_classes = tuple(getattr(keras.layers, name) for name in keep_frozen)
     backbone = model.get_layer("backbone")
     backbone.trainable = True
     backbone_layers = backbone.layers
     first_trainable = int(round(len(backbone_layers) * (1.0 - trainable_fraction)))
     for position, layer in enumerate(backbone_layers):
-        layer.trainable = position >= first_trainable and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = position >= first_trainable and not isinstance(layer, frozen_classes)
     return sum(layer.trainable for layer in backbone_layers)
-
-
-def describe_freezing(model: keras.Model) -> str:
-    """In words, what fine-tuning keeps frozen in this model's backbone besides the layers below the
-    unfrozen share, by the kind of normalization it has."""
-    kinds = {type(layer) for layer in model.get_layer("backbone").layers}
-    if keras.layers.BatchNormalization in kinds:
-        return "batch norm frozen (its ImageNet statistics kept)"
-    if keras.layers.LayerNormalization in kinds:
-        return "layer norm trains with its layers (no batch statistics to keep)"
-    return "no normalization layers"
 
 
 # Batch-norm momentum when training from random initialisation. Keras's MobileNets use 0.999, whose
@@ -175,6 +164,17 @@ def stage_rate_multipliers(model: keras.Model, backbone: str, layer_decay: float
     return multipliers
 
 
+def phase_optimizer(model: keras.Model, schedule: TrainingSchedule, phase: Phase,
+                    learning_rate: keras.optimizers.schedules.LearningRateSchedule) -> keras.optimizers.Optimizer:
+    """AdamW with the section's weight decay at `learning_rate`; LayerwiseAdamW for a phase with layer-wise decay."""
+    if phase.layer_decay == 1.0:
+        return keras.optimizers.AdamW(learning_rate, weight_decay=schedule.weight_decay)
+    multipliers = stage_rate_multipliers(model, schedule.backbone, phase.layer_decay)
+    logger.info("phase %s: layer-wise learning rates, x%.3g (top backbone stage) to x%.3g (stem's stage)",
+                phase.name, max(multipliers.values()), min(multipliers.values()))
+    return LayerwiseAdamW(learning_rate, rate_multipliers=multipliers, decoupled_weight_decay=schedule.weight_decay)
+
+
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops training at the first batch whose loss is NaN or infinite, and remembers where."""
 
@@ -203,28 +203,29 @@ class Phase:
     warmup_epochs: int
     trainable_fraction: float | None  # None: everything trainable (random initialisation)
     layer_decay: float = 1.0  # each backbone stage's rate over the stage above it (1.0: one rate for all)
+    keep_frozen: tuple[str, ...] = ()  # Keras layer classes that stay frozen in the unfrozen share
 
 
 def plan_phases(schedule: TrainingSchedule) -> list[Phase]:
     """Two phases for pretrained weights (frozen backbone, then fine-tune the top); one for random weights.
 
     The head phase freezes the whole backbone. Fine-tuning unfreezes the top `unfreeze_fraction` of its
-    layers except batch norm (MobileNets, ResNetV2, EfficientNetV2, the small CNN), whose ImageNet statistics
-    stay; ConvNeXt's layer norm has none and trains with its blocks (see `set_backbone_trainable`).
-    With `layerwise_lr_decay` below 1, fine-tuning gives each backbone stage that factor of the rate of the
-    stage above it (`stage_rate_multipliers`).
+    layers except those the backbone table keeps frozen for its family (batch norm, whose ImageNet statistics
+    stay; ConvNeXt's layer norm has none and trains with its blocks). With `layerwise_lr_decay` below 1,
+    fine-tuning gives each backbone stage that factor of the rate of the stage above it (`stage_rate_multipliers`).
 
     Args:
-        schedule: the `classifier` or `segmenter` configuration section (weights, epochs, learning rates,
-            warm-up, unfreeze fraction and layer-wise decay).
+        schedule: the `classifier` or `segmenter` configuration section (backbone, weights, epochs, learning
+            rates, warm-up, unfreeze fraction and layer-wise decay).
     """
-    if schedule.weights.lower() == "none":
+    if not is_pretrained(schedule.weights):
         return [Phase("full", schedule.head_epochs + schedule.finetune_epochs, schedule.head_learning_rate,
                       schedule.warmup_epochs, None)]
     phases = [Phase("head", schedule.head_epochs, schedule.head_learning_rate, 0, 0.0)]
     if schedule.finetune_epochs > 0:
         phases.append(Phase("finetune", schedule.finetune_epochs, schedule.finetune_learning_rate, schedule.warmup_epochs,
-                            schedule.unfreeze_fraction, schedule.layerwise_lr_decay))
+                            schedule.unfreeze_fraction, schedule.layerwise_lr_decay,
+                            backbone(schedule.backbone).frozen_when_fine_tuning))
     return phases
 
 
@@ -333,7 +334,8 @@ def clear_resume_point(model: keras.Model) -> None:
 
 def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_data: tf.data.Dataset,
                   validation_data: tf.data.Dataset, steps_per_epoch: int, checkpoint_path: Path,
-                  history_path: Path, monitor: str, mode: str, patience: int, identity: dict | None = None) -> list[dict]:
+                  history_path: Path, monitor: str, mode: str, patience: int, identity: dict | None = None,
+                  facts: list[dict] | None = None) -> list[dict]:
     """Train through `phases`, keeping the best epoch (by `monitor`) at `checkpoint_path`.
 
     An interrupted training resumes: each epoch backs up the model and optimizer (Keras BackupAndRestore)
@@ -346,6 +348,7 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
         validation_data: None trains every epoch of every phase and keeps the last (a refit on every image).
         monitor, mode: the validation quantity that picks the best checkpoint and stops early.
         identity: what must match for a resume (e.g. the configuration); None resumes any state.
+        facts: if given, one dict per phase is appended to it: what that phase trained (the report's facts).
 
     Returns:
         One history dict per epoch, with its phase name.
@@ -372,9 +375,16 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
             continue
         if phase.trainable_fraction is None:
             set_all_trainable(model)
+            trainable = len(model.get_layer("backbone").layers)
         else:
-            trainable = set_backbone_trainable(model, phase.trainable_fraction)
-            logger.info("phase %s: %d backbone layers trainable, %s", phase.name, trainable, describe_freezing(model))
+            trainable = set_backbone_trainable(model, phase.trainable_fraction, phase.keep_frozen)
+        logger.info("phase %s: %d of the backbone's %d layers trainable%s", phase.name, trainable,
+                    len(model.get_layer("backbone").layers),
+                    f", {', '.join(phase.keep_frozen)} kept frozen" if phase.keep_frozen else "")
+        if facts is not None:
+            facts.append({"phase": phase.name, "epochs": phase.epochs, "learning_rate": phase.learning_rate,
+                          "warmup_epochs": phase.warmup_epochs, "trainable_backbone_layers": trainable,
+                          "backbone_layers": len(model.get_layer("backbone").layers), "keep_frozen": list(phase.keep_frozen)})
         finished_weights = state_dir / f"phase{index}_{phase.name}.weights.h5"
         phase_epochs = [record["epoch"] for record in records if record["phase"] == phase.name]
         if finished_weights.exists():
@@ -419,69 +429,3 @@ def promote_checkpoint(checkpoint_path: Path, final_path: Path) -> Path:
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Batches per epoch (the last one may be smaller)."""
     return max(1, int(np.ceil(num_examples / batch_size)))
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """Where one trained model's files go in the run folder.
-
-    Attributes:
-        model: the best epoch's model, at its final name.
-        history: the per-epoch history CSV.
-        curves: the learning-curves PNG.
-        checkpoint: the best checkpoint while training (beside it, the state that resumes an interruption).
-    """
-
-    model: Path
-    history: Path
-    curves: Path
-    checkpoint: Path
-
-
-def train_model(model: keras.Model, schedule: TrainingSchedule, compile_arguments, train_data: tf.data.Dataset,
-                validation_data: tf.data.Dataset | None, num_fit_examples: int, files: ModelFiles, monitor: str | None,
-                identity: dict, strategy: tf.distribute.Strategy, title: str,
-                phases: list[Phase] | None = None) -> keras.Model:
-    """Train a freshly built model in phases and save it; returns the best epoch's model, reloaded from its file.
-
-    Args:
-        model: the uncompiled model, built under the strategy's scope.
-        schedule: the `classifier` or `segmenter` configuration section (its `backbone` names the stages of
-            layer-wise learning-rate decay).
-        compile_arguments: () -> the loss and metrics for `model.compile` (made under the strategy's scope);
-            the optimizer is AdamW with the section's weight decay and each phase's schedule (LayerwiseAdamW
-            for a phase with layer-wise decay).
-        validation_data, monitor: the validation images and the metric ("val_...") that picks the best epoch
-            (higher is better); both None for a refit on every image, which keeps the last epoch.
-        identity: what an interrupted training must share with this one to be resumed.
-        title: the learning curves' title.
-        phases: the phases to train (default: `plan_phases(schedule)`; a refit passes `refit_phases`).
-    """
-
-    def compile_model(model, learning_rate, phase):
-        with strategy.scope():
-            if phase.layer_decay == 1.0:
-                optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=schedule.weight_decay)
-            else:
-                multipliers = stage_rate_multipliers(model, schedule.backbone, phase.layer_decay)
-                logger.info("phase %s: layer-wise learning rates, x%.3g (top backbone stage) to x%.3g (stem's stage)",
-                            phase.name, max(multipliers.values()), min(multipliers.values()))
-                optimizer = LayerwiseAdamW(learning_rate, rate_multipliers=multipliers,
-                                           decoupled_weight_decay=schedule.weight_decay)
-            model.compile(optimizer=optimizer, **compile_arguments())
-
-    # The history grows beside the checkpoint while training, so that an interruption keeps it for the
-    # resume; only a finished training's history reaches the run folder.
-    live_history = files.checkpoint.with_name(f"{files.checkpoint.stem}_history.csv")
-    # Keras writes its checkpoints and backups in place: a full disk there is named like any other write.
-    with reporting_full_disk(files.checkpoint.parent, "the earlier model files are as they were; an interrupted "
-                             "training resumes from its last whole epoch"):
-        fit_in_phases(model, compile_model, plan_phases(schedule) if phases is None else phases, train_data, validation_data,
-                      steps_per_epoch(num_fit_examples, schedule.batch_size), files.checkpoint, live_history,
-                      monitor=monitor, mode="max", patience=schedule.patience, identity=identity)
-    promote_checkpoint(files.checkpoint, files.model)
-    history = pd.read_csv(live_history)
-    write_history(history.to_dict("records"), files.history)
-    live_history.unlink()
-    plot_learning_curves(history, files.curves, title)
-    return keras.saving.load_model(files.model, compile=False)

@@ -16,21 +16,9 @@ from voc_pipeline.data.competition import load_split
 from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_text_atomic
 from voc_pipeline.plots import plot_confusion, plot_mask_overlays, plot_score_comparison
-from voc_pipeline.report_parts import choices_section, score_table
+from voc_pipeline.report_parts import REPORT_FIGURES, choices_section, figures, score_table, training_text
 
 logger = logging.getLogger(__name__)
-
-FIGURES = [
-    (artifacts.classifier_curves_file(""), "Classifier learning curves"),
-    (artifacts.CLASSIFIER_PER_CLASS.pattern, "Classifier per class: average precision and F1 before and after threshold tuning"),
-    (artifacts.SEGMENTER_CURVES.pattern, "Segmenter learning curves"),
-    (artifacts.SEGMENTER_PER_CLASS.pattern, "Segmenter IoU per class"),
-    (artifacts.SEGMENTER_OVERLAYS.pattern, "Validation images: truth and prediction"),
-    (artifacts.SCORE_COMPARISON.pattern, "Competition score on validation"),
-    (artifacts.WORST_IMAGES.pattern, "The validation images the chosen rule scores worst"),
-    (artifacts.PIXEL_CONFUSION.pattern, "Pixel confusion of the chosen rule on validation"),
-    (artifacts.RELIABILITY.pattern, "Calibration of both heads on validation"),
-]
 
 # Classes per image predicted on the test set against validation: a gap this large says the choices made on
 # validation do not carry over to the test images.
@@ -152,18 +140,21 @@ def run_evaluate(config: Config) -> dict:
         "## Classifier",
         f"Backbone `{classifier_manifest['backbone']}` at {classifier_manifest['image_size']} px, loss "
         f"`{classifier_manifest['loss']}`. Validation mAP {classifier['mean_average_precision']:.4f} "
-        f"(flip TTA {classifier['mean_average_precision_flip_tta']:.4f}).",
+        f"(flip TTA {classifier['mean_average_precision_flip_tta']:.4f}). "
+        + training_text(artifacts.read_training_facts(artifacts.CLASSIFIER_MANIFEST, run_dir)),
         "Classification score (mean per-image F1) by threshold strategy:", threshold_table,
         "## Segmenter",
         f"DeepLabV3+ on `{segmenter_manifest['backbone']}`, output stride {segmenter_manifest['output_stride']}, "
         f"{segmenter_manifest['image_size']} px. Validation mIoU {segmenter['mean_iou']:.4f}, "
         f"segmentation-row Dice {segmenter['segmentation_dice']:.4f} "
-        f"(without flip TTA: {segmenter['segmentation_dice_without_flip_tta']:.4f}).",
+        f"(without flip TTA: {segmenter['segmentation_dice_without_flip_tta']:.4f}). "
+        + training_text(artifacts.read_training_facts(artifacts.SEGMENTER_MANIFEST, run_dir)),
         "## What tune chose on validation", *choices_section(tuning),
         "## Per class", per_class_table(tuning["thresholds"], segmenter),
         "## Figures",
     ]
-    sections += [f"### {title}\n![{title}]({name})" for name, title in FIGURES if (run_dir / name).exists()]
+    sections += [f"### {figure.title}\n![{figure.title}]({figure.path.relative_to(run_dir).as_posix()})"
+                 for figure in figures(run_dir, REPORT_FIGURES)]
     sections += ["## Test predictions", final_models_text(artifacts.read_json(artifacts.FINAL_MODELS, run_dir))]
     sections += ["## Adversarial attacks",
                  "`voc-pipeline attack` (stage attack) attacks this run's models and writes [attack/attack.md](attack/attack.md)."]

@@ -14,12 +14,11 @@ final_models.json records, for each head, the model files, their hashes and what
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 
 import numpy as np
 
 from voc_pipeline import artifacts
-from voc_pipeline.config import Config, training_settings
+from voc_pipeline.config import Config
 from voc_pipeline.files import hash_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -36,64 +35,6 @@ def every_labelled_position(train, splits) -> np.ndarray:
     from voc_pipeline.data.splits import positions_of
 
     return np.sort(np.concatenate([positions_of(train.ids, splits.train_ids), positions_of(train.ids, splits.validation_ids)]))
-
-
-def model_files(config: Config, head: str):
-    from voc_pipeline.models.training import ModelFiles
-
-    run_dir = config.run_dir
-    return ModelFiles(model=run_dir / artifacts.refit_model_file(head), history=run_dir / artifacts.refit_history_file(head),
-                      curves=run_dir / artifacts.refit_curves_file(head),
-                      checkpoint=run_dir / artifacts.CHECKPOINTS_DIR / artifacts.refit_model_file(head))
-
-
-def refit_classifier(config: Config, train, positions: np.ndarray, phases, strategy) -> None:
-    """Train the classifier again on `positions` through `phases`; saves refit_classifier.keras."""
-    from voc_pipeline.data.competition import fingerprint
-    from voc_pipeline.models.classifier import classifier_from_config
-    from voc_pipeline.models.input_pipeline import classification_dataset, object_box
-    from voc_pipeline.models.losses import classifier_loss
-    from voc_pipeline.models.training import train_model
-
-    settings = config.classifier
-    with strategy.scope():
-        model = classifier_from_config(settings)
-    boxes = np.stack([object_box(mask) for mask in train.masks])
-    train_data = classification_dataset(train.images, train.labels, positions, settings.image_size, settings.batch_size,
-                                        training=True, seed=config.seed, boxes=boxes)
-    identity = {"seed": config.seed, "classifier": training_settings(settings), "refit": [asdict(phase) for phase in phases],
-                "data": fingerprint(config.data.root, "train"), "ids": train.ids[positions].tolist()}
-    train_model(model, settings, lambda: {"loss": classifier_loss(settings.loss)}, train_data, None, len(positions),
-                model_files(config, "classifier"), None, identity, strategy,
-                f"classifier refit on {len(positions)} images ({settings.backbone})", phases=phases)
-
-
-def refit_segmenter(config: Config, train, positions: np.ndarray, phases, strategy) -> None:
-    """Train the segmenter again on `positions` through `phases`; saves refit_segmenter.keras."""
-    from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
-    from voc_pipeline.data.competition import fingerprint
-    from voc_pipeline.models.input_pipeline import segmentation_dataset
-    from voc_pipeline.models.losses import SegmentationLoss
-    from voc_pipeline.models.segmenter import segmenter_from_config
-    from voc_pipeline.models.training import train_model
-
-    settings = config.segmenter
-    with strategy.scope():
-        model = segmenter_from_config(settings)
-    train_data = segmentation_dataset(train.images, train.masks, positions, settings.image_size, settings.batch_size,
-                                      training=True, seed=config.seed, scale_range=tuple(settings.scale_range))
-    identity = {"seed": config.seed, "segmenter": training_settings(settings), "refit": [asdict(phase) for phase in phases],
-                "data": fingerprint(config.data.root, "train"), "ids": train.ids[positions].tolist()}
-    train_model(model, settings, lambda: {"loss": SegmentationLoss(NUM_CLASSES + 1, VOID_LABEL, settings.dice_weight)},
-                train_data, None, len(positions), model_files(config, "segmenter"), None, identity, strategy,
-                f"segmenter refit on {len(positions)} images (DeepLabV3+ {settings.backbone})", phases=phases)
-
-
-def chosen_phases(run_dir, settings, history_name: str, stage: str, monitor: str):
-    """The refit's phases: the planned ones cut to the epochs that stage `stage`'s kept model had trained."""
-    from voc_pipeline.models.training import plan_phases, refit_phases
-
-    return refit_phases(plan_phases(settings), artifacts.read_history(run_dir, history_name, stage), monitor)
 
 
 def run_refit(config: Config) -> dict:
@@ -116,6 +57,7 @@ def run_refit(config: Config) -> dict:
     refit_classifier_now = config.classifier.refit_all and not kfold
     if refit_classifier_now or config.segmenter.refit_all:
         from voc_pipeline.data.competition import load_split
+        from voc_pipeline.models.heads import CLASSIFIER, SEGMENTER
         from voc_pipeline.models.training import choose_strategy, configure_precision, seed_everything
 
         seed_everything(config.seed, config.deterministic)
@@ -124,17 +66,9 @@ def run_refit(config: Config) -> dict:
         positions = every_labelled_position(train, splits)
         strategy = choose_strategy()
         if refit_classifier_now:
-            phases = chosen_phases(run_dir, config.classifier, artifacts.classifier_history_file(""), "train-cls",
-                                   "val_pr_auc")
-            logger.info("refitting the classifier on %d images: %s", len(positions), describe_phases(phases))
-            refit_classifier(config, train, positions, phases, strategy)
-            classifier = refit_entry(run_dir, "classifier", len(positions), phases, policy)
+            classifier = refit(config, CLASSIFIER, "train-cls", train, positions, strategy, policy)
         if config.segmenter.refit_all:
-            phases = chosen_phases(run_dir, config.segmenter, artifacts.SEGMENTER_HISTORY.pattern, "train-seg",
-                                   "val_mean_iou")
-            logger.info("refitting the segmenter on %d images: %s", len(positions), describe_phases(phases))
-            refit_segmenter(config, train, positions, phases, strategy)
-            segmenter = refit_entry(run_dir, "segmenter", len(positions), phases, policy)
+            segmenter = refit(config, SEGMENTER, "train-seg", train, positions, strategy, policy)
 
     classifier |= {"backbone": classifier_manifest["backbone"], "image_size": classifier_manifest["image_size"]}
     segmenter |= {"backbone": segmenter_manifest["backbone"], "image_size": segmenter_manifest["image_size"],
@@ -147,12 +81,18 @@ def run_refit(config: Config) -> dict:
             for head, entry in (("classifier", classifier), ("segmenter", segmenter))}
 
 
-def describe_phases(phases) -> str:
-    return ", ".join(f"{phase.name} {phase.epochs} epochs" for phase in phases)
+def refit(config: Config, head, stage: str, train, positions: np.ndarray, strategy, policy: str) -> dict:
+    """Train `head` again on `positions` for the epochs stage `stage`'s kept model had trained; its final-model entry."""
+    from voc_pipeline.models.heads import refit_head
+    from voc_pipeline.models.training import plan_phases, refit_phases
 
-
-def refit_entry(run_dir, head: str, images: int, phases, policy: str) -> dict:
-    """The final-model entry of a head that was refit on every image."""
-    name = artifacts.refit_model_file(head)
-    return {"models": [name], "sha256": [hash_file(run_dir / name)], "trained_on": "fit + validation", "images": images,
-            "refit": True, "epochs": {phase.name: phase.epochs for phase in phases}, "precision_policy": policy}
+    run_dir = config.run_dir
+    history = artifacts.read_history(run_dir, head.model_files(run_dir).history.name, stage)
+    phases = refit_phases(plan_phases(head.settings(config)), history, head.monitor)
+    logger.info("refitting the %s on %d images: %s", head.name, len(positions),
+                ", ".join(f"{phase.name} {phase.epochs} epochs" for phase in phases))
+    trained = refit_head(config, head, train, positions, phases, strategy)
+    name = artifacts.refit_model_file(head.name)
+    return {"models": [name], "sha256": [hash_file(run_dir / name)], "trained_on": "fit + validation",
+            "images": len(positions), "refit": True, "epochs": {phase.name: phase.epochs for phase in phases},
+            "precision_policy": policy, "training": trained.facts}

@@ -1,9 +1,8 @@
 """Stage `train-cls`: train the multi-label classifier and save its validation probabilities.
 
-Pretrained weights train in two phases (the head on a frozen backbone, then the top of the backbone
-at a lower rate with warm-up and cosine decay, batch norm frozen); random weights train everything in
-one phase. The best epoch by validation PR-AUC is kept. With `classifier.kfold`, one model per fold
-gives out-of-fold probabilities for every training image, and the folds are ensembled at prediction.
+The training itself is the classifier's recipe (`voc_pipeline.models.heads`): the phases its weights call
+for, the best epoch by validation PR-AUC. With `classifier.kfold`, one model per fold gives out-of-fold
+probabilities for every training image, and the folds are ensembled at prediction.
 """
 
 from __future__ import annotations
@@ -11,26 +10,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 
 from voc_pipeline import artifacts
-from voc_pipeline.config import Config, training_settings
+from voc_pipeline.config import Config
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
 from voc_pipeline.core.scoring import average_precisions
-from voc_pipeline.data.competition import ImageSet, fingerprint, load_split
+from voc_pipeline.data.competition import ImageSet, load_split
 from voc_pipeline.data.splits import Splits, positions_of
 from voc_pipeline.files import save_npz_atomic, write_json_atomic
-from voc_pipeline.models.classifier import classifier_from_config, predict_plain_and_flip_tta
-from voc_pipeline.models.input_pipeline import classification_dataset, object_box
-from voc_pipeline.models.losses import classifier_loss
-from voc_pipeline.models.training import (
-    ModelFiles,
-    choose_strategy,
-    configure_precision,
-    seed_everything,
-    train_model,
-)
+from voc_pipeline.models.classifier import predict_plain_and_flip_tta
+from voc_pipeline.models.heads import CLASSIFIER, train_head
+from voc_pipeline.models.training import choose_strategy, configure_precision, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -65,37 +56,6 @@ def warn_about_missing_classes(labels: np.ndarray, where: str) -> list[str]:
     return missing
 
 
-def classifier_files(config: Config, tag: str) -> ModelFiles:
-    run_dir = config.run_dir
-    return ModelFiles(model=run_dir / artifacts.classifier_file(tag),
-                      history=run_dir / artifacts.classifier_history_file(tag),
-                      curves=run_dir / artifacts.classifier_curves_file(tag),
-                      checkpoint=run_dir / artifacts.CHECKPOINTS_DIR / artifacts.classifier_file(tag))
-
-
-def train_one_classifier(config: Config, train: ImageSet, part: TrainingPart, boxes: np.ndarray, strategy) -> keras.Model:
-    """Build, train and save one classifier; returns the best epoch's model."""
-    settings = config.classifier
-    with strategy.scope():
-        model = classifier_from_config(settings)
-
-    def compile_arguments():
-        return {"loss": classifier_loss(settings.loss),
-                "metrics": [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy"),
-                            keras.metrics.AUC(curve="PR", multi_label=True, num_labels=NUM_CLASSES, from_logits=True,
-                                              name="pr_auc")]}
-
-    train_data = classification_dataset(train.images, train.labels, part.fit_positions, settings.image_size,
-                                        settings.batch_size, training=True, seed=config.seed, boxes=boxes)
-    validation_data = classification_dataset(train.images, train.labels, part.validation_positions,
-                                             settings.image_size, settings.batch_size, training=False)
-    identity = {"seed": config.seed, "classifier": training_settings(settings), "part": part.tag,
-                "data": fingerprint(config.data.root, "train"), "fit_ids": train.ids[part.fit_positions].tolist()}
-    return train_model(model, settings, compile_arguments, train_data, validation_data, len(part.fit_positions),
-                       classifier_files(config, part.tag), "val_pr_auc", identity, strategy,
-                       f"classifier{part.tag} ({settings.backbone})")
-
-
 def run_train_cls(config: Config) -> dict:
     """Stage `train-cls`: writes classifier*.keras, classifier.json, classifier_validation.npz, history and
     curves; returns the validation figures."""
@@ -105,7 +65,6 @@ def run_train_cls(config: Config) -> dict:
     policy = configure_precision(config.mixed_precision)
     train = load_split(config.data.root, "train")
     splits = artifacts.read_splits(run_dir)
-    boxes = np.stack([object_box(mask) for mask in train.masks])
     parts = training_parts(train, splits, settings.kfold)
     strategy = choose_strategy()
 
@@ -113,10 +72,10 @@ def run_train_cls(config: Config) -> dict:
     flipped = np.full((len(train), NUM_CLASSES), np.nan)
     for part in parts:
         warn_about_missing_classes(train.labels[part.fit_positions], f"the training part of classifier{part.tag}")
-        model = train_one_classifier(config, train, part, boxes, strategy)
+        trained = train_head(config, CLASSIFIER, train, part.fit_positions, part.validation_positions, strategy, part.tag)
         validation_images = [train.images[position] for position in part.validation_positions]
         probabilities[part.validation_positions], flipped[part.validation_positions] = predict_plain_and_flip_tta(
-            [model], validation_images, settings.batch_size)
+            [trained.model], validation_images, settings.batch_size)
 
     evaluated = np.flatnonzero(~np.isnan(probabilities[:, 0]))
     labels = train.labels[evaluated]
@@ -126,7 +85,7 @@ def run_train_cls(config: Config) -> dict:
     write_json_atomic(artifacts.CLASSIFIER_MANIFEST.path(run_dir), {
         "models": [artifacts.classifier_file(part.tag) for part in parts],
         "backbone": settings.backbone, "image_size": settings.image_size, "loss": settings.loss,
-        "validation": validation, "precision_policy": policy,
+        "validation": validation, "precision_policy": policy, "training": trained.facts,
     })
     plain_ap, flip_ap = average_precisions(labels, probabilities[evaluated]), average_precisions(labels, flipped[evaluated])
     metrics = {

@@ -1,14 +1,17 @@
 """Stage `tune`: every choice made after training, each on validation predictions, in this order:
 
-1. thresholds on the classifier's validation (or out-of-fold) probabilities: 0.5, the best global
-   threshold and per-class thresholds side by side; the tuned strategies are also scored cross-validated
-   (thresholds chosen on one half, scored on the other) and the better of the two there is kept;
+1. the flag strategy on the classifier's validation (or out-of-fold) probabilities, plain and with flip TTA:
+   one global threshold, each image's expected-F1 set under probabilities calibrated by one temperature, and
+   one threshold per class, each fitted on half of the images and scored on the other over repeated splits;
+   the simplest within one standard error of the best is kept (threshold_comparison.md shows 0.5 beside them);
 2. the segmenter's scales: the configured scales against 1.0 alone, by the validation Dice of the
    segmenter's own masks, with the time each costs;
-3. fused evidence: the classifier's probability combined with the segmenter's evidence for each class
-   by a small logistic model, against the classifier alone, cross-validated; kept only when it wins;
-4. the joint rule (adding classes the segmenter paints, the mask rule, the box fallback), by the
-   competition score over both heads.
+3. the flag source: the classifier alone, or fused evidence (its probability combined with the segmenter's
+   evidence for each class by a small logistic model), cross-validated; fusion is kept only when it wins;
+4. the segmenter's temperature, fitted on sampled validation pixels (reliability.png shows both heads);
+5. the joint rule (adding classes the segmenter paints, the mask rule, the box fallback), by the competition
+   score over both heads, the simplest within the noise of the best, with an estimate of the score off
+   validation (the rule chosen on half of the images, scored on the other).
 The segmenter runs here on the validation images with the code `predict` runs on the test images, one
 batch at a time; three passes (scales, candidates, the worst images) keep memory bounded by a batch.
 """

@@ -1,0 +1,255 @@
+"""One recipe per head, and the one way a head is trained.
+
+A `Head` (the classifier, the segmenter) knows everything that differs between the two: its configuration
+section, its builder, its input pipeline, its loss and metrics, the validation metric that keeps the best
+epoch, and its file names in the run folder. `train_head` (first training, validation picks the epoch) and
+`refit_head` (training again on every labelled image for the epochs validation chose) run the same steps for
+either head: build under the distribution strategy, feed, fit in phases with resumable checkpoints, keep the
+chosen epoch, save the history and curves, and say what the training froze and started from. Stages
+`train-cls`, `train-seg`, `refit` and the benchmarks all call these; adding a head option or a loss is a
+change in this file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from voc_pipeline import artifacts
+from voc_pipeline.backbone_table import backbone, describe_initial_weights, is_pretrained
+from voc_pipeline.config import training_settings
+from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
+from voc_pipeline.data.competition import fingerprint
+from voc_pipeline.files import reporting_full_disk
+from voc_pipeline.models.classifier import classifier_from_config
+from voc_pipeline.models.input_pipeline import classification_dataset, object_box, segmentation_dataset
+from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
+from voc_pipeline.models.segmenter import segmenter_from_config
+from voc_pipeline.models.training import (
+    Phase,
+    fit_in_phases,
+    phase_optimizer,
+    plan_phases,
+    promote_checkpoint,
+    steps_per_epoch,
+    write_history,
+)
+from voc_pipeline.plots import plot_learning_curves
+
+logger = logging.getLogger(__name__)
+
+NUM_LABELS = NUM_CLASSES + 1  # the segmenter's labels: background and the 20 classes
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where one trained model's files go in the run folder.
+
+    Attributes:
+        model: the chosen epoch's model, at its final name.
+        history: the per-epoch history CSV.
+        curves: the learning-curves PNG.
+        checkpoint: the chosen checkpoint while training (beside it, the state that resumes an interruption).
+    """
+
+    model: Path
+    history: Path
+    curves: Path
+    checkpoint: Path
+
+    @classmethod
+    def in_run(cls, run_dir: Path, model: str, history: str, curves: str) -> ModelFiles:
+        run_dir = Path(run_dir)
+        return cls(run_dir / model, run_dir / history, run_dir / curves, run_dir / artifacts.CHECKPOINTS_DIR / model)
+
+
+class Head:
+    """What one head is: its section, model, data, loss, metrics, chosen-epoch metric and files.
+
+    Attributes:
+        name: "classifier" or "segmenter": its configuration section and the stem of its file names.
+        monitor: the validation metric (higher is better) whose best epoch training keeps.
+    """
+
+    name: str
+    monitor: str
+
+    def settings(self, config):
+        """The head's configuration section."""
+        return getattr(config, self.name)
+
+    def build(self, settings, weights: str | None = None) -> keras.Model:
+        """The uncompiled model from its section (`weights` overrides the section's, e.g. "none" to benchmark)."""
+        raise NotImplementedError
+
+    def dataset(self, settings, data, positions: np.ndarray, training: bool, seed: int) -> tf.data.Dataset:
+        """Batches of `data` (images, labels, masks) at `positions`, augmented and shuffled when `training`."""
+        raise NotImplementedError
+
+    def loss(self, settings) -> keras.losses.Loss:
+        raise NotImplementedError
+
+    def metrics(self, settings) -> list[keras.metrics.Metric]:
+        raise NotImplementedError
+
+    def describe(self, settings) -> str:
+        """The model in a few words, for titles and logs."""
+        raise NotImplementedError
+
+    def model_files(self, run_dir: Path, tag: str = "") -> ModelFiles:
+        """The files of the first training (`tag`: "" or a fold's "_fold<k>")."""
+        raise NotImplementedError
+
+    def refit_files(self, run_dir: Path) -> ModelFiles:
+        """The files of the refit on every labelled image."""
+        return ModelFiles.in_run(run_dir, artifacts.refit_model_file(self.name), artifacts.refit_history_file(self.name),
+                                 artifacts.refit_curves_file(self.name))
+
+
+class ClassifierHead(Head):
+    """Backbone, pooling, dropout and 20 sigmoid logits; the best epoch by validation PR-AUC."""
+
+    name = "classifier"
+    monitor = "val_pr_auc"
+
+    def build(self, settings, weights: str | None = None) -> keras.Model:
+        return classifier_from_config(settings, weights)
+
+    def dataset(self, settings, data, positions, training, seed):
+        # The training crop keeps each image's objects, whose box its mask gives.
+        boxes = np.stack([object_box(mask) for mask in data.masks]) if training and data.masks is not None else None
+        return classification_dataset(data.images, data.labels, positions, settings.image_size, settings.batch_size,
+                                      training=training, seed=seed, boxes=boxes)
+
+    def loss(self, settings):
+        return classifier_loss(settings.loss)
+
+    def metrics(self, settings):
+        return [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy"),
+                keras.metrics.AUC(curve="PR", multi_label=True, num_labels=NUM_CLASSES, from_logits=True, name="pr_auc")]
+
+    def describe(self, settings):
+        return settings.backbone
+
+    def model_files(self, run_dir, tag=""):
+        return ModelFiles.in_run(run_dir, artifacts.classifier_file(tag), artifacts.classifier_history_file(tag),
+                                 artifacts.classifier_curves_file(tag))
+
+
+class SegmenterHead(Head):
+    """DeepLabV3+ with 21 logits per pixel, void ignored by the loss; the best epoch by validation mIoU."""
+
+    name = "segmenter"
+    monitor = "val_mean_iou"
+
+    def build(self, settings, weights: str | None = None) -> keras.Model:
+        return segmenter_from_config(settings, weights)
+
+    def dataset(self, settings, data, positions, training, seed):
+        return segmentation_dataset(data.images, data.masks, positions, settings.image_size, settings.batch_size,
+                                    training=training, seed=seed, scale_range=tuple(settings.scale_range))
+
+    def loss(self, settings):
+        return SegmentationLoss(NUM_LABELS, VOID_LABEL, settings.dice_weight)
+
+    def metrics(self, settings):
+        return [keras.metrics.MeanIoU(NUM_LABELS, ignore_class=VOID_LABEL, sparse_y_pred=False, name="mean_iou")]
+
+    def describe(self, settings):
+        return f"DeepLabV3+ {settings.backbone}, output stride {settings.output_stride}"
+
+    def model_files(self, run_dir, tag=""):
+        return ModelFiles.in_run(run_dir, artifacts.SEGMENTER_MODEL.pattern, artifacts.SEGMENTER_HISTORY.pattern,
+                                 artifacts.SEGMENTER_CURVES.pattern)
+
+
+CLASSIFIER = ClassifierHead()
+SEGMENTER = SegmenterHead()
+
+
+@dataclass(frozen=True)
+class TrainedHead:
+    """A trained model, reloaded from its file, and what its training did (`training_facts`)."""
+
+    model: keras.Model
+    facts: dict
+
+
+def train_head(config, head: Head, data, fit_positions: np.ndarray, validation_positions: np.ndarray, strategy,
+               tag: str = "") -> TrainedHead:
+    """Train `head` on `data` at `fit_positions` through its planned phases, keeping the epoch with the best
+    validation `head.monitor` on `validation_positions`; saves its model, history and curves (`head.model_files`).
+
+    Args:
+        config: the run's configuration (the head's section, seed and data root are read).
+        data: the train split (an ImageSet: ids, images, labels, masks).
+        strategy: the distribution strategy the model is built under.
+        tag: "" or a fold's "_fold<k>", in the file names.
+    """
+    settings = head.settings(config)
+    return fit_head(config, head, data, fit_positions, validation_positions, plan_phases(settings), strategy,
+                    head.model_files(config.run_dir, tag), tag, f"{head.name}{tag} ({head.describe(settings)})")
+
+
+def refit_head(config, head: Head, data, positions: np.ndarray, phases: list[Phase], strategy) -> TrainedHead:
+    """Train `head` again from its starting weights on `positions` (every labelled image) through `phases` (cut to
+    the epochs validation chose, `training.refit_phases`), keeping the last epoch; saves `head.refit_files`."""
+    settings = head.settings(config)
+    return fit_head(config, head, data, positions, None, phases, strategy, head.refit_files(config.run_dir), "refit",
+                    f"{head.name} refit on {len(positions)} images ({head.describe(settings)})")
+
+
+def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_positions: np.ndarray | None,
+             phases: list[Phase], strategy, files: ModelFiles, tag: str, title: str) -> TrainedHead:
+    """The steps `train_head` and `refit_head` share. Without validation positions every epoch runs and the last
+    is kept (nothing to choose an epoch by), and no metric but the loss is computed."""
+    settings = head.settings(config)
+    with strategy.scope():
+        model = head.build(settings)
+    validated = validation_positions is not None
+    train_data = head.dataset(settings, data, fit_positions, True, config.seed)
+    validation_data = head.dataset(settings, data, validation_positions, False, config.seed) if validated else None
+    # What an interrupted training must share with this one to be resumed.
+    identity = {"seed": config.seed, head.name: training_settings(settings), "tag": tag,
+                "phases": [asdict(phase) for phase in phases], "data": fingerprint(config.data.root, "train"),
+                "fit_ids": np.asarray(data.ids)[fit_positions].tolist()}
+
+    def compile_model(model, learning_rate, phase):
+        with strategy.scope():
+            model.compile(optimizer=phase_optimizer(model, settings, phase, learning_rate), loss=head.loss(settings),
+                          metrics=head.metrics(settings) if validated else [])
+
+    # The history grows beside the checkpoint while training, so that an interruption keeps it for the resume;
+    # only a finished training's history reaches the run folder.
+    live_history = files.checkpoint.with_name(f"{files.checkpoint.stem}_history.csv")
+    facts: list[dict] = []
+    # Keras writes its checkpoints and backups in place: a full disk there is named like any other write.
+    with reporting_full_disk(files.checkpoint.parent, "the earlier model files are as they were; an interrupted "
+                             "training resumes from its last whole epoch"):
+        fit_in_phases(model, compile_model, phases, train_data, validation_data,
+                      steps_per_epoch(len(fit_positions), settings.batch_size), files.checkpoint, live_history,
+                      monitor=head.monitor if validated else None, mode="max", patience=settings.patience,
+                      identity=identity, facts=facts)
+    promote_checkpoint(files.checkpoint, files.model)
+    history = pd.read_csv(live_history)
+    write_history(history.to_dict("records"), files.history)
+    live_history.unlink()
+    plot_learning_curves(history, files.curves, title)
+    return TrainedHead(keras.saving.load_model(files.model, compile=False),
+                       training_facts(settings, facts, settings.patience if validated else None))
+
+
+def training_facts(settings, phases: list[dict], patience: int | None) -> dict:
+    """What a training started from, what each phase trained and when it would stop early (None: it ran every
+    epoch), as the training code decided it: the head manifests keep it, and the report states it from there."""
+    row = backbone(settings.backbone)
+    return {"backbone": settings.backbone, "weights": settings.weights, "pretrained": is_pretrained(settings.weights),
+            "initial_weights": describe_initial_weights(settings.weights, row), "phases": phases,
+            "fine_tuning_keeps_frozen": row.freezing_sentence, "early_stopping_patience": patience}
+
