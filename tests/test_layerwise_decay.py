@@ -33,7 +33,7 @@ def test_kaggle_strong_fine_tunes_its_whole_backbone_at_rates_decaying_down_the_
     head_phase, finetune = plan_phases(section)
     set_backbone_trainable(model, head_phase.trainable_fraction)
     assert not any(layer.trainable for layer in model.get_layer("backbone").layers) and head_phase.layer_decay == 1.0
-    set_backbone_trainable(model, finetune.trainable_fraction)
+    set_backbone_trainable(model, finetune.trainable_fraction, finetune.keep_frozen)
     assert all(layer.trainable for layer in model.get_layer("backbone").layers)
     multipliers = stage_rate_multipliers(model, section.backbone, finetune.layer_decay)
     rates = sorted(set(multipliers.values()), reverse=True)
