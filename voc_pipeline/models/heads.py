@@ -25,7 +25,7 @@ from voc_pipeline import artifacts
 from voc_pipeline.backbone_table import backbone, describe_initial_weights, is_pretrained
 from voc_pipeline.config import training_settings
 from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
-from voc_pipeline.data.competition import fingerprint
+from voc_pipeline.data.competition import fingerprint, load_split
 from voc_pipeline.files import reporting_full_disk
 from voc_pipeline.models.classifier import classifier_from_config
 from voc_pipeline.models.input_pipeline import classification_dataset, object_box, segmentation_dataset
@@ -33,10 +33,12 @@ from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
 from voc_pipeline.models.segmenter import segmenter_from_config
 from voc_pipeline.models.training import (
     Phase,
+    configure_precision,
     fit_in_phases,
     phase_optimizer,
     plan_phases,
     promote_checkpoint,
+    seed_everything,
     steps_per_epoch,
     write_history,
 )
@@ -171,6 +173,14 @@ class SegmenterHead(Head):
 
 CLASSIFIER = ClassifierHead()
 SEGMENTER = SegmenterHead()
+
+
+def training_setup(config):
+    """What every training stage starts with, in this order: the seeds, the precision policy, the train split and
+    the run's splits; returns (train split, splits, policy name)."""
+    seed_everything(config.seed, config.deterministic)
+    policy = configure_precision(config.mixed_precision)
+    return load_split(config.data.root, "train"), artifacts.read_splits(config.run_dir), policy
 
 
 @dataclass(frozen=True)

@@ -56,13 +56,10 @@ def run_refit(config: Config) -> dict:
     segmenter = first_models(run_dir, [segmenter_manifest["model"]], fit_images, "fit part")
     refit_classifier_now = config.classifier.refit_all and not kfold
     if refit_classifier_now or config.segmenter.refit_all:
-        from voc_pipeline.data.competition import load_split
-        from voc_pipeline.models.heads import CLASSIFIER, SEGMENTER
-        from voc_pipeline.models.training import choose_strategy, configure_precision, seed_everything
+        from voc_pipeline.models.heads import CLASSIFIER, SEGMENTER, training_setup
+        from voc_pipeline.models.training import choose_strategy
 
-        seed_everything(config.seed, config.deterministic)
-        policy = configure_precision(config.mixed_precision)
-        train = load_split(config.data.root, "train")
+        train, _, policy = training_setup(config)
         positions = every_labelled_position(train, splits)
         strategy = choose_strategy()
         if refit_classifier_now:

@@ -16,12 +16,12 @@ from voc_pipeline import artifacts
 from voc_pipeline.config import Config
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
 from voc_pipeline.core.scoring import average_precisions
-from voc_pipeline.data.competition import ImageSet, load_split
+from voc_pipeline.data.competition import ImageSet
 from voc_pipeline.data.splits import Splits, positions_of
 from voc_pipeline.files import save_npz_atomic, write_json_atomic
 from voc_pipeline.models.classifier import predict_plain_and_flip_tta
-from voc_pipeline.models.heads import CLASSIFIER, train_head
-from voc_pipeline.models.training import choose_strategy, configure_precision, seed_everything
+from voc_pipeline.models.heads import CLASSIFIER, train_head, training_setup
+from voc_pipeline.models.training import choose_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,7 @@ def run_train_cls(config: Config) -> dict:
     curves; returns the validation figures."""
     run_dir = config.run_dir
     settings = config.classifier
-    seed_everything(config.seed, config.deterministic)
-    policy = configure_precision(config.mixed_precision)
-    train = load_split(config.data.root, "train")
-    splits = artifacts.read_splits(run_dir)
+    train, splits, policy = training_setup(config)
     parts = training_parts(train, splits, settings.kfold)
     strategy = choose_strategy()
 

@@ -10,12 +10,11 @@ from voc_pipeline import artifacts
 from voc_pipeline.config import Config
 from voc_pipeline.core.classes import CLASS_NAMES
 from voc_pipeline.core.scoring import segmentation_report
-from voc_pipeline.data.competition import load_split
 from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_json_atomic
-from voc_pipeline.models.heads import SEGMENTER, train_head
+from voc_pipeline.models.heads import SEGMENTER, train_head, training_setup
 from voc_pipeline.models.segmenter import label_maps_with_and_without_flip
-from voc_pipeline.models.training import choose_strategy, configure_precision, seed_everything
+from voc_pipeline.models.training import choose_strategy
 from voc_pipeline.plots import plot_mask_overlays, plot_per_class_bars
 
 logger = logging.getLogger(__name__)
@@ -26,10 +25,7 @@ def run_train_seg(config: Config) -> dict:
     per-class IoU bars and validation overlays; returns the validation figures."""
     run_dir = config.run_dir
     settings = config.segmenter
-    seed_everything(config.seed, config.deterministic)
-    policy = configure_precision(config.mixed_precision)
-    train = load_split(config.data.root, "train")
-    splits = artifacts.read_splits(run_dir)
+    train, splits, policy = training_setup(config)
     fit_positions = positions_of(train.ids, splits.train_ids)
     validation_positions = positions_of(train.ids, splits.validation_ids)
     trained = train_head(config, SEGMENTER, train, fit_positions, validation_positions, choose_strategy())
