@@ -16,6 +16,7 @@ from voc_pipeline.data.demo import write_demo_data
 from voc_pipeline.data.splits import load_splits, positions_of
 from voc_pipeline.graph import run_until
 from voc_pipeline.models.classifier import predict_probabilities
+from voc_pipeline.report_parts import CLASSIFIER_FIGURES, REPORT_FIGURES, epochs_text, figures
 
 pytestmark = pytest.mark.slow
 
@@ -88,3 +89,9 @@ def test_kfold_training_gives_out_of_fold_probabilities_for_every_image(tmp_path
     assert len(models) == 3
     with np.load(config.run_dir / "classifier_validation.npz") as saved:
         assert sorted(saved["ids"].tolist()) == list(range(30)) and not np.isnan(saved["probabilities"]).any()
+    # The report shows every fold's learning curves, and says how many epochs each fold trained.
+    shown = {figure.path.name for figure in figures(config.run_dir, CLASSIFIER_FIGURES)}
+    assert {f"classifier_curves_fold{fold}.png" for fold in range(3)} <= shown
+    assert shown <= {figure.path.name for figure in figures(config.run_dir, REPORT_FIGURES)}
+    assert epochs_text(config.run_dir, artifacts.CLASSIFIER_HISTORY).endswith(
+        "per fold (3 folds) (from random weights, all layers 1)")

@@ -1,6 +1,6 @@
 """The report states how each head was trained from what its training recorded, not from the configuration:
-a weights file is pretraining, ConvNeXt's layer norm trains while batch norm stays frozen, and every fold's
-learning curves are shown."""
+a weights file is pretraining, ConvNeXt's layer norm trains while batch norm stays frozen (every fold's curves
+are checked with the K-fold run of test_classifier_stage.py)."""
 
 import keras
 import pytest
@@ -9,7 +9,7 @@ from voc_pipeline import artifacts
 from voc_pipeline.config import build_config
 from voc_pipeline.graph import run_until
 from voc_pipeline.models.backbones import build_backbone
-from voc_pipeline.report_parts import CLASSIFIER_FIGURES, REPORT_FIGURES, epochs_text, figures, training_text
+from voc_pipeline.report_parts import training_text
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +24,10 @@ def weights_file(folder, backbone: str, **options) -> str:
 
 @pytest.fixture(scope="module")
 def pretrained_run(demo_root, tmp_path_factory):
-    """Both heads from weights files: a K-fold ConvNeXt classifier and a MobileNetV2 segmenter, trained for real."""
+    """Both heads from weights files: a ConvNeXt classifier and a MobileNetV2 segmenter, trained for real."""
     folder = tmp_path_factory.mktemp("report-facts")
-    assignments = [f'data.root="{demo_root}"', f'runs_dir="{folder / "runs"}"', "run_name='facts'", "data.num_folds=2",
-                   "classifier.backbone='convnext_tiny'", "classifier.image_size=32", "classifier.kfold=true",
+    assignments = [f'data.root="{demo_root}"', f'runs_dir="{folder / "runs"}"', "run_name='facts'",
+                   "classifier.backbone='convnext_tiny'", "classifier.image_size=32",
                    f'classifier.weights="{weights_file(folder, "convnext_tiny")}"', "classifier.head_epochs=1",
                    "classifier.finetune_epochs=1", "classifier.batch_size=8",
                    "segmenter.backbone='mobilenet_v2'", "segmenter.image_size=32", "segmenter.width_multiplier=0.35",
@@ -56,13 +56,6 @@ def test_batch_norm_stays_frozen_where_the_backbone_has_it(pretrained_run):
     # The segmenter unfreezes the whole backbone but its batch norm: fewer trainable layers than layers.
     assert 0 < finetune["trainable_backbone_layers"] < finetune["backbone_layers"]
     assert f"{finetune['trainable_backbone_layers']} of the backbone's {finetune['backbone_layers']} layers" in segmenter
-
-
-def test_every_fold_has_its_learning_curves_in_the_report(pretrained_run):
-    shown = {figure.path.name for figure in figures(pretrained_run, CLASSIFIER_FIGURES)}
-    assert {"classifier_curves_fold0.png", "classifier_curves_fold1.png"} <= shown
-    assert shown <= {figure.path.name for figure in figures(pretrained_run, REPORT_FIGURES)}
-    assert epochs_text(pretrained_run, artifacts.CLASSIFIER_HISTORY).endswith("per fold (2 folds) (head 1, finetune 1)")
 
 
 def test_from_random_weights_every_layer_trains(tiny_run):
