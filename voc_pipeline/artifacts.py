@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,13 +287,16 @@ def read_test_predictions(run_dir: Path) -> tuple[dict[str, np.ndarray], list[np
 
 def read_config(run_dir: Path) -> dict:
     """The run's resolved configuration (config.toml, written before any stage works), as nested dicts."""
+    from voc_pipeline.config import load_profile
+    from voc_pipeline.errors import ConfigError
+
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise ArtifactError(f"{path} is missing: every stage writes it before it works; {rerun_hint('data')}")
     try:
-        return tomllib.loads(read_text_file(path, "the run's configuration", error_type=ArtifactError))
-    except tomllib.TOMLDecodeError as error:
-        raise ArtifactError(f"{path} is not valid TOML ({error}); any stage rewrites it: {rerun_hint('data')}") from None
+        return load_profile(str(path))
+    except ConfigError as error:
+        raise ArtifactError(f"{error}; any stage rewrites it: {rerun_hint('data')}") from None
 
 
 def read_training_facts(artifact: Artifact, run_dir: Path) -> dict:

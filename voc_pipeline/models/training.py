@@ -332,6 +332,21 @@ def clear_resume_point(model: keras.Model) -> None:
     model._initial_epoch = None
 
 
+def apply_freezing(model: keras.Model, phase: Phase) -> dict:
+    """Make trainable what `phase` trains; returns what that is (the phase's facts, for the report)."""
+    layers = len(model.get_layer("backbone").layers)
+    if phase.trainable_fraction is None:
+        set_all_trainable(model)
+        trainable = layers
+    else:
+        trainable = set_backbone_trainable(model, phase.trainable_fraction, phase.keep_frozen)
+    logger.info("phase %s: %d of the backbone's %d layers trainable%s", phase.name, trainable, layers,
+                f", {', '.join(phase.keep_frozen)} kept frozen" if phase.keep_frozen else "")
+    return {"phase": phase.name, "epochs": phase.epochs, "learning_rate": phase.learning_rate,
+            "warmup_epochs": phase.warmup_epochs, "trainable_backbone_layers": trainable, "backbone_layers": layers,
+            "keep_frozen": list(phase.keep_frozen)}
+
+
 def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_data: tf.data.Dataset,
                   validation_data: tf.data.Dataset, steps_per_epoch: int, checkpoint_path: Path,
                   history_path: Path, monitor: str, mode: str, patience: int, identity: dict | None = None,
@@ -373,18 +388,9 @@ def fit_in_phases(model: keras.Model, compile_model, phases: list[Phase], train_
     for index, phase in enumerate(phases):
         if phase.epochs <= 0:
             continue
-        if phase.trainable_fraction is None:
-            set_all_trainable(model)
-            trainable = len(model.get_layer("backbone").layers)
-        else:
-            trainable = set_backbone_trainable(model, phase.trainable_fraction, phase.keep_frozen)
-        logger.info("phase %s: %d of the backbone's %d layers trainable%s", phase.name, trainable,
-                    len(model.get_layer("backbone").layers),
-                    f", {', '.join(phase.keep_frozen)} kept frozen" if phase.keep_frozen else "")
+        trained = apply_freezing(model, phase)
         if facts is not None:
-            facts.append({"phase": phase.name, "epochs": phase.epochs, "learning_rate": phase.learning_rate,
-                          "warmup_epochs": phase.warmup_epochs, "trainable_backbone_layers": trainable,
-                          "backbone_layers": len(model.get_layer("backbone").layers), "keep_frozen": list(phase.keep_frozen)})
+            facts.append(trained)
         finished_weights = state_dir / f"phase{index}_{phase.name}.weights.h5"
         phase_epochs = [record["epoch"] for record in records if record["phase"] == phase.name]
         if finished_weights.exists():
