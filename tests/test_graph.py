@@ -81,8 +81,14 @@ def resolve_inputs(assignments) -> dict:
             for stage in STAGES if stage.name in ("train-cls", "train-seg", "refit")}
 
 
-def test_each_run_folder_file_belongs_to_one_artifact():
-    names = ["splits.json", "classifier.keras", "classifier_fold3.keras", "classifier_history_fold0.csv",
+def test_each_run_folder_file_belongs_to_one_artifact(tiny_run):
+    """Every file a real run wrote (so that a stage records it as its output, and a carried run carries it), and
+    the names of those the tiny run does not write (folds, the attack), belongs to exactly one artifact."""
+    config, _ = tiny_run
+    written = [path.relative_to(config.run_dir).as_posix() for path in config.run_dir.rglob("*") if path.is_file()
+               and path.name not in (artifacts.CONFIG_FILE, artifacts.RUN_INFO_FILE) and "checkpoints" not in path.parts]
+    assert "reliability.png" in written
+    names = [*written, "splits.json", "classifier.keras", "classifier_fold3.keras", "classifier_history_fold0.csv",
              "classifier_curves.png", "classifier_per_class.png", "segmenter.keras", "segmenter_curves.png",
              "thresholds.json", "joint_rule.json", "validation_predictions.npz", "test_predictions.npz", "submission.csv",
              "report.md", "worst_validation_images.png", "pixel_confusion.png",
@@ -171,8 +177,10 @@ def test_run_names_are_plain_folder_names(name):
         build_config(assignments=[f'run_name="{name}"'])
 
 
-def test_fingerprint_follows_the_data_not_its_path(demo_root, tmp_path):
-    copy = shutil.copytree(demo_root, tmp_path / "copy")  # copy2 keeps sizes and modification times
+def test_fingerprint_follows_the_data_not_its_path_nor_its_times(demo_root, tmp_path):
+    # shutil.copy gives every file a new modification time, as a download or Kaggle's mount of the same data does.
+    copy = shutil.copytree(demo_root, tmp_path / "copy", copy_function=shutil.copy)
+    os.utime(copy / "train" / "img" / "train_0.npy", (1, 1))
     assert fingerprint(copy, "train") == fingerprint(demo_root, "train")
     assert fingerprint(copy, "test") == fingerprint(demo_root, "test")
     before_train = fingerprint(copy, "train")

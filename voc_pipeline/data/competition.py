@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
 from voc_pipeline.errors import DataError
-from voc_pipeline.files import byte_size, read_text_file, unreadable_reason
+from voc_pipeline.files import byte_size, hash_file, read_text_file, unreadable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -365,12 +365,42 @@ def summarize(image_set: ImageSet) -> dict:
     return summary
 
 
-def fingerprint(root: str | Path, split: str) -> str:
-    """A hash that changes whenever the split's data under `root` changes, cheap enough for every stage.
+def ids_digest(ids) -> str:
+    """A hash of a split's image ids in CSV order."""
+    return hashlib.sha256(",".join(str(int(image_id)) for image_id in ids).encode()).hexdigest()
 
-    It covers the bytes of the split's CSV and the name, size and modification time of each of its
-    array files (as Make does), and for the test split also the bytes of `solution.csv` if there is one.
-    The root's own path is not part of it: the same data under another path has the same fingerprint.
+
+def data_identity(root: str | Path, image_set: ImageSet) -> dict:
+    """What identifies a split's data wherever it lies: its image count, its ids' hash and its fingerprint
+    (recorded by stage data, and compared when a trained run meets data elsewhere: `describe_data_difference`)."""
+    return {"ids_sha256": ids_digest(image_set.ids), "fingerprint": fingerprint(root, image_set.name)}
+
+
+def describe_data_difference(recorded: dict, root: str | Path, split: str) -> str | None:
+    """How the split under `root` differs from a recorded `data_identity` (with its summary's image count), in
+    words naming both fingerprints; None when it is the same data."""
+    current = fingerprint(root, split)
+    if current == recorded.get("fingerprint"):
+        return None
+    try:
+        ids = read_label_csv(Path(root) / split / f"{split}_set.csv", split).index.to_numpy(dtype=np.int64)
+        shape = (f"{recorded.get('images')} images recorded, {len(ids)} here" if len(ids) != recorded.get("images")
+                 else f"the same {len(ids)} images by count, other ids" if ids_digest(ids) != recorded.get("ids_sha256")
+                 else f"the same {len(ids)} image ids, other content")
+    except DataError as error:
+        shape = str(error)
+    return (f"the {split} data differs (fingerprint recorded {str(recorded.get('fingerprint'))[:12]}, here "
+            f"{current[:12]}): {shape}")
+
+
+def fingerprint(root: str | Path, split: str) -> str:
+    """A hash of the split's data under `root`: the same bytes give the same hash on any machine, in any folder.
+
+    It covers the bytes of the split's CSV, the name, size and content of each of its array files, and for the
+    test split also the bytes of `solution.csv` if there is one; neither the root's path nor modification times
+    count, so a run trained here recognises the same competition data mounted on Kaggle. Each file is read once
+    per process (`files.hash_file` remembers it by path, size and modification time), about the cost of
+    loading the split once.
     """
     if split not in SPLIT_NAMES:
         raise DataError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
@@ -396,8 +426,7 @@ def fingerprint(root: str | Path, split: str) -> str:
             continue
         for entry in entries:
             try:
-                status = entry.stat()
-                digest.update(f"{folder}/{entry.name}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+                digest.update(f"{folder}/{entry.name}\0{entry.stat().st_size}\0{hash_file(entry.path)}\n".encode())
             except OSError as error:
                 digest.update(f"{folder}/{entry.name}\0unreadable {error.errno}\n".encode())
     return digest.hexdigest()

@@ -6,7 +6,7 @@ import logging
 
 from voc_pipeline import artifacts
 from voc_pipeline.config import Config
-from voc_pipeline.data.competition import load_competition_data, summarize
+from voc_pipeline.data.competition import data_identity, load_competition_data, summarize
 from voc_pipeline.data.splits import make_splits, save_splits
 from voc_pipeline.files import write_json_atomic
 
@@ -20,7 +20,8 @@ def run_data_check(config: Config) -> dict:
     train, test = load_competition_data(root)
     splits = make_splits(train.ids, train.labels, config.data.validation_fraction, config.data.num_folds, config.seed)
     save_splits(splits, artifacts.SPLITS.path(config.run_dir))
-    summary = {"root": root, "train": summarize(train), "test": summarize(test),
+    summary = {"root": root, "train": summarize(train) | data_identity(root, train),
+               "test": summarize(test) | data_identity(root, test),
                "train_split": len(splits.train_ids), "validation_split": len(splits.validation_ids)}
     write_json_atomic(artifacts.DATA_SUMMARY.path(config.run_dir), summary)
     logger.info("data: %d train (%d fit, %d validation), %d test images from %s",
