@@ -4,4 +4,4 @@ Multi-label classification of 20 classes and semantic segmentation, scored toget
 Dice over one classification row and one segmentation row per test image.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

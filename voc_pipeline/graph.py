@@ -28,7 +28,7 @@ from voc_pipeline.config_view import ConfigView, without_keys
 from voc_pipeline.data.competition import find_data_root, fingerprint
 from voc_pipeline.errors import ConfigError, StaleStageError
 from voc_pipeline.files import ensure_writable_folder, hash_file, write_json_atomic
-from voc_pipeline.run_folder import now, prepare_run_folder, read_record, start_record, write_record
+from voc_pipeline.run_folder import now, prepare_run_folder, read_record, software_record, start_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,11 @@ def upstream(stage: Stage) -> tuple[Stage, ...]:
 def downstream(stage: Stage) -> tuple[Stage, ...]:
     """Every stage that depends on `stage`, in graph order."""
     return tuple(candidate for candidate in STAGES if stage in upstream(candidate))
+
+
+# What a trained run carries to a notebook that predicts from it (`kernel build --trained`): every stage the
+# test predictions depend on. The notebook runs only the others, and never these.
+TRAINED_STAGES = tuple(stage.name for stage in upstream(stage_named("predict")))
 
 
 # ---------------------------------------------------------------- inputs and keys
@@ -326,7 +331,8 @@ def execute(config: Config, stage: Stage) -> dict:
         if path.exists() and file_identity(path) == identity:
             path.unlink()
     outputs = {record_name(config, path): hash_file(path) for path in output_paths(config, stage)}
-    write_record(run_dir, stage.name, {**record, "finished": now(), "seconds": round(time.perf_counter() - started, 1),
+    write_record(run_dir, stage.name, {**record, **software_record(), "finished": now(),
+                                       "seconds": round(time.perf_counter() - started, 1),
                                        "key": input_key(inputs), "inputs": inputs, "outputs": outputs,
                                        "config_read": view.reads})
     return metrics
@@ -362,11 +368,22 @@ def run_stage(config: Config, name: str, force: bool = False) -> str:
     return "ran"
 
 
-def run_until(config: Config, name: str, force: bool = False) -> dict[str, str]:
+def run_until(config: Config, name: str, force: bool = False, no_training: bool = False) -> dict[str, str]:
     """Run every stage up to and including `name` that is not current; `force` reruns `name` itself.
+
+    With `no_training` (a notebook predicting from a trained run), the TRAINED_STAGES must all be current, by the
+    same content keys as always: one that is not stops everything at once, naming why, instead of training.
 
     Returns:
         {stage: "ran" or "current"} in graph order.
     """
     config = resolve_paths(config)
+    if no_training:
+        statuses = status(config, until=TRAINED_STAGES[-1])
+        for stage in TRAINED_STAGES:
+            if statuses[stage].state != "current":
+                raise StaleStageError(
+                    f"stage {stage} of run {config.run_name!r} is {statuses[stage].describe()}: with --no-training "
+                    f"the stages {', '.join(TRAINED_STAGES)} must be current, and this command never reruns them "
+                    f"(the run's own configuration is --profile {config.run_dir / artifacts.CONFIG_FILE})")
     return {stage.name: run_stage(config, stage.name, force=force and stage.name == name) for stage in stages_until(name)}

@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import platform
 import shlex
 import socket
 import subprocess
@@ -99,9 +100,27 @@ def write_record(run_dir: Path, stage: str, record: dict) -> None:
     write_json_atomic(Path(run_dir) / RUN_INFO_FILE, info)
 
 
+# The version of what the run folder's files hold; a package that writes them differently raises it, and a run
+# made with another format is refused where files are carried between machines (`kernel build --trained`).
+ARTIFACT_FORMAT = 2
+
+
 def start_record() -> dict:
-    """The beginning of a stage's record (completed and written when the stage finishes)."""
-    return {"started": now(), "version": __version__, "git_commit": git_commit()}
+    """The beginning of a stage's record (completed and written when the stage finishes): when, with which
+    package and artifact format, where, and on which Python."""
+    return {"started": now(), "version": __version__, "artifact_format": ARTIFACT_FORMAT, "git_commit": git_commit(),
+            "host": socket.gethostname(), "python": platform.python_version()}
+
+
+def software_record() -> dict:
+    """The TensorFlow and Keras versions and the devices a finished stage ran with, where it loaded them (a stage
+    that never imported TensorFlow records neither, and this never imports it)."""
+    tensorflow, keras = sys.modules.get("tensorflow"), sys.modules.get("keras")
+    record = {"tensorflow": getattr(tensorflow, "__version__", None), "keras": getattr(keras, "__version__", None)}
+    if tensorflow is not None:
+        gpus = [device.name for device in tensorflow.config.list_logical_devices("GPU")]
+        record["device"] = f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(gpus)})" if gpus else "the CPU"
+    return record
 
 
 # ---------------------------------------------------------------- the run lock
