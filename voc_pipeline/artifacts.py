@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import re
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +123,7 @@ def metrics(stage: str) -> Artifact:
 ARTIFACTS: tuple[Artifact, ...] = (
     SPLITS, DATA_SUMMARY, CLASSIFIER_MANIFEST, CLASSIFIER_MODELS, CLASSIFIER_VALIDATION, CLASSIFIER_HISTORY,
     CLASSIFIER_CURVES, SEGMENTER_MANIFEST, SEGMENTER_MODEL, SEGMENTER_HISTORY, SEGMENTER_CURVES,
-    SEGMENTER_PER_CLASS, SEGMENTER_OVERLAYS, THRESHOLDS, THRESHOLD_COMPARISON, CLASSIFIER_PER_CLASS, JOINT_RULE,
+    SEGMENTER_PER_CLASS, SEGMENTER_OVERLAYS, THRESHOLDS, THRESHOLD_COMPARISON, CLASSIFIER_PER_CLASS, RELIABILITY, JOINT_RULE,
     VALIDATION_PREDICTIONS, FINAL_MODELS, REFIT_MODELS, REFIT_HISTORY, REFIT_CURVES, TEST_PREDICTIONS, SUBMISSION,
     REPORT, SCORE_COMPARISON, WORST_IMAGES, PIXEL_CONFUSION,
     ATTACK_FILES,
@@ -313,16 +316,98 @@ def read_metrics(run_dir: Path, stage: str) -> dict:
     return read_json(metrics(stage), run_dir)
 
 
+# The member of a .keras file recording which options sit at the saving Keras's defaults (voc_pipeline.models.portable).
+OPTION_DEFAULTS_MEMBER = "voc_pipeline_option_defaults.json"
+
+
 def load_model_file(path: Path, stage: str):
-    """A saved Keras model (safe mode, uncompiled); a cut or corrupt file becomes an ArtifactError."""
+    """A saved Keras model (safe mode, uncompiled); a cut or corrupt file becomes an ArtifactError.
+
+    A model saved by a newer Keras may name options this Keras does not know (Keras 3.15's initializers carry
+    `input_axes`, its BatchNormalization `renorm`, which 3.13 refuses). Such an option is dropped when the file's
+    own record (`models.portable`) says it sat at the saving Keras's default, so that dropping it changes
+    nothing; otherwise the load is refused, naming the option and both Keras versions.
+    """
     import keras
+
+    # The package's own layers must be registered before a model that uses them is deserialized.
+    import voc_pipeline.models.backbones  # noqa: F401
+    import voc_pipeline.models.segmenter  # noqa: F401
 
     if not path.is_file():
         raise ArtifactError(f"{path} is missing: stage {stage} writes it; {rerun_hint(stage)}")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except (zipfile.BadZipFile, ValueError, OSError, KeyError) as error:
-        raise unreadable(path, stage, f"not a complete Keras model file: {str(error)[:200]}") from None
+    dropped: dict[str, set[str]] = {}
+    source = path
+    with tempfile.TemporaryDirectory(prefix="voc-pipeline-model-") as folder:
+        while True:
+            try:
+                model = keras.saving.load_model(source, compile=False)
+                break
+            except (zipfile.BadZipFile, ValueError, OSError, KeyError) as error:
+                raise unreadable(path, stage, f"not a complete Keras model file: {str(error)[:200]}") from None
+            except TypeError as error:
+                unknown = unknown_options(str(error))
+                if not unknown or unknown[1] <= dropped.get(unknown[0], set()):
+                    raise
+                dropped.setdefault(unknown[0], set()).update(unknown[1])
+                source = without_options(path, Path(folder) / f"{len(dropped)}.keras", dropped, keras.__version__)
+    if dropped:
+        logging.getLogger(__name__).info("%s: saved by a newer Keras; dropped the options it records at their defaults "
+                                         "that Keras %s does not know: %s", path.name, keras.__version__,
+                                         ", ".join(f"{name}.{option}" for name, options in sorted(dropped.items())
+                                                   for option in sorted(options)))
+    return model
+
+
+def unknown_options(message: str) -> tuple[str, set[str]] | None:
+    """(class name, the options it does not take) as Keras says it while loading, else None. Keras says it either
+    way: "GlorotUniform.__init__() got an unexpected keyword argument 'input_axes'", or "Unrecognized keyword
+    arguments passed to BatchNormalization: {'renorm': False, ...}"."""
+    match = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", message)
+    if match:
+        return match.group(1), {match.group(2)}
+    match = re.search(r"Unrecognized keyword arguments passed to (\w+): \{([^}]*)\}", message)
+    if match:
+        return match.group(1), set(re.findall(r"'(\w+)':", match.group(2)))
+    return None
+
+
+def without_options(path: Path, target: Path, dropped: dict[str, set[str]], keras_version: str) -> Path:
+    """A copy of the .keras file at `target` whose configuration lacks the `dropped` options (class name -> options).
+
+    Raises:
+        ArtifactError: the file does not record one of them at its default, so dropping it could change the model.
+    """
+    with zipfile.ZipFile(path) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    record = json.loads(members.get(OPTION_DEFAULTS_MEMBER, b"{}"))
+    saved_with = record.get("keras_version") or json.loads(members["metadata.json"]).get("keras_version", "a newer one")
+
+    def strip(node):
+        if isinstance(node, dict):
+            config, name = node.get("config"), node.get("class_name")
+            if isinstance(config, dict) and name in dropped:
+                for option in dropped[name] & set(config):
+                    defaults = record.get("defaults", {}).get(name, {})
+                    if option not in defaults or json.dumps(defaults[option]) != json.dumps(config[option]):
+                        raise ArtifactError(
+                            f"{path} was saved by Keras {saved_with}, whose {name} option {option} = {config[option]!r} "
+                            f"Keras {keras_version} does not know, and the file does not record it at its default; "
+                            f"load it with Keras {saved_with}, or train it with Keras {keras_version}")
+                    del config[option]
+            for value in node.values():
+                strip(value)
+        elif isinstance(node, list):
+            for value in node:
+                strip(value)
+
+    configuration = json.loads(members["config.json"])
+    strip(configuration)
+    members["config.json"] = json.dumps(configuration).encode()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as copy:
+        for name, data in members.items():
+            copy.writestr(name, data)
+    return target
 
 
 def load_classifiers(run_dir: Path) -> tuple[list, dict]:

@@ -30,6 +30,7 @@ from voc_pipeline.files import reporting_full_disk
 from voc_pipeline.models.classifier import classifier_from_config
 from voc_pipeline.models.input_pipeline import classification_dataset, object_box, segmentation_dataset
 from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
+from voc_pipeline.models.portable import record_option_defaults
 from voc_pipeline.models.segmenter import segmenter_from_config
 from voc_pipeline.models.training import (
     Phase,
@@ -247,6 +248,7 @@ def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_pos
                       monitor=head.monitor if validated else None, mode="max", patience=settings.patience,
                       identity=identity, facts=facts)
     promote_checkpoint(files.checkpoint, files.model)
+    record_option_defaults(files.model)  # so that Kaggle's older Keras can load it (voc_pipeline.models.portable)
     history = pd.read_csv(live_history)
     write_history(history.to_dict("records"), files.history)
     live_history.unlink()
