@@ -24,7 +24,7 @@ DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 STAGE_TARGETS := train-cls train-seg tune refit predict submit evaluate attack
 
 .PHONY: help install test test-large test-fast test-kaggle-stack lint demo demo-data data-check train status $(STAGE_TARGETS) \
-	kernel-build kernel-check kaggle-data kaggle-push kaggle-status kaggle-output kaggle-submit bench-submission bench-classifier \
+	kernel-build kernel-check kaggle-data kaggle-push kaggle-train kaggle-status kaggle-output kaggle-submit bench-submission bench-classifier \
 	bench-segmenter bench-predict bench-determinism clean
 
 help:
@@ -37,10 +37,11 @@ help:
 	@echo "make test        the test suite (creates $(VENV) if needed); make test-large: the large backbones' round trips"
 	@echo "make data-check | train-cls | train-seg | tune | refit | predict   run the stages up to that one"
 	@echo "make test-kaggle-stack  the fast tests on Kaggle's Python, TensorFlow and Keras (kaggle/image.toml)"
-	@echo "make kernel-check [NOTES=DIR] [EXPERIMENTS=\"runs/a runs/b\"]  build the bundle, execute its notebook in a Jupyter kernel on a simulated /kaggle tree (kaggle/check/kernel.html)"
+	@echo "make kernel-check [TRAINED=runs/NAME] [NOTES=DIR] [EXPERIMENTS=\"runs/a runs/b\"]  build the bundle, execute its notebook in a Jupyter kernel on a simulated /kaggle tree (kaggle/check/kernel.html)"
 	@echo "make kaggle-data [DATA=DIR] [COMPETITION=...]  download this year's competition data into DIR (default $(KAGGLE_DATA)), checked"
-	@echo "make kaggle-push KAGGLE_USER=... [COMPETITION=...] [NOTES=DIR] [EXPERIMENTS=...]  build and upload the bundle, push the kernel"
-	@echo "make kaggle-status / kaggle-output  wait for the kernel's run / fetch and validate its submission"
+	@echo "make kaggle-train KAGGLE_USER=... [PROFILE=kaggle]  a training kernel on Kaggle: stages up to refit, the run as its output"
+	@echo "make kaggle-push KAGGLE_USER=... [TRAINED=runs/NAME | FROM_KERNEL=OWNER/SLUG] [NOTES=DIR] [EXPERIMENTS=...]  build and upload the bundle, push the notebook"
+	@echo "make kaggle-status [KERNEL=OWNER/SLUG] / kaggle-output  wait for a kernel's run / fetch and validate its submission"
 	@echo "make kaggle-submit                 submit that output to the competition and print its public score"
 	@echo "make lint        ruff"
 
@@ -93,8 +94,19 @@ QUICK := --set classifier.head_epochs=1 --set classifier.finetune_epochs=1 --set
 # notebook: make kaggle-push NOTES=notes EXPERIMENTS="runs/a runs/b".
 NOTES ?=
 EXPERIMENTS ?=
+# The notebook handed in predicts from models trained before it: TRAINED=runs/NAME (a run folder that reached
+# refit, uploaded as a second dataset) or FROM_KERNEL=OWNER/voc-pipeline-train (a training kernel's output,
+# `make kaggle-train`). Without either, the notebook trains on Kaggle as it runs.
+TRAINED ?=
+FROM_KERNEL ?=
 CHECK ?= kaggle/check
-NOTEBOOK_ARGS = $(if $(NOTES),--notes $(NOTES)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
+NOTEBOOK_ARGS = $(if $(NOTES),--notes $(NOTES)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) \
+	$(if $(TRAINED),--trained $(TRAINED)) $(if $(FROM_KERNEL),--from-kernel $(FROM_KERNEL))
+# The training kernel's bundle, and its profile: PROFILE when given on the command line, else kaggle.
+TRAIN_BUNDLE ?= kaggle/train-bundle
+TRAIN_PROFILE = $(if $(filter-out file,$(origin PROFILE)),$(PROFILE),kaggle)
+# Another kernel than the bundle's to follow: make kaggle-status KERNEL=OWNER/voc-pipeline-train.
+KERNEL ?=
 
 KAGGLE_VENV := .venv-kaggle
 COMPETITION ?=
@@ -110,9 +122,10 @@ kernel-build: install
 	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) $(COMPETITION_ARG) $(NOTEBOOK_ARGS)
 
 # Executes the notebook in a Jupyter kernel (papermill) on Kaggle's stack; keeps it and its HTML in $(CHECK).
+# With TRAINED=runs/NAME it predicts from that run, on the data it was trained on (DATA, the demo data by default).
 kernel-check: install demo-data
 	$(CLI) kernel build --output $(BUNDLE) --username $(KAGGLE_USER) --competition $(or $(COMPETITION),$(LOCAL_COMPETITION)) $(NOTEBOOK_ARGS)
-	$(CLI) kernel check --bundle $(BUNDLE) --data $(DEMO_DATA) --output $(CHECK) $(QUICK)
+	$(CLI) kernel check --bundle $(BUNDLE) --data $(DATA) --output $(CHECK) $(if $(TRAINED)$(FROM_KERNEL),,$(QUICK))
 
 test-kaggle-stack: install
 	$(CLI) kernel stack --output $(KAGGLE_VENV)
@@ -132,7 +145,16 @@ kaggle-push: $(BIN)/kaggle
 	$(CLI) kernel push --bundle $(BUNDLE) $(COMPETITION_ARG)
 
 kaggle-status: $(BIN)/kaggle
-	$(CLI) kernel status --bundle $(BUNDLE) $(COMPETITION_ARG)
+	$(CLI) kernel status --bundle $(BUNDLE) $(if $(KERNEL),--kernel $(KERNEL),$(COMPETITION_ARG))
+
+# Train on Kaggle without handing in: the training kernel (GPU, internet on, the competition attached) runs the
+# stages up to refit and leaves the run as its output; then `make kaggle-push FROM_KERNEL=$(KAGGLE_USER)/voc-pipeline-train`.
+kaggle-train: $(BIN)/kaggle
+	@test "$(KAGGLE_USER)" != local-check || { echo "make kaggle-train needs KAGGLE_USER=<your Kaggle user name>"; exit 2; }
+	$(CLI) kernel credentials
+	$(CLI) kernel build --training --output $(TRAIN_BUNDLE) --username $(KAGGLE_USER) --profile $(TRAIN_PROFILE) \
+		$(foreach assignment,$(SET),--set $(assignment)) $(COMPETITION_ARG)
+	$(CLI) kernel push --bundle $(TRAIN_BUNDLE) $(COMPETITION_ARG)
 
 # The submission is checked against the downloaded test images (in DATA when given, else KAGGLE_DATA) when
 # kaggle-data has run.

@@ -38,7 +38,9 @@ KAGGLE = Path(kaggle_root)
 INPUT, WORKING = KAGGLE / "input", KAGGLE / "working"
 RUNS_DIR, RUN = WORKING / "runs", "kaggle"
 RUN_DIR = RUNS_DIR / RUN
+# A notebook predicting from a trained run replaces this with the run's own configuration (below).
 configuration = ["--profile", profile, *(word for assignment in assignments for word in ("--set", assignment))]
+no_training = []
 
 package_wheels = sorted(INPUT.rglob("voc_pipeline-*.whl"))
 if not package_wheels:
@@ -53,6 +55,11 @@ installation = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet"
 from voc_pipeline import report_parts  # installed by the cell above
 from voc_pipeline.data.competition import find_data_root
 from voc_pipeline.kernel.notebook import internet_available, show, voc_pipeline_cli
+
+# The package finds the folder holding train/train_set.csv under /kaggle/input (either mount style).
+DATA_ROOT = find_data_root(None, kaggle_input=INPUT)
+
+# %% tags=["only:full", "only:training"]
 from voc_pipeline.kernel.weights import install_attached_weights
 
 installed = install_attached_weights(INPUT)
@@ -66,66 +73,120 @@ if verify.returncode:
         raise RuntimeError(f"{verify.stderr.strip()}\nThis kernel has no internet: attach the weights dataset made by "
                            "`voc-pipeline kernel weights` (kernel build --weights-dataset OWNER/NAME), or turn internet on.")
     print("internet is on: Keras downloads the missing weight files when training starts")
-# The package finds the folder holding train/train_set.csv under /kaggle/input (either mount style).
-stage_arguments = [*configuration, "--runs-dir", str(RUNS_DIR), "--run", RUN,
-                   "--data", str(find_data_root(None, kaggle_input=INPUT)),
+
+# %% [markdown] tags=["only:trained"]
+# The models were trained before this notebook, and travel with it: the run's files come from an attached
+# dataset (`voc-pipeline kernel build --trained`) or from a training kernel's output (`make kaggle-train`).
+# They are put into this notebook's run folder, each file checked against the run's manifest, and the
+# attached competition data must be the data the run was trained on (its fingerprint), or the notebook
+# stops here. The run's own configuration then rules every stage below; nothing trains.
+
+# %% tags=["only:trained"]
+from voc_pipeline.kernel.trained_run import find_carried_run, read_manifest
+
+carried = find_carried_run(INPUT)
+RUN = read_manifest(carried)["run"]
+RUN_DIR = RUNS_DIR / RUN
+voc_pipeline_cli("kernel", "install-run", str(carried), "--runs-dir", str(RUNS_DIR), "--data", str(DATA_ROOT))
+configuration, no_training = ["--profile", str(RUN_DIR / "config.toml")], ["--no-training"]
+
+# %%
+stage_arguments = [*configuration, "--runs-dir", str(RUNS_DIR), "--run", RUN, "--data", str(DATA_ROOT),
                    "--set", f'submit.output_dir="{WORKING}"', "--set", "submit.prune_output=true"]
 
-# %% [markdown]
+# %% [markdown] tags=["only:full", "only:trained"]
 # ## The data
 # The data stage loads every array, checks its shape and values against the CSV, and writes stratified
 # splits; the figures below are its summary.
 
-# %%
+# %% tags=["only:full"]
 voc_pipeline_cli("run", "--until", "data", *stage_arguments)
+
+# %% tags=["only:full", "only:trained"]
 show(report_parts.data_part(RUN_DIR))
 
 # %% [markdown] tags=["notes:data"]
 
-# %% [markdown]
+# %% [markdown] tags=["only:full"]
 # ## Training both heads, and the time it takes
 # First the estimated time of the whole run for this profile (`voc-pipeline bench estimate`: counted FLOPs
 # and assumed GPU throughput, the attack included), then every stage up to the evaluation: the classifier,
 # the segmenter, the thresholds and the joint rule (`tune`), the test predictions, the submission and the
 # validation report, walked in order by the package's stage graph as `make` does locally.
 
-# %%
+# %% tags=["only:full"]
 voc_pipeline_cli("bench", "estimate", *configuration)
 voc_pipeline_cli("run", "--until", "evaluate", *stage_arguments)
 
-# %% [markdown]
+# %% [markdown] tags=["only:trained"]
+# ## Training (before this notebook)
+# Where, when and how the models were trained, as the run recorded it, with the learning curves of its
+# trainings.
+
+# %% tags=["only:trained"]
+show(report_parts.training_part(RUN_DIR))
+
+# %% [markdown] tags=["only:trained"]
+# ## Predictions, and the time they take
+# The estimated time of what this notebook runs (`voc-pipeline bench estimate --predict-only`: the
+# predictions, the evaluation and the attack; no training), then the stage graph up to the evaluation with
+# `--no-training`: the carried stages must be current by the same content keys as anywhere, and only the
+# test predictions, the submission and the validation report run.
+
+# %% tags=["only:trained"]
+voc_pipeline_cli("bench", "estimate", "--predict-only", *configuration)
+voc_pipeline_cli("run", "--until", "evaluate", *no_training, *stage_arguments)
+
+# %% [markdown] tags=["only:training"]
+# ## Training up to the refit
+# The estimated time of the training (`voc-pipeline bench estimate`), then every stage up to `refit`:
+# the classifier, the segmenter, the thresholds and the joint rule, and the final models. The run is then
+# packed into this kernel's output (`voc-pipeline kernel pack-run`), where the notebook handed in finds
+# it (`make kaggle-push FROM_KERNEL=...`), and the working folder keeps nothing else.
+
+# %% tags=["only:training"]
+import shutil
+
+voc_pipeline_cli("bench", "estimate", *configuration)
+voc_pipeline_cli("run", "--until", "refit", *stage_arguments)
+voc_pipeline_cli("kernel", "pack-run", str(RUN_DIR), "--output", str(WORKING / "trained-run"))
+for curves in sorted(RUN_DIR.glob("*_curves*.png")):
+    show([report_parts.Figure(curves, curves.stem.replace("_", " "))])
+shutil.rmtree(RUNS_DIR)
+
+# %% [markdown] tags=["only:full", "only:trained"]
 # ## Part 1: multi-label classification
 # Twenty independent yes/no questions per image, answered by one network and turned into flags by
 # thresholds tuned for the competition's score.
 
-# %%
+# %% tags=["only:full", "only:trained"]
 show(report_parts.classification_part(RUN_DIR))
 
 # %% [markdown] tags=["notes:classification"]
 
-# %% [markdown]
+# %% [markdown] tags=["only:full", "only:trained"]
 # ## Part 2: semantic segmentation, and how both heads decide together
 # A label for every pixel; then the rule that reconciles the classifier's flags with the segmenter's masks.
 
-# %%
+# %% tags=["only:full", "only:trained"]
 show(report_parts.segmentation_part(RUN_DIR))
 
-# %% [markdown]
+# %% [markdown] tags=["only:full", "only:trained"]
 # ### How both heads decide together
 
-# %%
+# %% tags=["only:full", "only:trained"]
 show(report_parts.joint_part(RUN_DIR))
 
 # %% [markdown] tags=["notes:segmentation"]
 
-# %% [markdown]
+# %% [markdown] tags=["only:full", "only:trained"]
 # ## Part 3: an adversarial attack on this run's own models
 # The `attack` stage perturbs validation images within an L-infinity budget in raw pixel space (before the
 # models' own preprocessing), against the classifier and the segmenter trained above, with and without a
 # defence.
 
-# %%
-voc_pipeline_cli("run", "--until", "attack", *stage_arguments)
+# %% tags=["only:full", "only:trained"]
+voc_pipeline_cli("run", "--until", "attack", *no_training, *stage_arguments)
 show(report_parts.attack_part(RUN_DIR))
 
 # %% [markdown] tags=["notes:adversarial"]
@@ -140,19 +201,19 @@ show(report_parts.attack_part(RUN_DIR))
 # %% tags=["experiments"]
 show(report_parts.experiments_part(WHEEL_FOLDER / "experiments"))
 
-# %% [markdown]
+# %% [markdown] tags=["only:full", "only:trained"]
 # ## Part 4: findings
 # What each choice of this run gained over its alternative, from the figures measured above.
 
-# %%
+# %% tags=["only:full", "only:trained"]
 show(report_parts.findings_part(RUN_DIR))
 
 # %% [markdown] tags=["notes:discussion"]
 
-# %% [markdown]
+# %% [markdown] tags=["only:full", "only:trained"]
 # ## The submission
 # `submission.csv` in `/kaggle/working`, validated against the test arrays by the `submit` stage; the
 # working folder is pruned under Kaggle's 500-file limit.
 
-# %%
+# %% tags=["only:full", "only:trained"]
 show(report_parts.submission_part(RUN_DIR, WORKING))

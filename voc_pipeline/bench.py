@@ -323,10 +323,13 @@ def attack_flops(config, classifier_flops: float, segmenter_flops: float) -> flo
     return settings.num_images * len(settings.epsilons) * passes * (3 * classifier_flops + segmenter_flops)
 
 
-def bench_estimate(config) -> dict[str, float]:
+def bench_estimate(config, predict_only: bool = False) -> dict[str, float]:
     """A measured training step of each head here, and an ESTIMATE of the profile's full run on Kaggle's two
     T4s from the heads' counted FLOPs (training = 3x forward, every planned epoch run, no early stop), the
-    predictions, the refit on every image (refit_all) and the adversarial attack included."""
+    predictions, the refit on every image (refit_all) and the adversarial attack included.
+
+    With `predict_only`, what a notebook predicting from a trained run runs: the test predictions and the attack
+    (evaluate and submit load no model); nothing is trained or measured training."""
     from voc_pipeline.models.heads import CLASSIFIER, SEGMENTER
 
     classifier_settings, segmenter_settings = config.classifier, config.segmenter
@@ -335,6 +338,16 @@ def bench_estimate(config) -> dict[str, float]:
     segmenter = SEGMENTER.build(segmenter_settings, weights="none")
     figures = {"classifier_forward_gflops": forward_flops(classifier, classifier_settings.image_size) / 1e9,
                "segmenter_forward_gflops": forward_flops(segmenter, segmenter_settings.image_size) / 1e9}
+    views = (2 if config.inference.classifier_flip_tta else 1) * (config.data.num_folds if classifier_settings.kfold else 1)
+    segmenter_views = (2 if config.inference.segmenter_flip_tta else 1) * sum(scale ** 2 for scale in config.inference.segmenter_scales)
+    attack = attack_flops(config, figures["classifier_forward_gflops"] * 1e9, figures["segmenter_forward_gflops"] * 1e9)
+    if predict_only:
+        flops = {"prediction (test)": (figures["classifier_forward_gflops"] * views + figures["segmenter_forward_gflops"]
+                                       * segmenter_views) * 1e9 * COMPETITION_TEST_IMAGES,
+                 "adversarial attack": attack}
+        print(f"a notebook predicting from a trained run, at {classifier_settings.backbone} {classifier_settings.image_size} "
+              f"px and DeepLabV3+ {segmenter_settings.backbone} {segmenter_settings.image_size} px (no training):")
+        return print_estimate(figures, flops)
     size, batch = classifier_settings.image_size, classifier_settings.batch_size
     figures["classifier_step_seconds_here"] = measured_step_seconds(
         classifier, CLASSIFIER.loss(classifier_settings),
@@ -348,8 +361,6 @@ def bench_estimate(config) -> dict[str, float]:
     classifier_images = (COMPETITION_TRAIN_IMAGES * (config.data.num_folds - 1) if classifier_settings.kfold else fit_images)
     classifier_epochs = classifier_settings.head_epochs + classifier_settings.finetune_epochs
     segmenter_epochs = segmenter_settings.head_epochs + segmenter_settings.finetune_epochs
-    views = (2 if config.inference.classifier_flip_tta else 1) * (config.data.num_folds if classifier_settings.kfold else 1)
-    segmenter_views = (2 if config.inference.segmenter_flip_tta else 1) * sum(scale ** 2 for scale in config.inference.segmenter_scales)
     # Each epoch also predicts its validation images once (K folds together validate every image once).
     classifier_validation = COMPETITION_TRAIN_IMAGES if classifier_settings.kfold else COMPETITION_TRAIN_IMAGES - fit_images
     flops = {
@@ -359,8 +370,7 @@ def bench_estimate(config) -> dict[str, float]:
                               * (3 * fit_images + COMPETITION_TRAIN_IMAGES - fit_images),
         "prediction (validation and test)": (figures["classifier_forward_gflops"] * views + figures["segmenter_forward_gflops"]
                                              * segmenter_views * 2) * 1e9 * COMPETITION_TEST_IMAGES,
-        "adversarial attack": attack_flops(config, figures["classifier_forward_gflops"] * 1e9,
-                                           figures["segmenter_forward_gflops"] * 1e9),
+        "adversarial attack": attack,
     }
     # The refit runs at most every planned epoch (it stops at the epoch validation kept), on every labelled
     # image and with no validation pass; a K-fold classifier is not refit.
@@ -370,17 +380,22 @@ def bench_estimate(config) -> dict[str, float]:
     if segmenter_settings.refit_all:
         flops["segmenter refit (every image)"] = (figures["segmenter_forward_gflops"] * 1e9 * segmenter_epochs
                                                   * 3 * COMPETITION_TRAIN_IMAGES)
-    slow, fast = (flops_per_second * TWO_T4_SPEEDUP for flops_per_second in T4_FLOPS_RANGE)
     print(f"profile at {classifier_settings.backbone} {classifier_settings.image_size} px and DeepLabV3+ "
           f"{segmenter_settings.backbone} {segmenter_settings.image_size} px:")
-    print(f"  forward pass: classifier {figures['classifier_forward_gflops']:.1f} GFLOPs, segmenter "
-          f"{figures['segmenter_forward_gflops']:.1f} GFLOPs per image")
     print(f"  measured here: one training step {figures['classifier_step_seconds_here']:.2f} s (classifier, batch "
           f"{classifier_settings.batch_size}), {figures['segmenter_step_seconds_here']:.2f} s (segmenter, batch "
           f"{segmenter_settings.batch_size})")
+    return print_estimate(figures, flops, "; every planned epoch run, no early stop, in the refit too")
+
+
+def print_estimate(figures: dict[str, float], flops: dict[str, float], assumption: str = "") -> dict[str, float]:
+    """Print the forward passes' size and each part's hours on Kaggle's two T4s from its FLOPs; adds the hours to
+    `figures` (estimated_hours_<part>_low/_high) and returns it."""
+    slow, fast = (flops_per_second * TWO_T4_SPEEDUP for flops_per_second in T4_FLOPS_RANGE)
+    print(f"  forward pass: classifier {figures['classifier_forward_gflops']:.1f} GFLOPs, segmenter "
+          f"{figures['segmenter_forward_gflops']:.1f} GFLOPs per image")
     print(f"  ESTIMATE on Kaggle's two T4s (assumed {T4_FLOPS_RANGE[0] / 1e12:.0f} to {T4_FLOPS_RANGE[1] / 1e12:.0f} TFLOPS "
-          f"sustained per T4, {TWO_T4_SPEEDUP}x for two; every planned epoch run, no early stop, in the refit too; "
-          "start-up and data loading not counted):")
+          f"sustained per T4, {TWO_T4_SPEEDUP}x for two{assumption}; start-up and data loading not counted):")
     for name, total in [*flops.items(), ("total", sum(flops.values()))]:
         key = "estimated_hours_" + "_".join(name.split(" (")[0].split())
         figures[key + "_low"], figures[key + "_high"] = total / fast / 3600, total / slow / 3600
@@ -388,3 +403,38 @@ def bench_estimate(config) -> dict[str, float]:
         span = f"{low:>6.2f} to {high:.2f} h" if high >= 1 else f"{low * 60:>6.1f} to {high * 60:.1f} min"
         print(f"    {name:<34}{span}")
     return figures
+
+
+def bench_run_dataset(config) -> dict[str, float]:
+    """The size of the dataset `kernel build --trained` uploads for a run of this profile: each head's saved model
+    (built at the profile's sizes with random weights: the same number of weights), times the models the run keeps
+    (one per fold, and the refit's), plus what carrying a run adds besides models (its records, decisions, curves)."""
+    import tempfile
+    from pathlib import Path
+
+    from voc_pipeline.models.heads import CLASSIFIER, SEGMENTER
+
+    classifier_settings, segmenter_settings = config.classifier, config.segmenter
+    counts = {"classifier": (config.data.num_folds if classifier_settings.kfold else 1)
+                            + (1 if classifier_settings.refit_all and not classifier_settings.kfold else 0),
+              "segmenter": 1 + (1 if segmenter_settings.refit_all else 0)}
+    sizes = {}
+    with tempfile.TemporaryDirectory(prefix="voc-pipeline-bench-") as folder:
+        for head in (CLASSIFIER, SEGMENTER):
+            path = Path(folder) / f"{head.name}.keras"
+            head.build(head.settings(config), weights="none").save(path)
+            sizes[head.name] = path.stat().st_size
+    figures = {f"{name}_model_megabytes": size / 1e6 for name, size in sizes.items()}
+    figures["models_megabytes"] = sum(sizes[name] * counts[name] for name in sizes) / 1e6
+    print(f"a trained run's dataset for this profile (classifier {classifier_settings.backbone} "
+          f"{classifier_settings.image_size} px, segmenter DeepLabV3+ {segmenter_settings.backbone}):")
+    for name in sizes:
+        print(f"  {name}: {counts[name]} model{'s' if counts[name] > 1 else ''} of {sizes[name] / 1e6:.1f} MB")
+    print(f"  models in all: {figures['models_megabytes']:.1f} MB, plus about {CARRIED_SMALL_FILES_MEGABYTES:g} MB of "
+          f"records, decisions, validation predictions and figures")
+    return figures
+
+
+# What a carried run holds besides models, measured on the demo's run (splits, manifests, histories, decisions,
+# validation predictions and figures): a few megabytes, growing with the number of validation images.
+CARRIED_SMALL_FILES_MEGABYTES = 2

@@ -74,7 +74,8 @@ def command_run(arguments) -> int:
     """Run every stage up to --until that is not current."""
     from voc_pipeline.graph import run_until
 
-    outcomes = run_until(config_from_arguments(arguments), arguments.until, force=arguments.force)
+    outcomes = run_until(config_from_arguments(arguments), arguments.until, force=arguments.force,
+                         no_training=arguments.no_training)
     ran = [stage for stage, outcome in outcomes.items() if outcome == "ran"]
     print(f"ran: {', '.join(ran) or 'nothing'}; current already: "
           f"{', '.join(stage for stage, outcome in outcomes.items() if outcome != 'ran') or 'nothing'}")
@@ -94,17 +95,42 @@ def command_status(arguments) -> int:
 
 
 def command_kernel_build(arguments) -> int:
-    """Write the wheel dataset and the notebook kernel; local checks come before Kaggle is asked for the slug."""
+    """Write the wheel dataset, the notebook kernel and, with --trained, the run's dataset; local checks come before
+    Kaggle is asked for the slug."""
     from voc_pipeline.kernel import bundle
     from voc_pipeline.kernel.competition import resolve_competition
 
-    enable_internet = not arguments.no_internet
+    predicts_from_trained = bool(arguments.trained or arguments.from_kernel)
+    # A notebook that predicts from trained models needs no download: its internet is off unless asked for.
+    enable_internet = arguments.internet or not (arguments.no_internet or predicts_from_trained)
     experiments = tuple(arguments.experiments)
+    assignments = tuple(arguments.assignments)
     bundle.check_build_arguments(arguments.output, arguments.username, tuple(arguments.weights_dataset), enable_internet,
-                                 arguments.notes, experiments)
+                                 arguments.notes, experiments, arguments.trained, arguments.from_kernel, arguments.profile,
+                                 assignments)
     bundle.build_bundle(arguments.output, arguments.username, resolve_competition(arguments.competition),
                         tuple(arguments.weights_dataset), not arguments.no_gpu, enable_internet, arguments.notes,
-                        experiments)
+                        experiments, arguments.trained, arguments.from_kernel, arguments.training, arguments.profile,
+                        assignments)
+    return 0
+
+
+def command_kernel_install_run(arguments) -> int:
+    """Where the notebook runs: put a carried run into the runs folder and check the data is the run's."""
+    from voc_pipeline.kernel.trained_run import install_run
+
+    install_run(arguments.source, arguments.runs_dir, arguments.data)
+    return 0
+
+
+def command_kernel_pack_run(arguments) -> int:
+    """Pack a trained run's files and manifest into a folder (a training kernel's output)."""
+    from voc_pipeline.files import byte_size
+    from voc_pipeline.kernel.trained_run import pack_run
+
+    manifest = pack_run(arguments.run, arguments.output)
+    print(f"run {manifest['run']} packed in {arguments.output}: {len(manifest['files'])} files, "
+          f"{byte_size(manifest['bytes'])} (content sha256 {manifest['content_sha256'][:12]})")
     return 0
 
 
@@ -280,8 +306,10 @@ def command_bench(arguments) -> int:
         figures = bench.bench_segmenter(config_from_arguments(arguments), arguments.images or 64)
     elif arguments.target == "predict":
         figures = bench.bench_predict(config_from_arguments(arguments), arguments.images or 48)
+    elif arguments.target == "run-dataset":
+        figures = bench.bench_run_dataset(config_from_arguments(arguments))
     elif arguments.target == "estimate":
-        figures = bench.bench_estimate(config_from_arguments(arguments))
+        figures = bench.bench_estimate(config_from_arguments(arguments), predict_only=arguments.predict_only)
     else:
         figures = bench.bench_determinism(arguments.profile, tuple(arguments.assignments), arguments.repeats)
     if arguments.json:
@@ -359,6 +387,9 @@ def add_run_commands(commands) -> None:
     run = commands.add_parser("run", help="run every stage up to --until that is not current (like make)")
     run.add_argument("--until", choices=STAGE_NAMES, default="evaluate",
                      help=f"the last stage to run (default: evaluate); in order: {', '.join(STAGE_NAMES)}")
+    run.add_argument("--no-training", action="store_true",
+                     help="never (re)run the stages the test predictions depend on (data to refit): they must be "
+                          "current, e.g. a trained run carried to a notebook; stop at once otherwise")
     add_config_arguments(run)
     run.set_defaults(handler=command_run)
     status = commands.add_parser("status", help="show which stages of a run are current, stale or not run, and why")
@@ -386,8 +417,25 @@ def add_kernel_build_command(kernel_commands) -> None:
     build.add_argument("--weights-dataset", action="append", default=[], metavar="OWNER/NAME",
                        help="a dataset with Keras ImageNet weight files to attach (repeatable)")
     build.add_argument("--no-gpu", action="store_true", help="run the kernel without a GPU (default: two T4s)")
-    build.add_argument("--no-internet", action="store_true",
-                       help="turn the kernel's internet off (then --weights-dataset is required)")
+    internet = build.add_mutually_exclusive_group()
+    internet.add_argument("--no-internet", action="store_true",
+                          help="turn the kernel's internet off (then --weights-dataset is required, unless --trained "
+                               "or --from-kernel, whose internet is off already)")
+    internet.add_argument("--internet", action="store_true",
+                          help="leave internet on for a notebook that predicts from a trained run")
+    build.add_argument("--profile", default="kaggle", help="the shipped profile a kernel that trains runs (default: "
+                                                           "kaggle); a notebook predicting from a trained run takes the run's")
+    build.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                       help="a configuration key the kernel that trains sets (repeatable)")
+    trained = build.add_mutually_exclusive_group()
+    trained.add_argument("--trained", type=Path, metavar="RUN",
+                         help="predict and report from this run folder (it must have reached refit): its models and "
+                              "decisions travel as a second dataset, and the notebook never trains")
+    trained.add_argument("--from-kernel", metavar="OWNER/SLUG",
+                         help="predict and report from the run a training kernel left as its output (make kaggle-train)")
+    trained.add_argument("--training", action="store_true",
+                         help="build the training kernel (OWNER/voc-pipeline-train) instead: it trains up to refit and "
+                              "leaves the run as its output")
     build.add_argument("--notes", type=Path, metavar="DIR",
                        help=f"a folder of your Markdown notes, each put in the notebook where its name says: {allowed_names()}")
     build.add_argument("--experiments", nargs="+", default=[], type=Path, metavar="RUN",
@@ -460,6 +508,18 @@ def add_kernel_tool_commands(kernel_commands) -> None:
     check.add_argument("--output", type=Path, default=Path("kaggle/check"),
                        help="where the executed notebook and its HTML rendering are kept (default: kaggle/check)")
     check.set_defaults(handler=command_kernel_check)
+    install = kernel_commands.add_parser("install-run", help="where the notebook runs: put a carried run (its files "
+                                                             "checked) into --runs-dir and check the data is the run's")
+    install.add_argument("source", type=Path, help="the folder holding the carried run's voc-pipeline-run.json")
+    install.add_argument("--runs-dir", type=Path, required=True)
+    install.add_argument("--data", type=Path, required=True, help="the competition data root the run must have been "
+                                                                   "trained on")
+    install.set_defaults(handler=command_kernel_install_run)
+    pack = kernel_commands.add_parser("pack-run", help="pack a run that has reached refit (its models, decisions, "
+                                                       "histories and records) into a folder, as a training kernel's output")
+    pack.add_argument("run", type=Path, help="the run folder")
+    pack.add_argument("--output", type=Path, required=True)
+    pack.set_defaults(handler=command_kernel_pack_run)
 
 
 def add_submission_commands(commands) -> None:
@@ -497,7 +557,10 @@ def add_submission_commands(commands) -> None:
 def add_bench_command(commands) -> None:
     """`bench TARGET`: speed figures measured on this machine."""
     bench = commands.add_parser("bench", help="print speed figures measured on this machine")
-    bench.add_argument("target", choices=["submission", "classifier", "segmenter", "predict", "determinism", "estimate"])
+    bench.add_argument("target", choices=["submission", "classifier", "segmenter", "predict", "determinism", "estimate",
+                                          "run-dataset"])
+    bench.add_argument("--predict-only", action="store_true",
+                       help="estimate: only what a notebook predicting from a trained run runs (predictions, the attack)")
     bench.add_argument("--images", type=int, default=None, help="images to process (default: 750 for submission, 128 otherwise)")
     add_config_arguments(bench)
     bench.add_argument("--repeats", type=int, default=3)

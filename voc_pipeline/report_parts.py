@@ -333,6 +333,52 @@ def findings_part(run_dir: Path) -> list[Block]:
     return blocks
 
 
+def final_models_text(final_models: dict) -> str:
+    """Which models made the test predictions (stage refit's final_models.json), in a sentence per head."""
+    lines = []
+    for head in ("classifier", "segmenter"):
+        entry = final_models[head]
+        epochs = ", ".join(f"{name} {count}" for name, count in entry.get("epochs", {}).items())
+        refit = f" (refit after tune, epochs {epochs}: the validation figures above are the first model's)" if entry["refit"] else ""
+        lines.append(f"- {head}: {', '.join(f'`{name}`' for name in entry['models'])}, trained on {entry['trained_on']} "
+                     f"({entry['images']} images){refit}.")
+    return "The test predictions were made by:\n\n" + "\n".join(lines)
+
+
+TRAINING_FIGURES = ((artifacts.CLASSIFIER_CURVES, "Classifier learning curves"),
+                    (artifacts.SEGMENTER_CURVES, "Segmenter learning curves"),
+                    (artifacts.refit_curves("classifier"), "Classifier refit on every labelled image"),
+                    (artifacts.refit_curves("segmenter"), "Segmenter refit on every labelled image"))
+# Where a run's files went, not what it did.
+LOCATION_KEYS = ("run_name", "runs_dir", "data.root", "submit.output_dir")
+
+
+def training_part(run_dir: Path) -> list[Block]:
+    """For a notebook predicting from a run trained before it: which run, its configuration's differences from the
+    defaults, where, when and on what each of its stages ran (as it recorded them), the models that predict, and the
+    learning curves of its trainings."""
+    from voc_pipeline.comparison import differences, duration
+    from voc_pipeline.config import Config, config_to_dict
+    from voc_pipeline.graph import TRAINED_STAGES, flatten
+    from voc_pipeline.run_folder import read_run_info
+
+    run_dir = Path(run_dir)
+    configured = {key: value for key, value in flatten(artifacts.read_config(run_dir)).items() if key not in LOCATION_KEYS}
+    changed = differences(configured, {key: value for key, value in flatten(config_to_dict(Config())).items()
+                                       if key not in LOCATION_KEYS})
+    records = read_run_info(run_dir)["stages"]
+    rows = [(stage, record.get("finished", "-"), duration(float(record.get("seconds", 0))), record.get("host", "-"),
+             record.get("device", "-"), record.get("tensorflow") or "-", record.get("keras") or "-",
+             f"voc-pipeline {record.get('version', '?')}") for stage in TRAINED_STAGES if (record := records.get(stage))]
+    training_seconds = sum(float(records[stage].get("seconds", 0)) for stage in TRAINED_STAGES if stage in records)
+    intro = (f"This notebook predicts with the models of run `{run_dir.name}`, trained before it: "
+             f"{duration(training_seconds)} of stages from the data check to the refit. Its configuration differs from "
+             f"the package's defaults in: " + ("; ".join(f"`{line}`" for line in changed) or "nothing") + ".")
+    table = markdown.table(("stage", "finished (UTC)", "took", "host", "device", "TensorFlow", "Keras", "package"), rows)
+    return [intro, "Where and when each stage ran, as the run recorded it:", table,
+            final_models_text(artifacts.read_json(artifacts.FINAL_MODELS, run_dir)), *figures(run_dir, TRAINING_FIGURES)]
+
+
 def experiments_part(folder: Path) -> list[Block]:
     """The runs made before this notebook (bundled with `kernel build --experiments`): the comparison."""
     folder = Path(folder)

@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from typing import TypeVar
 
 from voc_pipeline.errors import KernelError
 from voc_pipeline.files import hash_file, json_kind, read_json_file, write_json_atomic
+from voc_pipeline.kernel.bundle import CONTENT_HASH_LABEL
 from voc_pipeline.kernel.credentials import CREDENTIALS_HELP, check_credentials
 
 logger = logging.getLogger(__name__)
@@ -190,6 +192,31 @@ class KaggleCli:
                      echo=True, context=context)
         self.wait_until_ready(dataset)
         return dataset
+
+    def published_content_hash(self, dataset: str) -> str | None:
+        """The content hash in the description of the dataset's latest version on Kaggle (`kaggle datasets metadata`),
+        None if the dataset does not exist yet or its description holds none."""
+        if self.dataset_status(dataset) == "missing":
+            return None
+        with tempfile.TemporaryDirectory(prefix="kaggle-metadata-") as folder:
+            self.run("datasets", "metadata", "-p", folder, dataset, context={"dataset": dataset})
+            path = Path(folder) / "dataset-metadata.json"
+            metadata = read_json_file(path, "the dataset's metadata", error_type=KernelError) if path.is_file() else {}
+        # The client (2.2) writes the API's whole answer, {"info": {...}}; older clients wrote the info itself.
+        info = metadata.get("info") if isinstance(metadata.get("info"), dict) else metadata
+        description = str(info.get("description") or "")
+        match = re.search(re.escape(CONTENT_HASH_LABEL) + r"([0-9a-f]{64})", description)
+        return match.group(1) if match else None
+
+    def upload_if_changed(self, folder: Path) -> str:
+        """Upload the dataset of `folder` unless its latest version on Kaggle holds the same content (the hash in both
+        descriptions); returns its id."""
+        metadata = read_metadata(folder / "dataset-metadata.json", {"id": str})
+        match = re.search(re.escape(CONTENT_HASH_LABEL) + r"([0-9a-f]{64})", str(metadata.get("description") or ""))
+        if match and self.published_content_hash(metadata["id"]) == match.group(1):
+            print(f"dataset {metadata['id']} is unchanged on Kaggle (content sha256 {match.group(1)[:12]}): not uploaded")
+            return metadata["id"]
+        return self.upload_dataset(folder)
 
     def push_kernel(self, folder: Path) -> dict:
         """Push the kernel of `folder`; returns {"kernel", "version", "url", "competition", "refused"} (also saved
@@ -408,7 +435,8 @@ def bundle_competition(bundle: Path, competition: str | None = None) -> str:
 
 def push_bundle(bundle: str | Path, weights: str | Path | None = None, cli: KaggleCli | None = None,
                 competition: str | None = None) -> dict:
-    """Upload the weights dataset (if given) and the wheel dataset, wait until Kaggle has processed them,
+    """Upload the weights dataset (if given), the wheel dataset and the carried run's dataset (a `--trained` bundle),
+    each only when its content changed since its latest version on Kaggle, wait until Kaggle has processed them,
     then push the kernel, which Kaggle starts running; returns the push record."""
     dataset, kernel = read_bundle(Path(bundle))
     bundle_competition(Path(bundle), competition)
@@ -417,9 +445,14 @@ def push_bundle(bundle: str | Path, weights: str | Path | None = None, cli: Kagg
     if weights is not None:
         if not (Path(weights) / "dataset-metadata.json").exists():
             raise KernelError(f"{weights} is not a weights dataset folder: make it with `voc-pipeline kernel weights`")
-        uploaded.add(cli.upload_dataset(Path(weights)))
-    uploaded.add(cli.upload_dataset(dataset))
-    for attached in read_metadata(kernel / "kernel-metadata.json", KERNEL_METADATA_KEYS)["dataset_sources"]:
+        uploaded.add(cli.upload_if_changed(Path(weights)))
+    uploaded.add(cli.upload_if_changed(dataset))
+    metadata = read_metadata(kernel / "kernel-metadata.json", KERNEL_METADATA_KEYS)
+    run = Path(bundle) / "run"
+    if (run / "dataset-metadata.json").is_file() and \
+            read_metadata(run / "dataset-metadata.json", {"id": str})["id"] in metadata["dataset_sources"]:
+        uploaded.add(cli.upload_if_changed(run))
+    for attached in metadata["dataset_sources"]:
         state = "ready" if attached in uploaded else cli.dataset_status(attached)
         if state != "ready":
             raise KernelError(f"dataset {attached}, attached in {kernel / 'kernel-metadata.json'}, is {state} on Kaggle: "

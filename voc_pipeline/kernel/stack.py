@@ -144,13 +144,23 @@ def bundle_competition_slug(bundle: str | Path) -> str:
 
 def simulate_kaggle(bundle: str | Path, data_root: str | Path, simulation: str | Path,
                     competition: str | None = None, mount: str = "competitions") -> Path:
-    """A /kaggle-like tree: input/competitions/<competition> (the data), input/<wheels dataset>, an empty working/."""
+    """A /kaggle-like tree: input/competitions/<competition> (the data), input/<wheels dataset>, the carried run's
+    dataset (a `--trained` bundle) or the training kernel's output (`--from-kernel`) under its slug, and an empty
+    working/."""
     simulation = Path(simulation)
     if simulation.exists():
         shutil.rmtree(simulation)
     (simulation / "working").mkdir(parents=True)
     shutil.copytree(data_root, simulation / "input" / mount / (competition or bundle_competition_slug(bundle)))
     shutil.copytree(Path(bundle) / "dataset", simulation / "input" / WHEELS_DATASET)
+    metadata = json.loads((Path(bundle) / "kernel" / "kernel-metadata.json").read_text())
+    run = Path(bundle) / "run"
+    if (run / "dataset-metadata.json").is_file():
+        run_id = json.loads((run / "dataset-metadata.json").read_text())["id"]
+        if run_id in metadata.get("dataset_sources", []):
+            shutil.copytree(run, simulation / "input" / run_id.split("/")[1])
+    for kernel in metadata.get("kernel_sources", []):
+        shutil.copytree(Path(bundle) / "from-kernel", simulation / "input" / kernel.split("/")[1])
     return simulation
 
 
@@ -217,7 +227,8 @@ def check_kernel(bundle: str | Path, data_root: str | Path, assignments: tuple[s
 
     Returns:
         {"files": files left in working/, "rows": submission rows, "valid": bool, "python": version,
-         "notebook": the executed .ipynb, "html": its rendering, "output": what the cells printed}.
+         "notebook": the executed .ipynb, "html": its rendering, "output": what the cells printed,
+         "submission": the submission.csv it wrote, kept in `output`}.
 
     Raises:
         KernelError: an error output, a section without outputs, 500 or more files in working/, an invalid
@@ -227,7 +238,7 @@ def check_kernel(bundle: str | Path, data_root: str | Path, assignments: tuple[s
     # Absolute: papermill runs in the simulated working folder.
     bundle, output = Path(bundle).resolve(), ensure_writable_folder(output).resolve()
     executed, html = output / "kernel.ipynb", output / "kernel.html"
-    for stale in (executed, html):
+    for stale in (executed, html, output / "submission.csv"):
         stale.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="kaggle-check-") as temporary:
         simulation = simulate_kaggle(bundle, data_root, Path(temporary) / "kaggle")
@@ -261,6 +272,7 @@ def check_kernel(bundle: str | Path, data_root: str | Path, assignments: tuple[s
             problems.append(f"{files} files in working/: Kaggle finds no submission at {KAGGLE_FILE_LIMIT} or more")
         report = None
         if (working / "submission.csv").is_file():
+            shutil.copyfile(working / "submission.csv", output / "submission.csv")  # kept beside the notebook
             report = validate_submission(working / "submission.csv",
                                          simulation / "input" / "competitions" / bundle_competition_slug(bundle))
             problems += [f"submission: {problem}" for problem in report.problems]
@@ -274,4 +286,4 @@ def check_kernel(bundle: str | Path, data_root: str | Path, assignments: tuple[s
               f"section has its outputs, valid submission with {report.rows} rows, {files} files in working/; executed "
               f"notebook {executed}, HTML {html}")
         return {"files": files, "rows": report.rows, "valid": report.valid, "python": version, "notebook": executed,
-                "html": html, "output": stream_text(notebook)}
+                "html": html, "output": stream_text(notebook), "submission": output / "submission.csv"}

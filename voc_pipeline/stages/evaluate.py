@@ -16,7 +16,14 @@ from voc_pipeline.data.competition import load_split
 from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_text_atomic
 from voc_pipeline.plots import plot_confusion, plot_mask_overlays, plot_score_comparison
-from voc_pipeline.report_parts import REPORT_FIGURES, choices_section, figures, score_table, training_text
+from voc_pipeline.report_parts import (
+    REPORT_FIGURES,
+    choices_section,
+    figures,
+    final_models_text,
+    score_table,
+    training_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +76,6 @@ def chosen_row(table: list[dict], name: str, run_dir) -> dict:
             return row
     raise artifacts.unreadable(artifacts.JOINT_RULE.path(run_dir), artifacts.JOINT_RULE.stage,
                                f"its chosen rule {name!r} is not among its {len(table)} candidates")
-
-
-def final_models_text(final_models: dict) -> str:
-    """Which models made the test predictions (stage refit's final_models.json), in a sentence per head."""
-    lines = []
-    for head in ("classifier", "segmenter"):
-        entry = final_models[head]
-        epochs = ", ".join(f"{name} {count}" for name, count in entry.get("epochs", {}).items())
-        refit = f" (refit after tune, epochs {epochs}: the validation figures above are the first model's)" if entry["refit"] else ""
-        lines.append(f"- {head}: {', '.join(f'`{name}`' for name in entry['models'])}, trained on {entry['trained_on']} "
-                     f"({entry['images']} images){refit}.")
-    return "The test predictions were made by:\n\n" + "\n".join(lines)
 
 
 def estimate_section(estimate: dict, test_flags: np.ndarray) -> tuple[list[str], dict]:
