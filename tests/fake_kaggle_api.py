@@ -61,6 +61,7 @@ class FakeKaggle:
     joined: set[str] = field(default_factory=set)
     competition_zip: bytes = b""
     datasets: dict[str, list[str]] = field(default_factory=dict)  # slug -> statuses still to answer
+    descriptions: dict[str, str] = field(default_factory=dict)  # slug -> its latest version's description
     ready_after: int = 1  # "blobs_received" answers before "ready"
     kernel_versions: dict[str, int] = field(default_factory=dict)
     kernel_states: list[str] = field(default_factory=lambda: ["RUNNING", "COMPLETE"])
@@ -133,12 +134,21 @@ class FakeKaggle:
     def on_CreateDataset(self, body):
         slug = f"{body['ownerSlug']}/{body['slug']}"
         self.datasets[slug] = ["BLOBS_RECEIVED"] * self.ready_after
+        self.descriptions[slug] = body.get("description") or ""
         return 200, {"ref": slug, "url": f"{SITE}/datasets/{slug}", "status": "ok"}, {}
 
     def on_CreateDatasetVersion(self, body):
         slug = f"{body['ownerSlug']}/{body['datasetSlug']}"
         self.datasets[slug] = ["BLOBS_RECEIVED"] * self.ready_after
+        self.descriptions[slug] = (body.get("body") or {}).get("description") or ""
         return 200, {"ref": slug, "url": f"{SITE}/datasets/{slug}", "status": "ok"}, {}
+
+    def on_GetDatasetMetadata(self, body):
+        slug = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if slug not in self.datasets:
+            return self.error(Failure(404, "Not found", json_body=False))
+        return 200, {"info": {"datasetSlug": body.get("datasetSlug"), "ownerUser": body.get("ownerSlug"),
+                              "description": self.descriptions.get(slug, "")}}, {}
 
     # kernels ------------------------------------------------------------------
 

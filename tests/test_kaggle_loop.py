@@ -253,8 +253,10 @@ def test_the_whole_loop_with_the_real_client(fake, token, bundle, demo_root, tmp
     assert "Your private Dataset is being created. Please check progress at" in out
     assert out.index("dataset someone/voc-pipeline-wheels: blobs_received") < out.index(
         "dataset someone/voc-pipeline-wheels: ready") < out.index("Kernel version 1 successfully pushed.")
+    # Not on Kaggle yet, so there is no content hash to compare: the dataset is created.
     assert [request.call.rsplit("/", 1)[-1] for request in fake.requests if request.path.startswith("/api")
-            and "IntrospectToken" not in request.path][:3] == ["GetDatasetStatus", "GetDatasetStatus", "StartBlobUpload"]
+            and "IntrospectToken" not in request.path][:4] == ["GetDatasetStatus", "GetDatasetStatus", "GetDatasetStatus",
+                                                               "StartBlobUpload"]
     created = fake.bodies("CreateDataset")[0]
     assert (created["ownerSlug"], created["slug"], created["isPrivate"]) == ("someone", "voc-pipeline-wheels", True)
     assert created["files"] == [{"token": "blob-0"}] and fake.uploads == {"blob-0": 1400}
@@ -481,3 +483,83 @@ def test_the_guard_refuses_other_hosts(home, tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert "test guard" in result.stdout
+
+
+# ---------------------------------------------------------------- a notebook from a run trained before it
+
+
+def pushed(capsys, bundle) -> str:
+    code, out, err = run(capsys, *quick("kernel", "push", "--bundle", bundle))
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.slow
+def test_a_trained_notebook_uploads_its_run_once_and_then_only_the_notebook(fake, token, bundle, tiny_run, tmp_path,
+                                                                           capsys):
+    config, _ = tiny_run
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "introduction.md").write_text("FIRST-NOTE\n")
+    built(bundle, capsys, "--trained", config.run_dir, "--notes", notes)
+    pushed(capsys, bundle)
+    assert {body["slug"] for body in fake.bodies("CreateDataset")} == {"voc-pipeline-wheels", "voc-pipeline-run-tiny"}
+    saved = fake.bodies("SaveKernel")[0]
+    assert saved["enableInternet"] is False and not saved.get("kernelDataSources")
+    assert saved["datasetDataSources"] == ["someone/voc-pipeline-wheels", "someone/voc-pipeline-run-tiny"]
+    assert "install-run" in saved["text"] and '"--until", "refit"' not in saved["text"]
+    uploads = dict(fake.uploads)
+
+    (notes / "introduction.md").write_text("SECOND-NOTE\n")
+    built(bundle, capsys, "--trained", config.run_dir, "--notes", notes)
+    out = pushed(capsys, bundle)
+    assert "dataset someone/voc-pipeline-run-tiny is unchanged on Kaggle" in out
+    assert "dataset someone/voc-pipeline-wheels is unchanged on Kaggle" in out
+    assert fake.bodies("CreateDatasetVersion") == [] and fake.uploads == uploads
+    assert len(fake.bodies("SaveKernel")) == 2 and "SECOND-NOTE" in fake.bodies("SaveKernel")[1]["text"]
+
+
+def packed_output(run_dir, folder) -> dict[str, bytes]:
+    """The output files a training kernel leaves: its run, packed under trained-run/."""
+    from voc_pipeline.kernel.trained_run import pack_run
+
+    pack_run(run_dir, folder / "trained-run")
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.slow
+def test_a_training_kernel_then_the_notebook_from_its_output(fake, token, bundle, tiny_run, tmp_path, capsys):
+    config, _ = tiny_run
+    training = tmp_path / "train-bundle"
+    built(training, capsys, "--training", "--profile", "smoke")
+    pushed(capsys, training)
+    saved = fake.bodies("SaveKernel")[0]
+    assert saved["slug"] == "someone/voc-pipeline-train" and saved["enableInternet"] is True
+    assert saved["enableGpu"] is True and saved["competitionDataSources"] == [THIS_YEAR]
+    notebook = json.loads(saved["text"])
+    source = "".join("".join(cell["source"]) for cell in notebook["cells"])
+    assert 'profile = "smoke"' in source and '"--until", "refit"' in source and "pack-run" in source
+    assert "classification_part" not in source
+
+    fake.kernel_states = fake.kernel_polls = ["COMPLETE"]  # the fake answers from kernel_polls once asked
+    fake.output_files = packed_output(config.run_dir, tmp_path / "kernel-output")
+    built(bundle, capsys, "--from-kernel", "someone/voc-pipeline-train")
+    pushed(capsys, bundle)
+    saved = fake.bodies("SaveKernel")[-1]
+    assert saved["slug"] == "someone/voc-pipeline" and saved["kernelDataSources"] == ["someone/voc-pipeline-train"]
+    assert saved["datasetDataSources"] == ["someone/voc-pipeline-wheels"] and saved["enableInternet"] is False
+    assert (bundle / "from-kernel" / "trained-run" / "voc-pipeline-run.json").is_file()
+
+
+@pytest.mark.parametrize(("states", "output", "expected"), [
+    (["ERROR"], {}, "training kernel someone/voc-pipeline-train failed (error: out of memory)"),
+    (["RUNNING"], {}, "training kernel someone/voc-pipeline-train is still running: wait until it completes"),
+    (["COMPLETE"], {"submission.csv": b"Id,Predicted\n"}, "completed but its output holds no carried run"),
+])
+def test_a_training_kernel_that_failed_runs_or_left_no_run_is_named(fake, token, bundle, capsys, states, output,
+                                                                   expected):
+    fake.kernel_states, fake.kernel_failure, fake.output_files = states, "out of memory", output
+    code, _, err = run(capsys, "kernel", "build", "--username", "someone", "--output", bundle, "--competition",
+                       THIS_YEAR, "--from-kernel", "someone/voc-pipeline-train")
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (bundle / "kernel").exists() and not fake.bodies("CreateDataset")

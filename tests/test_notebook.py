@@ -4,16 +4,16 @@ executed with papermill in a Jupyter kernel as Kaggle executes it."""
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 from conftest import one_line_error
 
 from voc_pipeline.cli import main
 from voc_pipeline.config import build_config, config_to_toml
-from voc_pipeline.data.demo import write_demo_data
 from voc_pipeline.kernel.bundle import KERNEL_SOURCE, build_bundle, notebook_from_percent, notes_slots
 from voc_pipeline.kernel.notes import NOTE_PLACES, read_notes
-from voc_pipeline.kernel.stack import check_kernel, notebook_sections, read_image
+from voc_pipeline.kernel.stack import build_stack_environment, check_kernel, notebook_sections, read_image
 
 COMPETITION = "kul-computer-vision-ga-2-2026"
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -135,19 +135,19 @@ def test_bad_notes_and_experiments_stop_the_build_before_anything_is_written(tmp
 # ---------------------------------------------------------------- the notebook, executed as Kaggle executes it
 
 
-QUICK = ("classifier.backbone='simple_cnn'", "classifier.image_size=32", "classifier.head_epochs=1",
-         "classifier.finetune_epochs=0", "segmenter.image_size=32", "segmenter.head_epochs=1",
-         "segmenter.finetune_epochs=0", "segmenter.overlay_images=2", "joint.worst_images=2", "attack.num_images=2",
-         "attack.pgd_steps=2", "attack.epsilons=[8.0]", "attack.examples=1")
-
 
 def outputs_of(cells) -> list[dict]:
     return [output for cell in cells for output in cell.get("outputs", [])]
 
 
 @pytest.mark.slow
-def test_the_notebook_runs_in_a_jupyter_kernel_on_kaggles_stack_with_notes_and_experiments(tmp_path):
-    data = write_demo_data(tmp_path / "demo", num_train=24, num_test=4, seed=2)
+def test_the_notebook_from_a_trained_run_predicts_reports_and_never_trains(tiny_run, tmp_path):
+    """The notebook, executed once, as Kaggle runs it: on Kaggle's stack, from the shared tiny run trained here
+    (both heads refit), with the student's notes and two offline experiments. It installs the run, finds the
+    carried stages current, predicts, reports every part with the run's curves, and writes the submission that
+    `submit` writes for the same run and data on the same stack, byte for byte."""
+    config, _ = tiny_run
+    data = shutil.copytree(config.data.root, tmp_path / "demo")
     # A stray wheel elsewhere under /kaggle/input must not be installed (pip would fail on it).
     (data / "stray-0.1-py3-none-any.whl").write_bytes(b"not a wheel")
     notes = tmp_path / "notes"
@@ -157,20 +157,27 @@ def test_the_notebook_runs_in_a_jupyter_kernel_on_kaggles_stack_with_notes_and_e
     (notes / "adversarial.md").write_text("ADVERSARIAL-NOTE: our goal.\n\n![sketch](sketch.png)\n")
     offline = [write_run(tmp_path / "runs" / "resnet", ["classifier.backbone='resnet50v2'"], score=0.61),
                write_run(tmp_path / "runs" / "baseline", score=0.55)]
-    bundle = build_bundle(tmp_path / "bundle", "someone", COMPETITION, notes=notes, experiments=tuple(offline))
+    bundle = build_bundle(tmp_path / "bundle", "someone", COMPETITION, enable_internet=False, notes=notes,
+                          experiments=tuple(offline), trained=config.run_dir)
+    metadata = json.loads((bundle / "kernel" / "kernel-metadata.json").read_text())
+    assert metadata["enable_internet"] is False and metadata["dataset_sources"][-1] == "someone/voc-pipeline-run-tiny"
     assert not list((bundle / "dataset" / "experiments").rglob("*.keras"))
-    result = check_kernel(bundle, data, QUICK, stack="kaggle", output=tmp_path / "check")
+    result = check_kernel(bundle, data, stack="kaggle", output=tmp_path / "check")
     assert result["valid"] and result["rows"] == 8 and result["files"] < 500
     assert result["python"].startswith(read_image().python) or shutil.which("pyenv") is None
     assert "installing from" in result["output"] and "stray" not in result["output"]
     assert result["html"].is_file() and "ADVERSARIAL-NOTE" in result["html"].read_text()
+    carried = "current already: data, train-cls, train-seg, tune, refit"
+    assert f"ran: predict, submit, evaluate; {carried}" in result["output"]
+    assert f"ran: attack; {carried}, predict, submit, evaluate" in result["output"]
+    assert "Epoch 1/" not in result["output"]  # nothing trained
 
     notebook = json.loads(result["notebook"].read_text())
     everything = outputs_of(notebook["cells"])
     assert not [output for output in everything if output["output_type"] == "error"]
     sections = notebook_sections(notebook)
-    assert list(sections) == ["Setup: the package and the ImageNet weights", "The data",
-                              "Training both heads, and the time it takes", "Part 1: multi-label classification",
+    assert list(sections) == ["Setup: the package and the ImageNet weights", "The data", "Training (before this notebook)",
+                              "Predictions, and the time they take", "Part 1: multi-label classification",
                               "Part 2: semantic segmentation, and how both heads decide together",
                               "Part 3: an adversarial attack on this run's own models",
                               "Experiments run before this notebook", "Part 4: findings", "The submission"]
@@ -183,19 +190,20 @@ def test_the_notebook_runs_in_a_jupyter_kernel_on_kaggles_stack_with_notes_and_e
     def images(title: str) -> int:
         return sum("image/png" in output.get("data", {}) for output in outputs_of(sections[title]))
 
-    assert "ESTIMATE" in shown("Training both heads, and the time it takes") and "adversarial attack" in \
-        shown("Training both heads, and the time it takes")
+    training = shown("Training (before this notebook)")
+    assert "run `tiny`" in training and "| train-cls |" in training and "the CPU" in training
+    assert "`refit_classifier.keras`, trained on fit + validation" in training
+    assert images("Training (before this notebook)") == 4  # both heads' curves, and both refits'
+    assert "no training" in shown("Predictions, and the time they take") and "ESTIMATE" in \
+        shown("Predictions, and the time they take")
     assert "Backbone `simple_cnn`" in shown("Part 1: multi-label classification")
-    assert images("Part 1: multi-label classification") == 3  # curves, per class, calibration
-    assert images("Part 2: semantic segmentation, and how both heads decide together") == 6
+    assert images("Part 1: multi-label classification") == 4  # curves, refit curves, per class, calibration
+    assert images("Part 2: semantic segmentation, and how both heads decide together") == 7
     attack = shown("Part 3: an adversarial attack on this run's own models")
     assert "| model | attack | epsilon | defence | success |" in attack and images("Part 3: an adversarial attack on this run's own models") == 3
     experiments = shown("Experiments run before this notebook")
     assert "`resnet`" in experiments and "`baseline`" in experiments and "classifier.backbone = " in experiments
     assert "| choice | decided by |" in shown("Part 4: findings")
-    # Each figure once: no image is shown twice.
-    pictures = [output["data"]["image/png"] for output in everything if "image/png" in output.get("data", {})]
-    assert len(pictures) == len(set(pictures))
     # The notes stand at their places, the note's image travels as an attachment.
     texts = ["".join(cell["source"]) for cell in notebook["cells"]]
 
@@ -205,3 +213,32 @@ def test_the_notebook_runs_in_a_jupyter_kernel_on_kaggles_stack_with_notes_and_e
     assert first("INTRODUCTION-NOTE") < first("## Setup")
     assert first("## Part 3") < first("ADVERSARIAL-NOTE") < first("## Experiments")
     assert notebook["cells"][first("ADVERSARIAL-NOTE")]["attachments"]["sketch.png"]["image/png"]
+
+    # The same run and data, `submit` on Kaggle's stack here: byte for byte the notebook's submission.
+    local = shutil.copytree(config.run_dir, tmp_path / "local" / "tiny")
+    for stale in ("test_predictions.npz", "submission.csv"):
+        (local / stale).unlink()
+    subprocess.run([str(build_stack_environment()), "-m", "voc_pipeline", "--log-level", "WARNING", "run", "--until",
+                    "submit", "--profile", str(local / "config.toml"), "--runs-dir", str(local.parent), "--run", "tiny",
+                    "--data", str(data), "--set", f'submit.output_dir="{tmp_path / "local-output"}"'], check=True)
+    assert result["submission"].read_bytes() == (local / "submission.csv").read_bytes()
+
+
+def sections_of(mode: str) -> list[str]:
+    return list(notebook_sections(notebook_from_percent(KERNEL_SOURCE.read_text(), mode=mode)))
+
+
+def test_the_notebook_that_trains_trains_and_reports_and_the_training_kernel_only_trains():
+    """The modes the test above does not execute: their sections, and what their cells run."""
+    assert sections_of("full") == ["Setup: the package and the ImageNet weights", "The data",
+                                   "Training both heads, and the time it takes", "Part 1: multi-label classification",
+                                   "Part 2: semantic segmentation, and how both heads decide together",
+                                   "Part 3: an adversarial attack on this run's own models", "Part 4: findings",
+                                   "The submission"]
+    assert sections_of("training") == ["Setup: the package and the ImageNet weights", "Training up to the refit"]
+    full = "".join("".join(cell["source"]) for cell in notebook_from_percent(KERNEL_SOURCE.read_text())["cells"])
+    assert '"run", "--until", "evaluate"' in full and "install-run" not in full and "--no-training" not in full
+    training = "".join("".join(cell["source"]) for cell in
+                       notebook_from_percent(KERNEL_SOURCE.read_text(), mode="training")["cells"])
+    assert '"run", "--until", "refit"' in training and '"kernel", "pack-run"' in training
+    assert "report_parts.classification_part" not in training
