@@ -352,7 +352,7 @@ def load_model_file(path: Path, stage: str):
                 dropped.setdefault(unknown[0], set()).update(unknown[1])
                 source = without_options(path, Path(folder) / f"{len(dropped)}.keras", dropped, keras.__version__)
     if dropped:
-        logging.getLogger(__name__).info("%s: saved by a newer Keras; dropped the options it records at their defaults "
+        logging.getLogger(__name__).debug("%s: saved by a newer Keras; dropped the options it records at their defaults "
                                          "that Keras %s does not know: %s", path.name, keras.__version__,
                                          ", ".join(f"{name}.{option}" for name, options in sorted(dropped.items())
                                                    for option in sorted(options)))
