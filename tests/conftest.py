@@ -98,3 +98,12 @@ def tiny_run(tmp_path_factory):
     config = build_config("smoke", assignments)
     assert set(run_until(config, "evaluate").values()) == {"ran"}
     return config, assignments
+
+
+@pytest.fixture(scope="session")
+def kaggle_stack():
+    """Kaggle's stack (.venv-kaggle, built once from kaggle/image.toml), built before any test installs its network
+    guard: a kernel build carrying models saved by a newer Keras loads them there."""
+    from voc_pipeline.kernel.stack import build_stack_environment
+
+    return build_stack_environment()

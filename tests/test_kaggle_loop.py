@@ -495,8 +495,8 @@ def pushed(capsys, bundle) -> str:
 
 
 @pytest.mark.slow
-def test_a_trained_notebook_uploads_its_run_once_and_then_only_the_notebook(fake, token, bundle, tiny_run, tmp_path,
-                                                                           capsys):
+def test_a_trained_notebook_uploads_its_run_once_and_then_only_the_notebook(kaggle_stack, fake, token, bundle, tiny_run,
+                                                                           tmp_path, capsys):
     config, _ = tiny_run
     notes = tmp_path / "notes"
     notes.mkdir()
@@ -528,7 +528,8 @@ def packed_output(run_dir, folder) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_a_training_kernel_then_the_notebook_from_its_output(fake, token, bundle, tiny_run, tmp_path, capsys):
+def test_a_training_kernel_then_the_notebook_from_its_output(kaggle_stack, fake, token, bundle, tiny_run, tmp_path,
+                                                            capsys):
     config, _ = tiny_run
     training = tmp_path / "train-bundle"
     built(training, capsys, "--training", "--profile", "smoke")
