@@ -48,7 +48,8 @@ help:
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,$(TF_EXTRA)]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,hub,$(TF_EXTRA)]"
+	$(BIN)/python -m pip install --quiet --no-deps "keras-hub==$$($(BIN)/python -c 'from voc_pipeline.backbone_table import KERAS_HUB_VERSION; print(KERAS_HUB_VERSION)')"
 	touch $@
 
 install: $(BIN)/.installed

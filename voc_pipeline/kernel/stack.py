@@ -22,6 +22,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from voc_pipeline.backbone_table import KERAS_HUB_VERSION
 from voc_pipeline.data.output_folder import KAGGLE_FILE_LIMIT, count_files
 from voc_pipeline.data.submission import validate_submission
 from voc_pipeline.errors import KernelError
@@ -82,7 +83,8 @@ def find_python(version: str) -> Path | None:
 def stack_stamp(image: KaggleImage, python: Path) -> dict:
     """What the environment was built from; a change rebuilds it."""
     sources = b"".join(path.read_bytes() for path in (IMAGE_FILE, REPOSITORY / "pyproject.toml") if path.exists())
-    return {"python": python_version_of(python), "packages": image.pins(), "sources": hashlib.sha256(sources).hexdigest()}
+    return {"python": python_version_of(python), "packages": [*image.pins(), f"keras-hub=={KERAS_HUB_VERSION}"],
+            "sources": hashlib.sha256(sources).hexdigest()}
 
 
 def run_quietly(command: list[str], what: str) -> None:
@@ -115,7 +117,9 @@ def build_stack_environment(folder: Path = STACK_ENVIRONMENT, image: KaggleImage
         constraints.write("\n".join(image.pins()) + "\n")
     run_quietly([str(environment_python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], "upgrading pip")
     run_quietly([str(environment_python), "-m", "pip", "install", "--quiet", "-c", constraints.name, *image.pins(),
-                 "-e", f"{REPOSITORY}[dev,cpu]"], "installing Kaggle's packages")
+                 "-e", f"{REPOSITORY}[dev,hub,cpu]"], "installing Kaggle's packages")
+    run_quietly([str(environment_python), "-m", "pip", "install", "--quiet", "--no-deps",
+                 f"keras-hub=={KERAS_HUB_VERSION}"], "installing keras-hub")
     Path(constraints.name).unlink()
     (folder / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
     return environment_python
