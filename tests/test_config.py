@@ -66,9 +66,11 @@ def test_ints_are_accepted_for_floats():
         ("classifier.loss=hinge", "classifier.loss = 'hinge' is not one of: bce, focal, asymmetric"),
         ("classifier.backbone=mobilenetv2", "classifier.backbone = 'mobilenetv2' is not one of: mobilenet_v2, mobilenet, "
                                             "vgg16, resnet50v2, efficientnetv2_s, convnext_tiny, convnext_small, "
-                                            "convnext_base, simple_cnn"),
+                                            "convnext_base, simple_cnn, dinov2_small, dinov2_base$"),
         ("segmenter.backbone=vgg16", "segmenter.backbone = 'vgg16' is not one of: mobilenet_v2, mobilenet, resnet50v2, "
-                                     "efficientnetv2_s, convnext_tiny, convnext_small, convnext_base$"),
+                                     "efficientnetv2_s, convnext_tiny, convnext_small, convnext_base, dinov2_small, "
+                                     "dinov2_base, segformer_b0, segformer_b1, segformer_b2, segformer_b3, segformer_b4, "
+                                     "segformer_b5$"),
         ("segmenter.image_size=100", "not divisible by segmenter.output_stride 16"),
         ("novalue", "key=value"),
     ],
@@ -79,7 +81,7 @@ def test_bad_overrides_name_the_key(assignment, message):
 
 
 def test_unknown_profile_lists_the_available_ones():
-    with pytest.raises(ConfigError, match="unknown profile .gpu-huge.; available: cpu, cpu-scratch, kaggle, kaggle-strong, smoke"):
+    with pytest.raises(ConfigError, match="unknown profile .gpu-huge.; available: cpu, cpu-foundation, cpu-scratch, kaggle, kaggle-foundation, kaggle-strong, smoke"):
         load_profile("gpu-huge")
 
 
@@ -128,17 +130,23 @@ def test_no_training_epoch_at_all_is_refused():
         build_config(assignments=["segmenter.head_epochs=0", "segmenter.finetune_epochs=0"])
 
 
-def test_a_backbone_segments_exactly_when_the_table_gives_its_taps():
-    """The configuration refuses a segmenter backbone without the taps DeepLabV3+ reads, by the table's own row."""
+def test_a_backbone_segments_and_classifies_exactly_when_the_table_gives_it_that_head():
+    """The configuration refuses a head its backbone's row does not carry: DeepLabV3+ without the taps it reads, a
+    classifier on a segmentation-only encoder (SegFormer)."""
     from voc_pipeline.backbone_table import TABLE
 
     for row in TABLE:
-        assignment = f"segmenter.backbone={row.name}"
-        if {4, 8, 16} <= set(row.taps):
-            assert build_config(assignments=[assignment]).segmenter.backbone == row.name
-        else:
-            with pytest.raises(ConfigError, match=rf"segmenter.backbone = '{row.name}' is not one of"):
-                build_config(assignments=[assignment])
+        weights = "none" if row.from_keras_hub else "imagenet"
+        size = row.size_multiple * 4 if row.fixed_size else 64
+        for head, carries in (("segmenter", row.segmenter_head == "deeplab" and {4, 8, 16} <= set(row.taps)
+                               or row.segmenter_head in ("tokens", "segformer")),
+                              ("classifier", row.classifier_head is not None)):
+            assignments = [f"{head}.backbone={row.name}", f"{head}.weights={weights}", f"{head}.image_size={size}"]
+            if carries:
+                assert getattr(build_config(assignments=assignments), head).backbone == row.name
+            else:
+                with pytest.raises(ConfigError, match=rf"{head}.backbone = '{row.name}' is not one of"):
+                    build_config(assignments=assignments)
 
 
 def test_both_heads_share_one_training_schedule_with_their_own_defaults():

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voc_pipeline.backbone_table import BACKBONE_NAMES, SEGMENTER_BACKBONES, backbone
+from voc_pipeline.backbone_table import CLASSIFIER_BACKBONES, SEGMENTER_BACKBONES, backbone
 from voc_pipeline.choices import CLASSIFIER_LOSSES, DEFENCE_BITS, MIXED_PRECISION_MODES, OUTPUT_STRIDES, PIXEL_LEVELS
 from voc_pipeline.config_view import unwrapped
 from voc_pipeline.core.classes import CLASS_NAMES
-from voc_pipeline.errors import ConfigError
+from voc_pipeline.errors import ConfigError, VocPipelineError
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 # A run is a folder under runs_dir: a plain name, so that `--run ..` or `--run a/b` cannot write elsewhere.
@@ -86,7 +86,8 @@ class TrainingSchedule:
     """The training recipe both heads share (voc_pipeline.models.training); its keys sit flat in the
     [classifier] and [segmenter] sections. Fields without a default here get one from each head."""
 
-    # "imagenet", "none", or the path of the backbone's no-top weights file (offline Kaggle kernels).
+    # "imagenet", "none", or the path of the backbone's no-top weights file (offline Kaggle kernels); for a
+    # keras-hub encoder (DINOv2, SegFormer), its preset's name (downloaded where there is internet) or folder.
     weights: str = "imagenet"
     # MobileNet alpha; smaller is faster and weaker.
     width_multiplier: float = bounded(1.0, 0, 4, low_inclusive=False)
@@ -115,6 +116,9 @@ class TrainingSchedule:
     # After tune, train the final model again on fit + validation images for the epochs validation chose, and
     # predict with it (stage refit; a K-fold classifier already uses every image and stays as it is).
     refit_all: bool = False
+    # Keep the whole encoder frozen and train the head alone on its features, computed once per run for every
+    # training image and its mirror image and cached (a DINOv2 encoder's head then trains in seconds an epoch).
+    freeze_backbone: bool = False
 
 
 # The keys of a training section that only stage refit reads: changing them must not retrain the first models.
@@ -129,8 +133,9 @@ def default_for(name: str, default):
 @dataclass(frozen=True, kw_only=True)
 class ClassifierConfig(TrainingSchedule):
     # mobilenet_v2 is the product's default; vgg16, resnet50v2, simple_cnn are baselines; efficientnetv2_s
-    # and convnext_tiny/small/base (the best public solution's choice) are the stronger options for a GPU budget.
-    backbone: str = one_of("mobilenet_v2", *BACKBONE_NAMES)
+    # and convnext_tiny/small/base (the best public solution's choice) are the stronger options for a GPU budget;
+    # dinov2_small/base (keras-hub, self-supervised) the strongest encoders, frozen with freeze_backbone.
+    backbone: str = one_of("mobilenet_v2", *CLASSIFIER_BACKBONES)
     # Square input side; MobileNetV2's ImageNet weights exist for 96, 128, 160, 192 and 224.
     image_size: int = bounded(224, 32, 2048)
     # Dropout before the logits: the head overfits 600 images quickly otherwise.
@@ -151,8 +156,8 @@ class ClassifierConfig(TrainingSchedule):
 
 @dataclass(frozen=True, kw_only=True)
 class SegmenterConfig(TrainingSchedule):
-    # mobilenet (MobileNet v1, the product's default), mobilenet_v2, or another backbone the table
-    # (voc_pipeline.backbone_table) gives taps for.
+    # mobilenet (MobileNet v1, the product's default), mobilenet_v2, another backbone the table
+    # (voc_pipeline.backbone_table) gives taps for, dinov2_small/base or segformer_b0..b5 (keras-hub).
     backbone: str = one_of("mobilenet", *SEGMENTER_BACKBONES)
     # Square input side; images are letterboxed into it. Must be divisible by the output stride.
     image_size: int = bounded(320, 32, 2048)
@@ -389,6 +394,28 @@ def check_declared_values(section: Any, prefix: str = "") -> None:
             raise ConfigError(f"{key} = {value!r} is not one of: {', '.join(map(str, item.metadata['choices']))}")
 
 
+def check_encoder(name: str, section) -> None:
+    """What a backbone's row asks of its section: the input side a ViT's patches divide, the weights a keras-hub
+    encoder takes (a preset, a preset folder or none, never VOC-trained ones), no fine-tuning of a frozen encoder."""
+    from voc_pipeline.backbone_table import refuse_voc_trained
+
+    row = backbone(section.backbone)
+    try:
+        refuse_voc_trained(section.weights)
+    except VocPipelineError as error:
+        raise ConfigError(f"{name}.weights: {error}") from None
+    if row.fixed_size and section.image_size % row.size_multiple:
+        raise ConfigError(f"{name}.image_size {section.image_size} is not a multiple of {row.size_multiple}, as "
+                          f"{row.name} needs (e.g. {max(1, section.image_size // row.size_multiple) * row.size_multiple})")
+    if row.from_keras_hub and section.weights == "imagenet":
+        raise ConfigError(f"{name}.weights = 'imagenet': {row.name} has no ImageNet weights of keras.applications; its "
+                          f"pretrained weights are the keras-hub preset {row.preset!r}: set {name}.weights to it (or "
+                          f"to a local preset folder, or none)")
+    if section.freeze_backbone and section.finetune_epochs:
+        raise ConfigError(f"{name}.freeze_backbone keeps the encoder frozen, and {name}.finetune_epochs = "
+                          f"{section.finetune_epochs} would fine-tune it: set one of them off (finetune_epochs=0)")
+
+
 def validate_config(config: Config) -> None:
     """Each field against its range or choices, then the checks that involve several fields."""
     check_declared_values(config)
@@ -401,8 +428,9 @@ def validate_config(config: Config) -> None:
             raise ConfigError(f"{name}.layerwise_lr_decay = {section.layerwise_lr_decay} needs a backbone with stages, "
                               f"and {name}.backbone {section.backbone!r} has none in the backbone table; use one of "
                               f"{', '.join(SEGMENTER_BACKBONES)} or leave it at 1.0")
+        check_encoder(name, section)
     segmenter = config.segmenter
-    if segmenter.image_size % segmenter.output_stride:
+    if not backbone(segmenter.backbone).fixed_size and segmenter.image_size % segmenter.output_stride:
         raise ConfigError(f"segmenter.image_size {segmenter.image_size} is not divisible by segmenter.output_stride "
                           f"{segmenter.output_stride}")
     if len(segmenter.scale_range) != 2 or segmenter.scale_range[0] > segmenter.scale_range[1]:

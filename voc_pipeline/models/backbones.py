@@ -157,4 +157,13 @@ def preprocessing_layer(name: str) -> layers.Layer:
         return CaffePreprocessing(name="preprocess")
     if kind == "unit":
         return layers.Rescaling(1.0 / 255.0, name="preprocess")
+    if kind == "imagenet_standardize":  # (x / 255 - mean) / deviation per channel, as keras-hub's presets expect
+        return layers.Rescaling([1.0 / (255.0 * deviation) for deviation in IMAGENET_DEVIATION],
+                                offset=[-mean / deviation for mean, deviation in zip(IMAGENET_MEAN, IMAGENET_DEVIATION)],
+                                name="preprocess")
     return layers.Rescaling(1.0, name="preprocess")
+
+
+# ImageNet's channel means and standard deviations on 0..1 RGB, the normalisation DINOv2 and SegFormer were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEVIATION = (0.229, 0.224, 0.225)

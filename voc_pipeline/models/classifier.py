@@ -8,8 +8,11 @@ import keras
 import numpy as np
 from keras import layers
 
+from voc_pipeline.backbone_table import CLASSIFIER_BACKBONES
+from voc_pipeline.backbone_table import backbone as table_row
 from voc_pipeline.core.classes import NUM_CLASSES
 from voc_pipeline.core.probability import sigmoid
+from voc_pipeline.errors import BackboneError
 from voc_pipeline.models.backbones import build_backbone, preprocessing_layer
 from voc_pipeline.models.input_pipeline import prediction_dataset
 
@@ -29,6 +32,14 @@ def build_classifier(backbone: str = "mobilenet_v2", image_size: int = 224, *, n
         dropout: dropout rate before the last layer.
         width_multiplier: MobileNet alpha (1.0 for other backbones).
     """
+    head = table_row(backbone).classifier_head
+    if head is None:
+        raise BackboneError(f"{backbone} carries no classifier head (it segments only); expected one of: "
+                            f"{', '.join(CLASSIFIER_BACKBONES)}")
+    if head == "tokens":
+        from voc_pipeline.models.foundation import build_token_classifier
+
+        return build_token_classifier(backbone, image_size, num_classes, weights, dropout, preprocessing_layer(backbone))
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     features = preprocessing_layer(backbone)(inputs)
     features = build_backbone(backbone, image_size, weights, width_multiplier)(features)

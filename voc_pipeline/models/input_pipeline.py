@@ -211,13 +211,18 @@ def segmentation_dataset(images: Sequence[np.ndarray], masks: Sequence[np.ndarra
         mask.set_shape([None, None])
         return tf.cast(image, tf.float32), tf.cast(mask[..., None], tf.int32)
 
+    # Every example comes out image_size square; saying so gives the batches the static shape a model of one input
+    # size (a keras-hub encoder) needs.
+    def square(image, mask):
+        return tf.ensure_shape(image, (image_size, image_size, 3)), tf.ensure_shape(mask, (image_size, image_size))
+
     def augment(example, seed_pair):
         image, mask = example
         image, mask, jitter_seed = random_scale_crop_flip(image, mask, seed_pair, image_size, scale_range)
-        return to_model_input(colour_jitter(image, jitter_seed)), mask[..., 0]
+        return square(to_model_input(colour_jitter(image, jitter_seed)), mask[..., 0])
 
     def letterbox_for_evaluation(image, mask):
         image, mask = letterbox(image, mask, image_size)
-        return to_model_input(image), mask[..., 0]
+        return square(to_model_input(image), mask[..., 0])
 
     return assemble(positions, load, augment if training else letterbox_for_evaluation, batch_size, training, seed)

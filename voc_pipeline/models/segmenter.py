@@ -96,6 +96,12 @@ def build_segmenter(backbone: str = "mobilenet", image_size: int = 320, *, num_c
     """
     if backbone not in SEGMENTER_BACKBONES:
         raise BackboneError(f"unknown segmenter backbone {backbone!r}; expected one of: {', '.join(SEGMENTER_BACKBONES)}")
+    head = BACKBONES[backbone].segmenter_head
+    if head in ("tokens", "segformer"):
+        from voc_pipeline.models import foundation
+
+        build = foundation.build_token_segmenter if head == "tokens" else foundation.build_segformer_segmenter
+        return build(backbone, image_size, num_classes, weights, preprocessing_layer(backbone))
     if output_stride not in ATROUS_RATES:
         raise BackboneError(f"output stride must be one of {sorted(ATROUS_RATES)}, got {output_stride}")
     if image_size % output_stride:
@@ -147,6 +153,21 @@ def scaled_canvas(image_size: int, scale: float, output_stride: int) -> int:
     return max(output_stride, int(round(image_size * scale / output_stride)) * output_stride)
 
 
+def prediction_canvas(model: keras.Model, image_size: int, scale: float, output_stride: int) -> int:
+    """The square side a batch is letterboxed into at `scale`: the model's own input size where it takes one only
+    (keras-hub's ViT and MiT encoders, which predict at scale 1 only), else `scaled_canvas`.
+
+    Raises:
+        BackboneError: another scale than 1 for a model of one fixed size.
+    """
+    fixed = model.input_shape[1]
+    if fixed is None:
+        return scaled_canvas(image_size, scale, output_stride)
+    if scale != 1.0:
+        raise BackboneError(f"{model.name} takes {fixed} x {fixed} inputs only: it cannot predict at scale {scale:g}")
+    return int(fixed)
+
+
 def resize_probabilities(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of an (h, w, C) probability map to (height, width, C)."""
     if probabilities.shape[:2] == (height, width):
@@ -176,7 +197,7 @@ def label_maps_with_and_without_flip(model: keras.Model, images: Sequence[np.nda
     """(label maps with flip TTA, label maps without) at scale 1, each batch predicted once plain and once
     mirrored: the same maps as predict_label_maps with flip_tta on and off, for half the predictions."""
     with_flip, without_flip = [], []
-    canvas = scaled_canvas(image_size, 1.0, output_stride)
+    canvas = prediction_canvas(model, image_size, 1.0, output_stride)
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         letterboxed = [letterbox_for_prediction(image, canvas) for image in chunk]
@@ -203,7 +224,7 @@ def probability_maps(model: keras.Model, images: Sequence[np.ndarray], image_siz
         chunk = images[start:start + batch_size]
         per_scale = []
         for scale in scales:
-            canvas = scaled_canvas(image_size, scale, output_stride)
+            canvas = prediction_canvas(model, image_size, scale, output_stride)
             letterboxed = [letterbox_for_prediction(image, canvas) for image in chunk]
             batch = np.stack([boxed.numpy() for boxed, _, _ in letterboxed])
             per_scale.append((canvas_probabilities(model, batch, flip_tta),

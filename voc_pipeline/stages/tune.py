@@ -176,6 +176,11 @@ def compare_scales(config: Config, validation: Validation) -> ScaleChoice:
     """1.0 alone against the configured scales by the validation Dice of the segmenter's own masks (the more
     scales only when they win by more than the noise), with the time each costs."""
     options = scale_options(config.inference.segmenter_scales)
+    if validation.model.input_shape[1] is not None:
+        # A model of one input size (a keras-hub ViT or MiT encoder) predicts at scale 1 only.
+        logger.info("the segmenter takes one input size: it predicts at scale 1 only, not at %s",
+                    scale_name(tuple(config.inference.segmenter_scales)))
+        options = [(1.0,)]
     figures, rows, seen = {}, [], []
     for scales in options:
         list(validation.maps(scales, [0]))  # traces the model for these sizes, so the timing below is of predicting
