@@ -28,6 +28,7 @@ from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
 from voc_pipeline.data.competition import fingerprint, load_split
 from voc_pipeline.files import reporting_full_disk
 from voc_pipeline.models.classifier import classifier_from_config
+from voc_pipeline.models.features import cached_features, feature_dataset, split_at_head
 from voc_pipeline.models.input_pipeline import classification_dataset, object_box, segmentation_dataset
 from voc_pipeline.models.losses import SegmentationLoss, classifier_loss
 from voc_pipeline.models.portable import record_option_defaults
@@ -109,6 +110,11 @@ class Head:
         """The files of the first training (`tag`: "" or a fold's "_fold<k>")."""
         raise NotImplementedError
 
+    def trains_on_cached_features(self, settings) -> bool:
+        """Whether the head trains alone on its frozen encoder's cached features (a token head, freeze_backbone)."""
+        row = backbone(settings.backbone)
+        return settings.freeze_backbone and (row.classifier_head if self.name == "classifier" else row.segmenter_head) == "tokens"
+
     def refit_files(self, run_dir: Path) -> ModelFiles:
         """The files of the refit on every labelled image."""
         return ModelFiles.in_run(run_dir, artifacts.refit_model_file(self.name), artifacts.refit_history_file(self.name),
@@ -165,7 +171,10 @@ class SegmenterHead(Head):
         return [keras.metrics.MeanIoU(NUM_LABELS, ignore_class=VOID_LABEL, sparse_y_pred=False, name="mean_iou")]
 
     def describe(self, settings):
-        return f"DeepLabV3+ {settings.backbone}, output stride {settings.output_stride}"
+        head = backbone(settings.backbone).segmenter_head
+        if head == "deeplab":
+            return f"DeepLabV3+ {settings.backbone}, output stride {settings.output_stride}"
+        return f"{'SegFormer' if head == 'segformer' else 'patch tokens of'} {settings.backbone}"
 
     def model_files(self, run_dir, tag=""):
         return ModelFiles.in_run(run_dir, artifacts.SEGMENTER_MODEL.pattern, artifacts.SEGMENTER_HISTORY.pattern,
@@ -224,10 +233,20 @@ def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_pos
     with strategy.scope():
         model = head.build(settings)
     validated = validation_positions is not None
-    train_data = head.dataset(settings, data, fit_positions, True, config.seed)
-    validation_data = head.dataset(settings, data, validation_positions, False, config.seed) if validated else None
+    on_features = head.trains_on_cached_features(settings)
+    if on_features:
+        # The encoder never changes: its features are computed once, and only the head part is fitted.
+        encoder, trained = split_at_head(model, head.name)
+        cached = cached_features(encoder, head.name, data, settings.image_size, settings.batch_size, config.run_dir)
+        train_data = feature_dataset(cached, fit_positions, settings.batch_size, True, config.seed)
+        validation_data = (feature_dataset(cached, validation_positions, settings.batch_size, False, config.seed)
+                           if validated else None)
+    else:
+        trained = model
+        train_data = head.dataset(settings, data, fit_positions, True, config.seed)
+        validation_data = head.dataset(settings, data, validation_positions, False, config.seed) if validated else None
     # What an interrupted training must share with this one to be resumed.
-    identity = {"seed": config.seed, head.name: training_settings(settings), "tag": tag,
+    identity = {"seed": config.seed, head.name: training_settings(settings), "tag": tag, "cached_features": on_features,
                 "phases": [asdict(phase) for phase in phases], "data": fingerprint(config.data.root, "train"),
                 "fit_ids": np.asarray(data.ids)[fit_positions].tolist()}
 
@@ -243,25 +262,42 @@ def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_pos
     # Keras writes its checkpoints and backups in place: a full disk there is named like any other write.
     with reporting_full_disk(files.checkpoint.parent, "the earlier model files are as they were; an interrupted "
                              "training resumes from its last whole epoch"):
-        fit_in_phases(model, compile_model, phases, train_data, validation_data,
+        fit_in_phases(trained, compile_model, phases, train_data, validation_data,
                       steps_per_epoch(len(fit_positions), settings.batch_size), files.checkpoint, live_history,
                       monitor=head.monitor if validated else None, mode="max", patience=settings.patience,
                       identity=identity, facts=facts)
-    promote_checkpoint(files.checkpoint, files.model)
+    if on_features:
+        keep_whole_model(model, files)
+    else:
+        promote_checkpoint(files.checkpoint, files.model)
     record_option_defaults(files.model)  # so that Kaggle's older Keras can load it (voc_pipeline.models.portable)
     history = pd.read_csv(live_history)
     write_history(history.to_dict("records"), files.history)
     live_history.unlink()
     plot_learning_curves(history, files.curves, title)
     return TrainedHead(keras.saving.load_model(files.model, compile=False),
-                       training_facts(settings, facts, settings.patience if validated else None))
+                       training_facts(settings, facts, settings.patience if validated else None, on_features))
 
 
-def training_facts(settings, phases: list[dict], patience: int | None) -> dict:
+def keep_whole_model(model: keras.Model, files: ModelFiles) -> None:
+    """After a head trained on cached features: the chosen epoch's head (its checkpoint) put into the whole model,
+    which is saved as the model file (it takes raw images, as every saved model does)."""
+    chosen = keras.saving.load_model(files.checkpoint, compile=False)
+    for layer in chosen.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    whole = files.checkpoint.with_name(f"{files.checkpoint.stem}_whole.keras")
+    model.save(whole)
+    whole.replace(files.model)
+    files.checkpoint.unlink()
+
+
+def training_facts(settings, phases: list[dict], patience: int | None, cached: bool = False) -> dict:
     """What a training started from, what each phase trained and when it would stop early (None: it ran every
     epoch), as the training code decided it: the head manifests keep it, and the report states it from there."""
     row = backbone(settings.backbone)
     return {"backbone": settings.backbone, "weights": settings.weights, "pretrained": is_pretrained(settings.weights),
             "initial_weights": describe_initial_weights(settings.weights, row), "phases": phases,
-            "fine_tuning_keeps_frozen": row.freezing_sentence, "early_stopping_patience": patience}
+            "fine_tuning_keeps_frozen": row.freezing_sentence, "early_stopping_patience": patience,
+            "cached_features": cached}
 

@@ -218,6 +218,8 @@ def plan_phases(schedule: TrainingSchedule) -> list[Phase]:
         schedule: the `classifier` or `segmenter` configuration section (backbone, weights, epochs, learning
             rates, warm-up, unfreeze fraction and layer-wise decay).
     """
+    if schedule.freeze_backbone:
+        return [Phase("head", schedule.head_epochs, schedule.head_learning_rate, 0, 0.0)]
     if not is_pretrained(schedule.weights):
         return [Phase("full", schedule.head_epochs + schedule.finetune_epochs, schedule.head_learning_rate,
                       schedule.warmup_epochs, None)]
@@ -334,6 +336,13 @@ def clear_resume_point(model: keras.Model) -> None:
 
 def apply_freezing(model: keras.Model, phase: Phase) -> dict:
     """Make trainable what `phase` trains; returns what that is (the phase's facts, for the report)."""
+    if "backbone" not in {layer.name for layer in model.layers}:
+        # A head trained alone on its frozen encoder's cached features (voc_pipeline.models.features).
+        model.trainable = True
+        logger.info("phase %s: the head alone, on the frozen encoder's cached features", phase.name)
+        return {"phase": phase.name, "epochs": phase.epochs, "learning_rate": phase.learning_rate,
+                "warmup_epochs": phase.warmup_epochs, "trainable_backbone_layers": 0, "backbone_layers": None,
+                "keep_frozen": []}
     layers = len(model.get_layer("backbone").layers)
     if phase.trainable_fraction is None:
         set_all_trainable(model)
