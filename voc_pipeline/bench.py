@@ -154,7 +154,7 @@ def bench_segmenter(config, num_images: int = 64, steps: int = 6) -> dict[str, f
     figures["predict_with_resize_back_images_per_second"] = prediction_rate(
         lambda chosen: predict_label_maps(model, chosen, settings.image_size, settings.output_stride, batch_size,
                                           flip_tta=False), images, batch_size)
-    print_figures(f"segmenter DeepLabV3+ {settings.backbone} (output stride {settings.output_stride}) at "
+    print_figures(f"segmenter on {settings.backbone} (output stride {settings.output_stride}) at "
                   f"{settings.image_size} px, batch {batch_size}, source images 375 x 500, {steps} steps after a warm-up:", figures)
     return figures
 
@@ -346,7 +346,7 @@ def bench_estimate(config, predict_only: bool = False) -> dict[str, float]:
                                        * segmenter_views) * 1e9 * COMPETITION_TEST_IMAGES,
                  "adversarial attack": attack}
         print(f"a notebook predicting from a trained run, at {classifier_settings.backbone} {classifier_settings.image_size} "
-              f"px and DeepLabV3+ {segmenter_settings.backbone} {segmenter_settings.image_size} px (no training):")
+              f"px and a segmenter on {segmenter_settings.backbone} {segmenter_settings.image_size} px (no training):")
         return print_estimate(figures, flops)
     size, batch = classifier_settings.image_size, classifier_settings.batch_size
     figures["classifier_step_seconds_here"] = measured_step_seconds(
@@ -380,7 +380,7 @@ def bench_estimate(config, predict_only: bool = False) -> dict[str, float]:
     if segmenter_settings.refit_all:
         flops["segmenter refit (every image)"] = (figures["segmenter_forward_gflops"] * 1e9 * segmenter_epochs
                                                   * 3 * COMPETITION_TRAIN_IMAGES)
-    print(f"profile at {classifier_settings.backbone} {classifier_settings.image_size} px and DeepLabV3+ "
+    print(f"profile at {classifier_settings.backbone} {classifier_settings.image_size} px and a segmenter on "
           f"{segmenter_settings.backbone} {segmenter_settings.image_size} px:")
     print(f"  measured here: one training step {figures['classifier_step_seconds_here']:.2f} s (classifier, batch "
           f"{classifier_settings.batch_size}), {figures['segmenter_step_seconds_here']:.2f} s (segmenter, batch "
@@ -427,7 +427,7 @@ def bench_run_dataset(config) -> dict[str, float]:
     figures = {f"{name}_model_megabytes": size / 1e6 for name, size in sizes.items()}
     figures["models_megabytes"] = sum(sizes[name] * counts[name] for name in sizes) / 1e6
     print(f"a trained run's dataset for this profile (classifier {classifier_settings.backbone} "
-          f"{classifier_settings.image_size} px, segmenter DeepLabV3+ {segmenter_settings.backbone}):")
+          f"{classifier_settings.image_size} px, segmenter on {segmenter_settings.backbone}):")
     for name in sizes:
         print(f"  {name}: {counts[name]} model{'s' if counts[name] > 1 else ''} of {sizes[name] / 1e6:.1f} MB")
     print(f"  models in all: {figures['models_megabytes']:.1f} MB, plus about {CARRIED_SMALL_FILES_MEGABYTES:g} MB of "
@@ -438,3 +438,76 @@ def bench_run_dataset(config) -> dict[str, float]:
 # What a carried run holds besides models, measured on the demo's run (splits, manifests, histories, decisions,
 # validation predictions and figures): a few megabytes, growing with the number of validation images.
 CARRIED_SMALL_FILES_MEGABYTES = 2
+
+
+def bench_features(config, num_images: int = 32) -> dict[str, float]:
+    """What caching a frozen encoder's features buys, for each head of the profile that trains on them: images/s of
+    the feature extraction (done once per run, for every training image and its mirror image), head epochs/s on the
+    cached features, and the end-to-end training of the same model with the encoder frozen (its forward pass in
+    every step), here; then both trainings' time for the profile's epochs on the competition's images. Random
+    weights: the speed does not depend on them."""
+    import keras
+
+    from voc_pipeline.models.features import split_at_head
+    from voc_pipeline.models.heads import CLASSIFIER, SEGMENTER
+    from voc_pipeline.models.training import seed_everything
+
+    seed_everything(config.seed, config.deterministic)
+    figures: dict[str, float] = {}
+    fit_images = COMPETITION_TRAIN_IMAGES * (1 - config.data.validation_fraction)
+    for head in (CLASSIFIER, SEGMENTER):
+        settings = head.settings(config)
+        if not head.trains_on_cached_features(settings):
+            print(f"{head.name} {settings.backbone}: does not train on cached features (freeze_backbone with a token "
+                  f"head, e.g. dinov2_small); skipped")
+            continue
+        data = synthetic_train_split(num_images, config.seed)
+        batch = settings.batch_size
+        model = head.build(settings, weights="none")
+        encoder, head_model = split_at_head(model, head.name)
+        images = next(iter(head.dataset(settings, data, np.arange(num_images), False, config.seed).unbatch()
+                           .batch(num_images)))[0].numpy()
+        encoder.predict_on_batch(images[:batch])  # traces
+        start = time.perf_counter()
+        features = np.concatenate([encoder.predict_on_batch(images[index:index + batch])
+                                   for index in range(0, num_images, batch)])
+        extraction = num_images / (time.perf_counter() - start)
+        targets = next(iter(head.dataset(settings, data, np.arange(num_images), False, config.seed).unbatch()
+                            .batch(num_images)))[1].numpy()
+        head_model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=head.loss(settings))
+        cached = tf_dataset(features.astype(np.float16).astype(np.float32), targets, batch)
+        head_rate = num_images / timed_epoch(head_model, cached)
+        model.get_layer("backbone").trainable = False
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=head.loss(settings))
+        end_to_end_rate = num_images / timed_epoch(model, tf_dataset(images, targets, batch))
+        epochs = settings.head_epochs
+        cached_seconds = 2 * COMPETITION_TRAIN_IMAGES / extraction + epochs * fit_images / head_rate
+        end_to_end_seconds = epochs * fit_images / end_to_end_rate
+        figures |= {f"{head.name}_extraction_images_per_second": extraction,
+                    f"{head.name}_head_epochs_per_second": head_rate / fit_images,
+                    f"{head.name}_end_to_end_epochs_per_second": end_to_end_rate / fit_images,
+                    f"{head.name}_speedup": end_to_end_seconds / cached_seconds}
+        print(f"{head.name} on {settings.backbone} at {settings.image_size} px, batch {batch}, {num_images} VOC-sized "
+              f"images, random weights, here:")
+        print(f"  feature extraction (once):         {extraction:8.2f} images/s")
+        print(f"  head on cached features:           {head_rate / fit_images:8.3f} epochs/s of {fit_images:.0f} images")
+        print(f"  end to end, encoder frozen:        {end_to_end_rate / fit_images:8.4f} epochs/s")
+        print(f"  {epochs} epochs on {COMPETITION_TRAIN_IMAGES} images: cached {cached_seconds / 60:.1f} min (extracting "
+              f"{2 * COMPETITION_TRAIN_IMAGES} images and their mirrors included), end to end {end_to_end_seconds / 60:.1f} "
+              f"min: {figures[f'{head.name}_speedup']:.1f}x faster")
+    return figures
+
+
+def tf_dataset(inputs: np.ndarray, targets: np.ndarray, batch_size: int):
+    """Batches of (inputs, targets) held in memory."""
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(batch_size)
+
+
+def timed_epoch(model, dataset) -> float:
+    """Seconds of one epoch of `dataset` after a warm-up epoch (which traces and compiles)."""
+    model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    return time.perf_counter() - start

@@ -230,11 +230,18 @@ def command_data_download(arguments) -> int:
 def command_kernel_weights(arguments) -> int:
     """Plan (and fetch, or verify) the ImageNet weight files of a profile."""
     from voc_pipeline.kernel import weights
+    from voc_pipeline.kernel.bundle import preset_model_sources
 
     config = build_config(arguments.profile, arguments.assignments)
     plan = weights.plan_weights(config)
     for weight in plan:
         print(f"{weight.fname}  ({weight.used_by}; {weight.origin}{'; hash ' + weight.file_hash if weight.file_hash else ''})")
+    presets = preset_model_sources(arguments.profile, tuple(arguments.assignments))
+    for handle in presets:
+        print(f"keras-hub preset {handle}  (a Kaggle model: `kernel build` attaches it as a model source; with internet "
+              f"keras-hub downloads it itself)")
+    if presets and not plan:
+        return 0  # nothing to fetch into a weights dataset: the presets travel as Kaggle models
     if arguments.verify:
         missing = weights.missing_weights(config)
         if missing:
@@ -306,6 +313,8 @@ def command_bench(arguments) -> int:
         figures = bench.bench_segmenter(config_from_arguments(arguments), arguments.images or 64)
     elif arguments.target == "predict":
         figures = bench.bench_predict(config_from_arguments(arguments), arguments.images or 48)
+    elif arguments.target == "features":
+        figures = bench.bench_features(config_from_arguments(arguments), arguments.images or 32)
     elif arguments.target == "run-dataset":
         figures = bench.bench_run_dataset(config_from_arguments(arguments))
     elif arguments.target == "estimate":
@@ -558,7 +567,7 @@ def add_bench_command(commands) -> None:
     """`bench TARGET`: speed figures measured on this machine."""
     bench = commands.add_parser("bench", help="print speed figures measured on this machine")
     bench.add_argument("target", choices=["submission", "classifier", "segmenter", "predict", "determinism", "estimate",
-                                          "run-dataset"])
+                                          "run-dataset", "features"])
     bench.add_argument("--predict-only", action="store_true",
                        help="estimate: only what a notebook predicting from a trained run runs (predictions, the attack)")
     bench.add_argument("--images", type=int, default=None, help="images to process (default: 750 for submission, 128 otherwise)")

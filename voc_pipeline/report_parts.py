@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voc_pipeline import artifacts, markdown
+from voc_pipeline.backbone_table import backbone
 from voc_pipeline.core.classes import CLASS_NAMES
 from voc_pipeline.errors import OutputFolderError
 from voc_pipeline.files import byte_size
@@ -111,6 +112,21 @@ def count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def segmenter_design(manifest: dict, config: dict) -> str:
+    """The segmenter's architecture in a sentence, by the head its backbone carries (voc_pipeline.backbone_table)."""
+    name, size = manifest["backbone"], manifest["image_size"]
+    head = backbone(name).segmenter_head
+    if head == "tokens":
+        return (f"`{name}`'s patch tokens on their grid (stride {backbone(name).size_multiple}) at {size} px, batch norm "
+                f"and a 1x1 convolution to 21 logits, upsampled bilinearly to the input size.")
+    if head == "segformer":
+        return (f"SegFormer `{name}` at {size} px: its MiT encoder and all-MLP decoder, then dropout and a 1x1 "
+                f"convolution to 21 logits at stride 4, upsampled bilinearly to the input size.")
+    return (f"DeepLabV3+ on `{name}` (width {config['width_multiplier']:g}) at {size} px, output stride "
+            f"{manifest['output_stride']}: ASPP with {config['aspp_filters']} filters, a decoder of "
+            f"{config['decoder_filters']} filters fusing stride-4 features.")
+
+
 def training_text(facts: dict) -> str:
     """How a head was trained, from the record its training wrote (`heads.training_facts`): what it started from,
     each phase's epochs, rates and trainable layers, and what fine-tuning kept frozen."""
@@ -124,6 +140,10 @@ def training_text(facts: dict) -> str:
                 f"{count(full['epochs'], 'planned epoch')} at learning rate {full['learning_rate']:g} with "
                 f"{count(full['warmup_epochs'], 'warm-up epoch')} and cosine decay.{stopping}")
     head = phases["head"]
+    if facts.get("cached_features"):
+        return (f"From {facts['initial_weights']}, the encoder frozen throughout: {count(head['epochs'], 'epoch')} of "
+                f"the head alone (learning rate {head['learning_rate']:g}), on the encoder's features of each training "
+                f"image and of its mirror image, computed once and cached.{stopping}")
     text = (f"From {facts['initial_weights']}, in phases: {count(head['epochs'], 'epoch')} of the head alone on the "
             f"frozen backbone (learning rate {head['learning_rate']:g})")
     finetune = phases.get("finetune")
@@ -166,8 +186,10 @@ def classification_part(run_dir: Path) -> list[Block]:
     tuning = artifacts.read_metrics(run_dir, "tune")["thresholds"]
     validation = (f"{len(manifest['models'])} models, one per fold, each validated on the images it did not see, and "
                   f"averaged" if manifest.get("validation") != "holdout" else "one model, validated on the held-out images")
-    design = (f"Backbone `{manifest['backbone']}` at {manifest['image_size']} px, global "
-              f"average pooling, dropout {config['dropout']:g} and 20 sigmoid outputs: an image can hold several classes, so "
+    pooling = ("its class token next to the mean of its patch tokens" if backbone(manifest["backbone"]).classifier_head
+               == "tokens" else "global average pooling")
+    design = (f"Backbone `{manifest['backbone']}` at {manifest['image_size']} px, {pooling}, "
+              f"dropout {config['dropout']:g} and 20 sigmoid outputs: an image can hold several classes, so "
               f"each class gets its own probability (never a softmax). Loss `{manifest['loss']}`, batch {config['batch_size']}, "
               f"weight decay {config['weight_decay']:g}. {training_text(facts)} Trained: "
               f"{epochs_text(run_dir, artifacts.CLASSIFIER_HISTORY)}; {validation}.")
@@ -191,9 +213,7 @@ def segmentation_part(run_dir: Path) -> list[Block]:
     facts = artifacts.read_training_facts(artifacts.SEGMENTER_MANIFEST, run_dir)
     metrics = artifacts.read_metrics(run_dir, "train-seg")
     loss = "cross-entropy" + (f" plus {config['dice_weight']:g} x a soft Dice term" if config["dice_weight"] else "")
-    design = (f"DeepLabV3+ on `{manifest['backbone']}` (width {config['width_multiplier']:g}) "
-              f"at {manifest['image_size']} px, output stride {manifest['output_stride']}: ASPP with {config['aspp_filters']} "
-              f"filters, a decoder of {config['decoder_filters']} filters fusing stride-4 features. Images are letterboxed "
+    design = (f"{segmenter_design(manifest, config)} Images are letterboxed "
               f"(padding ignored by the loss), training crops scaled by {config['scale_range'][0]:g} to "
               f"{config['scale_range'][1]:g}; loss {loss}, batch {config['batch_size']}. {training_text(facts)} "
               f"Trained: {epochs_text(run_dir, artifacts.SEGMENTER_HISTORY)}. Probabilities are resized to each image's "

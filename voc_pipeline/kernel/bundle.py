@@ -23,6 +23,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from voc_pipeline.backbone_table import KERAS_HUB_VERSION
 from voc_pipeline.errors import KernelError
 from voc_pipeline.files import (
     atomic_directory,
@@ -45,8 +46,9 @@ from voc_pipeline.kernel.trained_run import check_trained_run, pack_run, run_dat
 REPOSITORY = Path(__file__).resolve().parents[2]
 KERNEL_SOURCE = REPOSITORY / "kaggle" / "kernel.py"
 METADATA_TEMPLATE = REPOSITORY / "kaggle" / "kernel-metadata.json"
-# Installed on Kaggle's image already: everything the package needs except these.
-EXTRA_WHEELS = ("iterative-stratification",)
+# Installed on Kaggle's image already: everything the package needs except these (keras-hub at the version the
+# backbone table is built with, installed over the image's own, as every wheel is, without its dependencies).
+EXTRA_WHEELS = ("iterative-stratification", f"keras-hub=={KERAS_HUB_VERSION}")
 WHEELS_DATASET = "voc-pipeline-wheels"
 # The kernels' slugs: the notebook handed in, and the training kernel (`make kaggle-train`).
 NOTEBOOK_KERNEL, TRAINING_KERNEL = "voc-pipeline", "voc-pipeline-train"
@@ -201,12 +203,14 @@ def build_wheels(destination: Path) -> list[Path]:
 
 
 def kernel_metadata(username: str, competition: str, datasets: list[str], enable_gpu: bool, enable_internet: bool,
-                    slug: str = "voc-pipeline", kernels: tuple[str, ...] = ()) -> dict:
+                    slug: str = "voc-pipeline", kernels: tuple[str, ...] = (), models: tuple[str, ...] = ()) -> dict:
     """kernel-metadata.json: the template with the kernel's slug (Kaggle derives it from the title, so both are the
-    slug), the user, the competition, the datasets, the kernels whose output it attaches and the machine."""
+    slug), the user, the competition, the datasets, the kernels whose output it attaches, the Kaggle models (the
+    keras-hub presets it loads) and the machine."""
     metadata = json.loads(METADATA_TEMPLATE.read_text())
     metadata.update(id=f"{username}/{slug}", title=slug, enable_gpu=enable_gpu, enable_internet=enable_internet,
-                    dataset_sources=datasets, competition_sources=[competition], kernel_sources=list(kernels))
+                    dataset_sources=datasets, competition_sources=[competition], kernel_sources=list(kernels),
+                    model_sources=list(models))
     if enable_gpu:
         metadata["machine_shape"] = GPU_MACHINE_SHAPE
     else:
@@ -242,15 +246,36 @@ def write_dataset_metadata(folder: Path, dataset_id: str, title: str, descriptio
     return content
 
 
-def check_kernel_profile(profile: str, assignments: tuple[str, ...]) -> None:
+def preset_model_sources(profile: str, assignments: tuple[str, ...]) -> tuple[str, ...]:
+    """The Kaggle Models handles of the keras-hub presets a kernel training with this profile loads, once each: a
+    kernel attaches them as model sources and reads them without internet."""
+    from voc_pipeline.backbone_table import backbone
+    from voc_pipeline.config import build_config
+
+    config = build_config(profile, assignments)
+    handles = []
+    for name in ("classifier", "segmenter"):
+        section = getattr(config, name)
+        row = backbone(section.backbone)
+        if not row.from_keras_hub or section.weights.lower() == "none" or Path(section.weights).is_dir():
+            continue
+        if section.weights != row.preset:
+            raise KernelError(f"{name}.weights = {section.weights!r}: the kernel can attach {row.name}'s own preset "
+                              f"{row.preset!r} as a Kaggle model; for another preset, attach it yourself or give its folder")
+        if row.kaggle_model not in handles:
+            handles.append(row.kaggle_model)
+    return tuple(handles)
+
+
+def check_kernel_profile(profile: str, assignments: tuple[str, ...]):
     """A profile the kernel can run: one shipped in the package (a file of your own does not travel in the wheel),
-    with assignments that resolve."""
+    with assignments that resolve; returns its configuration."""
     from voc_pipeline.config import available_profiles, build_config
 
     if profile not in available_profiles():
         raise KernelError(f"--profile {profile!r}: the kernel runs a profile shipped in the package ({', '.join(available_profiles())}); "
                           f"give the keys of your own file as --set KEY=VALUE")
-    build_config(profile, assignments)
+    return build_config(profile, assignments)
 
 
 def check_build_arguments(output: str | Path, username: str, weights_datasets: tuple[str, ...],
@@ -273,14 +298,16 @@ def check_build_arguments(output: str | Path, username: str, weights_datasets: t
     check_experiments(experiments)
     for slug in weights_datasets:
         check_dataset_slug(slug)
-    check_kernel_profile(profile, assignments)
+    config = check_kernel_profile(profile, assignments)
     if trained and from_kernel:
         raise KernelError("give the trained run either as a run folder (--trained RUN) or as a training kernel's output "
                           "(--from-kernel OWNER/SLUG), not both")
     if from_kernel and (from_kernel.count("/") != 1 or not all(from_kernel.split("/"))):
         raise KernelError(f"--from-kernel {from_kernel!r} must be OWNER/SLUG, as in https://www.kaggle.com/code/OWNER/SLUG")
-    # A notebook that predicts from trained models needs no ImageNet weights: they are in its models.
-    if not enable_internet and not weights_datasets and not (trained or from_kernel):
+    # A notebook that predicts from trained models needs no ImageNet weights (they are in its models), nor one whose
+    # encoders are keras-hub presets (attached as Kaggle models).
+    needs_imagenet = any(getattr(config, head).weights == "imagenet" for head in ("classifier", "segmenter"))
+    if not enable_internet and not weights_datasets and needs_imagenet and not (trained or from_kernel):
         raise KernelError("a kernel without internet cannot download ImageNet weights: attach them with "
                           "--weights-dataset OWNER/NAME (made by `voc-pipeline kernel weights`), or leave internet on")
     return check_trained_run(trained) if trained else []
@@ -333,9 +360,11 @@ def build_bundle(output: str | Path, username: str, competition: str,
     dataset_slug = f"{username}/{WHEELS_DATASET}"
     datasets = [dataset_slug, *weights_datasets]
     run_dataset = f"{username}/{run_dataset_slug(Path(trained).name)}" if trained else None
+    # A notebook from a trained run loads no preset: its models carry their weights.
+    models = preset_model_sources(profile, assignments) if mode != "trained" else ()
     metadata = kernel_metadata(username, competition, [*datasets, *([run_dataset] if run_dataset else [])], enable_gpu,
                                enable_internet, TRAINING_KERNEL if training else NOTEBOOK_KERNEL,
-                               (from_kernel,) if from_kernel else ())
+                               (from_kernel,) if from_kernel else (), models)
     folders = [*BUNDLE_FOLDERS, *(["run"] if trained else []), *(["from-kernel"] if from_kernel else [])]
     # Each folder is built beside its final place and replaces it only once whole; the mark is written
     # last, so an interrupted build leaves at worst unmarked folders, which the next build refuses to delete.
@@ -359,7 +388,8 @@ def build_bundle(output: str | Path, username: str, competition: str,
     print(f"bundle in {output}: {len(wheels)} wheels ({', '.join(wheel.name for wheel in wheels)}), {mode} notebook "
           f"{metadata['id']} and metadata (competition {competition}, {'GPU T4 x2' if enable_gpu else 'CPU'}, internet "
           f"{'on' if enable_internet else 'off'}, datasets {', '.join(metadata['dataset_sources'])}"
-          + (f", the output of kernel {from_kernel}" if from_kernel else "") + ")")
+          + (f", the output of kernel {from_kernel}" if from_kernel else "")
+          + (f", models {', '.join(models)}" if models else "") + ")")
     print(f"dataset: {byte_size(dataset_bytes)}" + (f", of which {len(bundled['runs'])} experiment runs "
           f"{byte_size(bundled['bytes'])} (limit {byte_size(EXPERIMENTS_LIMIT_BYTES)})" if bundled else "")
           + f"; notes: {', '.join(f'{place}.md' for place in student_notes) or 'none'}")

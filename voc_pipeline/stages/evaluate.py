@@ -22,6 +22,7 @@ from voc_pipeline.report_parts import (
     figures,
     final_models_text,
     score_table,
+    segmenter_design,
     training_text,
 )
 
@@ -139,8 +140,8 @@ def run_evaluate(config: Config) -> dict:
         + training_text(artifacts.read_training_facts(artifacts.CLASSIFIER_MANIFEST, run_dir)),
         "Classification score (mean per-image F1) by threshold strategy:", threshold_table,
         "## Segmenter",
-        f"DeepLabV3+ on `{segmenter_manifest['backbone']}`, output stride {segmenter_manifest['output_stride']}, "
-        f"{segmenter_manifest['image_size']} px. Validation mIoU {segmenter['mean_iou']:.4f}, "
+        f"{segmenter_design(segmenter_manifest, artifacts.read_config(run_dir)['segmenter'])} "
+        f"Validation mIoU {segmenter['mean_iou']:.4f}, "
         f"segmentation-row Dice {segmenter['segmentation_dice']:.4f} "
         f"(without flip TTA: {segmenter['segmentation_dice_without_flip_tta']:.4f}). "
         + training_text(artifacts.read_training_facts(artifacts.SEGMENTER_MANIFEST, run_dir)),
