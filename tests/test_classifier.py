@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from voc_pipeline.backbone_table import BACKBONES
+from voc_pipeline.backbone_table import BACKBONES, CLASSIFIER_BACKBONES
 from voc_pipeline.errors import TrainingDivergedError
 from voc_pipeline.models import backbones
 from voc_pipeline.models.backbones import (
@@ -23,13 +23,19 @@ from voc_pipeline.models.losses import AsymmetricLoss, classifier_loss
 from voc_pipeline.models.training import Phase, fit_in_phases, set_backbone_trainable
 
 
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("backbone", sorted(CLASSIFIER_BACKBONES))
 def test_builder_outputs_float32_logits_for_every_backbone(backbone):
     model = build_classifier(backbone, image_size=32, num_classes=20, weights="none")
     assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 32, 32, 3)
     logits = model.predict(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), verbose=0)
     assert logits.shape == (2, 20) and logits.dtype == np.float32
     assert model.get_layer("backbone") is not None and model.get_layer("logits").activation.__name__ == "linear"
+
+
+@pytest.mark.parametrize("backbone", sorted(set(BACKBONES) - set(CLASSIFIER_BACKBONES)))
+def test_segmenter_only_backbones_are_refused_as_classifiers_by_name(backbone):
+    with pytest.raises(BackboneError, match=f"{backbone} carries no classifier head"):
+        build_classifier(backbone, image_size=32, num_classes=20, weights="none")
 
 
 @pytest.mark.parametrize(
