@@ -152,3 +152,29 @@ def test_fusion_learns_which_evidence_to_trust():
     assert FusionModel.from_dict(model.to_dict()) == model
     again = fit_fusion(classifier, largest, area, labels)
     assert again == model, "fitting is deterministic"
+
+
+def test_the_trivial_rule_answers_the_most_frequent_class_with_a_centre_box_whatever_the_heads_say():
+    from voc_pipeline.core.baseline import centre_box_map
+    from voc_pipeline.core.joint import ImageDecisions, JointRule
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(21), size=(30, 40)).astype(np.float32)
+    decisions = ImageDecisions(probabilities, np.ones(20, np.int8), np.full(20, 0.5), np.tile([0.2, 0.2, 0.8, 0.8], (20, 1)),
+                               0.002)
+    rule = JointRule(trivial_class=14)
+    flags, labels = decisions.decide(rule)
+    assert flags.tolist() == [0] * 14 + [1] + [0] * 5
+    np.testing.assert_array_equal(labels, centre_box_map(30, 40, 14))
+    assert rule.name == "the trivial answer (person with a centre box, for every image)"
+    assert JointRule.from_dict(rule.to_dict()) == rule
+    assert JointRule.from_dict({"add_area_fraction": None, "masks": "independent", "fallback": False}) == JointRule()
+
+
+def test_the_trivial_answer_wins_only_when_its_mean_row_is_above_the_honest_estimate():
+    from voc_pipeline.core.joint import trivial_wins
+
+    honest = np.array([0.3, 0.5, 0.4])
+    assert trivial_wins(honest, np.array([0.5, 0.5, 0.5]))
+    assert not trivial_wins(honest, np.array([0.4, 0.4, 0.4]))  # a tie keeps the models' answer
+    assert not trivial_wins(honest, np.array([0.1, 0.2, 0.3]))

@@ -237,6 +237,11 @@ def joint_part(run_dir: Path) -> list[Block]:
     intro = (f"The classifier's flags and the segmenter's masks are reconciled by a rule chosen on the "
              f"{evaluation['validation_images']} validation images by the competition score itself; every option is kept "
              f"only if it wins there.")
+    estimate = tuning["joint"].get("estimate") or {}
+    if estimate.get("fell_back"):
+        intro += (f" **The trivial answer wins here**: the most frequent class with a centre box scores "
+                  f"{estimate['trivial']:.4f} on validation, above the chosen rule's honest estimate {estimate['score']:.4f}, "
+                  f"so the submission falls back to it.")
     return [intro, *choices_section(tuning), "Competition score on validation:", score_table(evaluation["scores"]),
             *figures(run_dir, JOINT_FIGURES)]
 

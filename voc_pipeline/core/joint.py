@@ -7,7 +7,9 @@ the label map from the tuned flags and the segmenter's per-pixel probabilities:
 - mask: one of the mask rules of voc_pipeline.core.masks, given those flags;
 - fallback (optionally): an accepted class whose mask is empty or tiny gets its typical training box.
 Every combination is a candidate, scored on validation by the competition score; "independent heads"
-(the tuned flags and the segmenter's own argmax) comes first and wins ties.
+(the tuned flags and the segmenter's own argmax) comes first and wins ties. One more rule stands apart: the
+trivial answer (the training part's most frequent class, with a centre box), which `tune` falls back to
+when it beats the chosen rule's honest estimate (`trivial_wins`), so that an answer is never worse than it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from voc_pipeline.core.baseline import centre_box_map
 from voc_pipeline.core.calibration import calibrate_sigmoid
-from voc_pipeline.core.classes import NUM_CLASSES
+from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
 from voc_pipeline.core.expected import expected_f1_flags
 from voc_pipeline.core.masks import MASK_RULES, class_evidence, fill_missing_classes, label_map
 from voc_pipeline.core.scoring import (
@@ -40,9 +43,12 @@ class JointRule:
     add_area_fraction: float | None = None
     masks: str = "independent"
     fallback: bool = False
+    trivial_class: int | None = None  # the trivial answer's class, instead of both heads' outputs
 
     @property
     def name(self) -> str:
+        if self.trivial_class is not None:
+            return f"the trivial answer ({CLASS_NAMES[self.trivial_class]} with a centre box, for every image)"
         parts = []
         if self.add_area_fraction is not None:
             parts.append(f"add classes covering >= {self.add_area_fraction:g} of the image")
@@ -54,11 +60,11 @@ class JointRule:
 
     def to_dict(self) -> dict:
         return {"add_area_fraction": self.add_area_fraction, "masks": self.masks, "fallback": self.fallback,
-                "name": self.name}
+                "trivial_class": self.trivial_class, "name": self.name}
 
     @classmethod
     def from_dict(cls, payload: dict) -> JointRule:
-        return cls(payload["add_area_fraction"], payload["masks"], bool(payload["fallback"]))
+        return cls(payload["add_area_fraction"], payload["masks"], bool(payload["fallback"]), payload.get("trivial_class"))
 
 
 def candidate_rules(area_grid: Sequence[float]) -> list[JointRule]:
@@ -97,6 +103,10 @@ class ImageDecisions:
 
     def decide(self, rule: JointRule) -> tuple[np.ndarray, np.ndarray]:
         """(final flags (20,), uint8 label map) of this image under `rule`."""
+        if rule.trivial_class is not None:
+            flags = np.zeros(NUM_CLASSES, dtype=np.int8)
+            flags[rule.trivial_class] = 1
+            return flags, centre_box_map(*self.probabilities.shape[:2], rule.trivial_class)
         flags = final_flags(self.base_flags, self.area_share, rule.add_area_fraction)
         key = (rule.masks, rule.fallback, flags.tobytes() if rule.masks != "independent" or rule.fallback else b"")
         if key not in self._masks:
@@ -156,6 +166,12 @@ def candidate_table(rules: Sequence[JointRule], classification: np.ndarray, segm
     """Each rule with its competition score on validation, from (R, N) classification and segmentation row scores."""
     return [{**rule.to_dict(), **competition_score(classification[index], segmentation[index])}
             for index, rule in enumerate(rules)]
+
+
+def trivial_wins(honest_rows: np.ndarray, trivial_rows: np.ndarray) -> bool:
+    """Whether the trivial answer's per-image rows beat, on average, the chosen rule's honest ones (the rule chosen
+    and its flags fitted without the images scored): the answer then falls back to the trivial one."""
+    return float(np.mean(trivial_rows)) > float(np.mean(honest_rows))
 
 
 def choose_rule(rows: np.ndarray) -> int:

@@ -94,6 +94,11 @@ def estimate_section(estimate: dict, test_flags: np.ndarray) -> tuple[list[str],
              f"{estimate['best_in_sample']:.4f}): the difference is what choosing on the same images overstates.",
              markdown.table(("classes per image", "truth (validation)", "predicted (validation)", "predicted (test)"),
                             [("mean", estimate["true_classes_per_image"], estimate["classes_per_image"], test_classes)])]
+    if estimate.get("fell_back"):
+        lines.append(f"**Warning: the trivial answer wins.** The most frequent class with a centre box scores "
+                     f"{estimate['trivial']:.4f} on validation, above the chosen rule's honest estimate "
+                     f"{estimate['score']:.4f}, so the submission is that trivial answer: the models learnt less than "
+                     f"the most frequent class tells. Train longer, on more images, or from pretrained weights.")
     if abs(test_classes - estimate["classes_per_image"]) > CLASSES_PER_IMAGE_WARNING:
         lines.append(f"**Warning:** the test images get {test_classes:.2f} classes each against "
                      f"{estimate['classes_per_image']:.2f} on validation: the probabilities behave differently on the "

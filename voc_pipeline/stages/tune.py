@@ -27,6 +27,7 @@ from sklearn.metrics import f1_score
 
 from voc_pipeline import artifacts, markdown
 from voc_pipeline.config import Config
+from voc_pipeline.core.baseline import most_frequent_class
 from voc_pipeline.core.calibration import (
     calibrate_sigmoid,
     calibrate_softmax,
@@ -44,6 +45,7 @@ from voc_pipeline.core.joint import (
     candidate_table,
     choose_rule,
     score_rules,
+    trivial_wins,
 )
 from voc_pipeline.core.masks import class_evidence, typical_boxes
 from voc_pipeline.core.scoring import (
@@ -140,7 +142,10 @@ class Validation:
         self.images = [train.images[p] for p in positions]
         self.labels = train.labels[positions]
         self.masks = [np.where(train.masks[p] == VOID_LABEL, 0, train.masks[p]) for p in positions]
-        self.boxes = typical_boxes([train.masks[p] for p in positions_of(train.ids, splits.train_ids)])
+        fit_positions = positions_of(train.ids, splits.train_ids)
+        self.boxes = typical_boxes([train.masks[p] for p in fit_positions])
+        # The trivial answer's class: the one the training part holds most often.
+        self.most_frequent_class = most_frequent_class(train.labels[fit_positions])
         self.model, manifest = artifacts.load_segmenter(run_dir)
         self.image_size, self.output_stride = int(manifest["image_size"]), int(manifest["output_stride"])
         self.settings = config.inference
@@ -340,22 +345,33 @@ def choose_joint_rule(config: Config, validation: Validation, flags: FlagSource,
     predictions. The estimate is honest: the rule chosen on half of the images with the flag source fitted
     without them, scored on the other half, repeated; with a bootstrap interval over images."""
     rules = candidate_rules(config.joint.area_grid)
+    trivial = JointRule(trivial_class=validation.most_frequent_class)
     plan = plan_for(config, validation, flags.fitted(), flags.fusion, JointRule(), choice.scales, segmenter_temperature)
+    # The trivial answer is scored beside the candidates, never chosen among them: only when it beats the chosen
+    # rule's honest estimate (below).
     scores = score_rules(validation.maps(plan.scales), validation.classifier_probabilities, validation.labels,
-                         validation.masks, plan, rules)
-    table = candidate_table(rules, scores.classification, scores.segmentation)
-    chosen = choose_rule(scores.rows)
-    plan = plan_for(config, validation, flags.fitted(), flags.fusion, rules[chosen], choice.scales, segmenter_temperature)
+                         validation.masks, plan, [*rules, trivial])
+    table = candidate_table([*rules, trivial], scores.classification, scores.segmentation)
+    chosen = choose_rule(scores.rows[:-1])
     honest = held_out_selection(cross_fitted_rows(config, validation, flags, choice, segmenter_temperature, rules),
                                 config.seed, ESTIMATE_REPEATS)
     low, high = bootstrap_interval(honest, config.seed, INTERVAL_LEVEL)
     estimate = {"score": float(honest.mean()), "interval": [low, high], "level": INTERVAL_LEVEL,
-                "in_sample": table[chosen]["score"], "best_in_sample": max(row["score"] for row in table),
+                "in_sample": table[chosen]["score"], "best_in_sample": max(row["score"] for row in table[:-1]),
                 "classes_per_image": float(scores.flag_counts[chosen].mean()),
-                "true_classes_per_image": float(validation.labels.sum(1).mean())}
+                "true_classes_per_image": float(validation.labels.sum(1).mean()),
+                "trivial": table[-1]["score"], "fell_back": trivial_wins(honest, scores.rows[-1])}
     logger.info("joint rule: %s (validation %.4f in-sample; %.4f [%.4f, %.4f] cross-fitted and chosen on the other half; "
-                "independent heads %.4f)", rules[chosen].name, table[chosen]["score"], estimate["score"], low, high,
-                table[0]["score"])
+                "independent heads %.4f; the trivial answer %.4f)", rules[chosen].name, table[chosen]["score"],
+                estimate["score"], low, high, table[0]["score"], estimate["trivial"])
+    if estimate["fell_back"]:
+        logger.warning("THE TRIVIAL ANSWER WINS: %s scores %.4f on validation, above the chosen rule's honest estimate "
+                       "%.4f: the submission falls back to it. The models learnt less than the most frequent class "
+                       "tells; train longer, on more images, or from pretrained weights", trivial.name,
+                       estimate["trivial"], estimate["score"])
+        chosen = len(rules)
+    plan = plan_for(config, validation, flags.fitted(), flags.fusion, [*rules, trivial][chosen], choice.scales,
+                    segmenter_temperature)
     save_validation_predictions(config, validation, plan, scores, chosen)
     return plan, table, estimate
 
