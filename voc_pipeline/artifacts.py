@@ -78,10 +78,14 @@ CLASSIFIER_VALIDATION = Artifact("classifier_validation.npz", "train-cls",
                                  "validation (or out-of-fold) probabilities, plain and with flip TTA")
 CLASSIFIER_HISTORY = Artifact("classifier_history*.csv", "train-cls", "per-epoch training history")
 CLASSIFIER_CURVES = Artifact("classifier_curves*.png", "train-cls", "learning curves")
+CLASSIFIER_AUGMENTED = Artifact("classifier_augmented.png", "train-cls",
+                                "training images as the classifier sees them, with copy-paste (when on)")
 SEGMENTER_MANIFEST = Artifact("segmenter.json", "train-seg", "the segmenter's model file and settings")
 SEGMENTER_MODEL = Artifact("segmenter.keras", "train-seg", "trained DeepLabV3+ segmenter")
 SEGMENTER_HISTORY = Artifact("segmenter_history.csv", "train-seg", "per-epoch training history")
 SEGMENTER_CURVES = Artifact("segmenter_curves.png", "train-seg", "learning curves")
+SEGMENTER_AUGMENTED = Artifact("segmenter_augmented.png", "train-seg",
+                               "training images and masks as the segmenter sees them, with copy-paste (when on)")
 SEGMENTER_PER_CLASS = Artifact("segmenter_per_class.png", "train-seg", "validation IoU per class")
 SEGMENTER_OVERLAYS = Artifact("segmenter_overlays.png", "train-seg", "validation images: truth and prediction")
 THRESHOLDS = Artifact("thresholds.json", "tune", "the flags tune chose: strategy, a threshold per class, the "
@@ -122,7 +126,8 @@ def metrics(stage: str) -> Artifact:
 
 ARTIFACTS: tuple[Artifact, ...] = (
     SPLITS, DATA_SUMMARY, CLASSIFIER_MANIFEST, CLASSIFIER_MODELS, CLASSIFIER_VALIDATION, CLASSIFIER_HISTORY,
-    CLASSIFIER_CURVES, SEGMENTER_MANIFEST, SEGMENTER_MODEL, SEGMENTER_HISTORY, SEGMENTER_CURVES,
+    CLASSIFIER_CURVES, CLASSIFIER_AUGMENTED, SEGMENTER_MANIFEST, SEGMENTER_MODEL, SEGMENTER_HISTORY, SEGMENTER_CURVES,
+    SEGMENTER_AUGMENTED,
     SEGMENTER_PER_CLASS, SEGMENTER_OVERLAYS, THRESHOLDS, THRESHOLD_COMPARISON, CLASSIFIER_PER_CLASS, RELIABILITY, JOINT_RULE,
     VALIDATION_PREDICTIONS, FINAL_MODELS, REFIT_MODELS, REFIT_HISTORY, REFIT_CURVES, TEST_PREDICTIONS, SUBMISSION,
     REPORT, SCORE_COMPARISON, WORST_IMAGES, PIXEL_CONFUSION,

@@ -119,6 +119,10 @@ class TrainingSchedule:
     # Keep the whole encoder frozen and train the head alone on its features, computed once per run for every
     # training image and its mirror image and cached (a DINOv2 encoder's head then trains in seconds an epoch).
     freeze_backbone: bool = False
+    # Probability that a training image gets the objects of another training image pasted on it, at a random scale
+    # and place (copy-paste, Ghiasi et al. 2021): the mask takes the pasted pixels, the flags the classes still
+    # visible. 0 trains as before; validation images are never pasted nor pasted from.
+    copy_paste: float = bounded(0.0, **FRACTION)
 
 
 # The keys of a training section that only stage refit reads: changing them must not retrain the first models.
@@ -411,6 +415,11 @@ def check_encoder(name: str, section) -> None:
         raise ConfigError(f"{name}.weights = 'imagenet': {row.name} has no ImageNet weights of keras.applications; its "
                           f"pretrained weights are the keras-hub preset {row.preset!r}: set {name}.weights to it (or "
                           f"to a local preset folder, or none)")
+    head = row.classifier_head if name == "classifier" else row.segmenter_head
+    if section.freeze_backbone and head == "tokens" and section.copy_paste:
+        raise ConfigError(f"{name}.copy_paste = {section.copy_paste} needs augmented images each epoch, and "
+                          f"{name}.freeze_backbone trains {row.name}'s head on features cached once from the unaugmented "
+                          f"images: set one of them off")
     if section.freeze_backbone and section.finetune_epochs:
         raise ConfigError(f"{name}.freeze_backbone keeps the encoder frozen, and {name}.finetune_epochs = "
                           f"{section.finetune_epochs} would fine-tune it: set one of them off (finetune_epochs=0)")

@@ -95,6 +95,19 @@ def plot_mask_overlays(images, true_maps, predicted_maps, titles, class_names, p
     return save_figure(figure, path)
 
 
+def plot_training_examples(images, label_maps, titles, path: Path, columns: int = 4) -> Path:
+    """A grid of training images as a model sees them, tinted by their masks where `label_maps` is given."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, label_map, title in zip(axes.flat, images, label_maps, titles):
+        axis.imshow(image if label_map is None else overlay(image, label_map))
+        axis.set_title(title, fontsize=8)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 def plot_confusion(confusion: np.ndarray, label_names, path: Path, title: str) -> Path:
     """A heatmap of pixel counts, each true label's row normalised to shares of its pixels."""
     confusion = np.asarray(confusion, dtype=np.float64)

@@ -67,11 +67,13 @@ def choices_section(tuning: dict, candidates_shown: int = 10) -> list[str]:
 CLASSIFIER_FIGURES = ((artifacts.CLASSIFIER_CURVES, "Classifier learning curves"),
                       (artifacts.refit_curves("classifier"), "Classifier refit on every labelled image: learning curves"),
                       (artifacts.CLASSIFIER_PER_CLASS, "Classifier per class: average precision, and F1 before and after tuning"),
-                      (artifacts.RELIABILITY, "Calibration of both heads on validation"))
+                      (artifacts.RELIABILITY, "Calibration of both heads on validation"),
+                      (artifacts.CLASSIFIER_AUGMENTED, "Classifier training images with copy-paste, and their flags"))
 SEGMENTER_FIGURES = ((artifacts.SEGMENTER_CURVES, "Segmenter learning curves"),
                      (artifacts.refit_curves("segmenter"), "Segmenter refit on every labelled image: learning curves"),
                      (artifacts.SEGMENTER_PER_CLASS, "Segmenter IoU per class"),
-                     (artifacts.SEGMENTER_OVERLAYS, "Validation images: truth and prediction"))
+                     (artifacts.SEGMENTER_OVERLAYS, "Validation images: truth and prediction"),
+                     (artifacts.SEGMENTER_AUGMENTED, "Segmenter training images with copy-paste, and their masks"))
 JOINT_FIGURES = ((artifacts.SCORE_COMPARISON, "Competition score on validation"),
                  (artifacts.WORST_IMAGES, "The validation images the chosen rule scores worst"),
                  (artifacts.PIXEL_CONFUSION, "Pixel confusion of the chosen rule on validation"))

@@ -24,7 +24,7 @@ import tensorflow as tf
 from voc_pipeline import artifacts
 from voc_pipeline.backbone_table import backbone, describe_initial_weights, is_pretrained
 from voc_pipeline.config import training_settings
-from voc_pipeline.core.classes import NUM_CLASSES, VOID_LABEL
+from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
 from voc_pipeline.data.competition import fingerprint, load_split
 from voc_pipeline.files import reporting_full_disk
 from voc_pipeline.models.classifier import classifier_from_config
@@ -44,7 +44,7 @@ from voc_pipeline.models.training import (
     steps_per_epoch,
     write_history,
 )
-from voc_pipeline.plots import plot_learning_curves
+from voc_pipeline.plots import plot_learning_curves, plot_training_examples
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class Head:
 
     name: str
     monitor: str
+    augmented_examples: artifacts.Artifact
 
     def settings(self, config):
         """The head's configuration section."""
@@ -126,6 +127,7 @@ class ClassifierHead(Head):
 
     name = "classifier"
     monitor = "val_pr_auc"
+    augmented_examples = artifacts.CLASSIFIER_AUGMENTED
 
     def build(self, settings, weights: str | None = None) -> keras.Model:
         return classifier_from_config(settings, weights)
@@ -134,7 +136,8 @@ class ClassifierHead(Head):
         # The training crop keeps each image's objects, whose box its mask gives.
         boxes = np.stack([object_box(mask) for mask in data.masks]) if training and data.masks is not None else None
         return classification_dataset(data.images, data.labels, positions, settings.image_size, settings.batch_size,
-                                      training=training, seed=seed, boxes=boxes)
+                                      training=training, seed=seed, boxes=boxes, masks=data.masks,
+                                      copy_paste=settings.copy_paste)
 
     def loss(self, settings):
         return classifier_loss(settings.loss)
@@ -156,13 +159,15 @@ class SegmenterHead(Head):
 
     name = "segmenter"
     monitor = "val_mean_iou"
+    augmented_examples = artifacts.SEGMENTER_AUGMENTED
 
     def build(self, settings, weights: str | None = None) -> keras.Model:
         return segmenter_from_config(settings, weights)
 
     def dataset(self, settings, data, positions, training, seed):
         return segmentation_dataset(data.images, data.masks, positions, settings.image_size, settings.batch_size,
-                                    training=training, seed=seed, scale_range=tuple(settings.scale_range))
+                                    training=training, seed=seed, scale_range=tuple(settings.scale_range),
+                                    copy_paste=settings.copy_paste)
 
     def loss(self, settings):
         return SegmentationLoss(NUM_LABELS, VOID_LABEL, settings.dice_weight)
@@ -277,6 +282,24 @@ def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_pos
     plot_learning_curves(history, files.curves, title)
     return TrainedHead(keras.saving.load_model(files.model, compile=False),
                        training_facts(settings, facts, settings.patience if validated else None, on_features))
+
+
+def draw_training_examples(config, head: Head, data, fit_positions: np.ndarray, count: int = 8) -> Path:
+    """The first `count` training examples as `head` sees them (copy-paste included), drawn to its
+    `augmented_examples` PNG: the classifier's with their flags, the segmenter's tinted by their masks."""
+    settings = head.settings(config)
+    examples = head.dataset(settings, data, fit_positions, True, config.seed).unbatch().take(count)
+    images, label_maps, titles = [], [], []
+    for image, target in examples.as_numpy_iterator():
+        images.append(image)
+        if head is SEGMENTER:
+            label_maps.append(target)
+            classes = [k for k in np.unique(target) if 0 < k <= NUM_CLASSES]
+        else:
+            label_maps.append(None)
+            classes = [k + 1 for k in np.flatnonzero(target)]
+        titles.append(", ".join(CLASS_NAMES[k - 1] for k in classes) or "background only")
+    return plot_training_examples(images, label_maps, titles, head.augmented_examples.path(config.run_dir))
 
 
 def keep_whole_model(model: keras.Model, files: ModelFiles) -> None:

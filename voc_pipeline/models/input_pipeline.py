@@ -34,16 +34,100 @@ def with_example_seeds(dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
     return tf.data.Dataset.zip((dataset, seeds))
 
 
-def assemble(positions: np.ndarray, load, transform, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
+def paste_sources(positions: np.ndarray, load, seed: int) -> tf.data.Dataset:
+    """An endless stream of loaded examples from the same `positions`, in a fresh random order each pass: the
+    images whose objects copy-paste takes (only the set being trained on, never validation images)."""
+    sources = tf.data.Dataset.from_tensor_slices(np.asarray(positions, dtype=np.int64))
+    sources = sources.shuffle(len(positions), seed=seed + 1, reshuffle_each_iteration=True).repeat()
+    return sources.map(load, num_parallel_calls=AUTOTUNE)
+
+
+def assemble(positions: np.ndarray, load, transform, batch_size: int, training: bool, seed: int,
+             with_sources: bool = False) -> tf.data.Dataset:
     """positions -> load -> transform -> batch -> prefetch; training shuffles and gives `transform`
-    (example, seed pair) with a per-example stateless seed, evaluation gives it the loaded example."""
+    (example, seed pair) with a per-example stateless seed, evaluation gives it the loaded example.
+    `with_sources` (training only): the example is a pair (example, another example of `positions`)."""
     dataset = tf.data.Dataset.from_tensor_slices(np.asarray(positions, dtype=np.int64))
     if training:
         dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
-        dataset = with_example_seeds(dataset.map(load, num_parallel_calls=AUTOTUNE), seed)
+        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE)
+        if with_sources:
+            dataset = tf.data.Dataset.zip((dataset, paste_sources(positions, load, seed)))
+        dataset = with_example_seeds(dataset, seed)
     else:
         dataset = dataset.map(load, num_parallel_calls=AUTOTUNE)
     return dataset.map(transform, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+
+
+# ---------------------------------------------------------------- copy-paste (both heads)
+
+# The pasted image's size, drawn between these shares of the largest size at which it fits the target image.
+COPY_PASTE_SCALE = (0.25, 1.0)
+# A class stays flagged after pasting while this share of the image (or, for a smaller object, half of its
+# pixels) is still visible.
+COPY_PASTE_MIN_AREA = 0.01
+
+
+def place_source(source_image, source_mask, height, width, seed):
+    """The source image and mask at a random scale, mirrored at random and placed at a random position on a
+    height x width canvas: (image, mask), the mask 0 wherever nothing lands."""
+    seeds = tf.random.experimental.stateless_split(seed, num=4)
+    source_height, source_width = tf.shape(source_image)[0], tf.shape(source_image)[1]
+    fits = tf.minimum(tf.cast(height, tf.float32) / tf.cast(source_height, tf.float32),
+                      tf.cast(width, tf.float32) / tf.cast(source_width, tf.float32))
+    scale = fits * tf.random.stateless_uniform([], seeds[0], *COPY_PASTE_SCALE)
+    new_height = tf.clip_by_value(tf.cast(tf.cast(source_height, tf.float32) * scale, tf.int32), 1, height)
+    new_width = tf.clip_by_value(tf.cast(tf.cast(source_width, tf.float32) * scale, tf.int32), 1, width)
+    image, mask = resize_image_and_mask(source_image, source_mask, new_height, new_width)
+    stacked = tf.image.stateless_random_flip_left_right(tf.concat([image, tf.cast(mask, tf.float32)], -1), seeds[1])
+    top = tf.random.stateless_uniform([], seeds[2], 0, height - new_height + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], seeds[3], 0, width - new_width + 1, dtype=tf.int32)
+    placed = tf.image.pad_to_bounding_box(stacked, top, left, height, width)
+    return placed[..., :3], tf.cast(tf.round(placed[..., 3:]), tf.int32)
+
+
+def paste_objects(image, mask, source_image, source_mask, seed, probability: float):
+    """With `probability`, the objects of the source (its mask's labelled pixels: classes and void) pasted onto
+    the image (float H x W x 3, mask int32 H x W x 1; Ghiasi et al. 2021). Pasted pixels take the source's
+    label (its class, or void where the source is void); the rest keeps the image's own, void included.
+    Returns (image, mask, placed) where `placed` holds the pasted labels, 0 where nothing was pasted."""
+    seeds = tf.random.experimental.stateless_split(seed, num=2)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+
+    def paste():
+        placed_image, placed_mask = place_source(source_image, source_mask, height, width, seeds[1])
+        pasted = placed_mask != 0
+        return tf.where(pasted, placed_image, image), tf.where(pasted, placed_mask, mask), placed_mask
+
+    def keep():
+        return image, mask, tf.zeros_like(mask)
+
+    return tf.cond(tf.random.stateless_uniform([], seeds[0]) < probability, paste, keep)
+
+
+def visible_labels(label, mask_before, placed, mask_after):
+    """The flags of a pasted image: a class is flagged while enough of it is still visible (COPY_PASTE_MIN_AREA
+    of the image, or half of its pixels for a smaller object), whether it was there or pasted; a flagged class
+    with no pixels in the mask keeps its flag."""
+    def class_counts(label_map):
+        return tf.cast(tf.math.bincount(tf.reshape(label_map, [-1]), minlength=256, maxlength=256)[1:tf.size(label) + 1],
+                       tf.float32)
+
+    before = class_counts(mask_before) + class_counts(placed)
+    visible = class_counts(mask_after)
+    minimum = tf.maximum(tf.minimum(COPY_PASTE_MIN_AREA * tf.cast(tf.size(mask_after), tf.float32), 0.5 * before), 1.0)
+    return tf.where(before > 0, tf.cast(visible >= minimum, tf.float32), label)
+
+
+def object_box_of(mask):
+    """`object_box` in TensorFlow, for a mask made in the pipeline (int32 H x W x 1)."""
+    objects = (mask[..., 0] > 0) & (mask[..., 0] != VOID_LABEL)
+    rows = tf.cast(tf.where(tf.reduce_any(objects, 1))[:, 0], tf.float32)
+    columns = tf.cast(tf.where(tf.reduce_any(objects, 0))[:, 0], tf.float32)
+    height, width = tf.cast(tf.shape(mask)[0], tf.float32), tf.cast(tf.shape(mask)[1], tf.float32)
+    return tf.cond(tf.size(rows) > 0,
+                   lambda: tf.stack([rows[0] / height, columns[0] / width, (rows[-1] + 1) / height, (columns[-1] + 1) / width]),
+                   lambda: tf.constant([0.0, 0.0, 1.0, 1.0]))
 
 
 # ---------------------------------------------------------------- classification
@@ -78,7 +162,8 @@ def to_model_input(image):
 
 def classification_dataset(images: Sequence[np.ndarray], labels: np.ndarray, positions: np.ndarray,
                            image_size: int, batch_size: int, training: bool, seed: int = 0,
-                           boxes: np.ndarray | None = None) -> tf.data.Dataset:
+                           boxes: np.ndarray | None = None, masks: Sequence[np.ndarray] | None = None,
+                           copy_paste: float = 0.0) -> tf.data.Dataset:
     """Batches of (uint8 image_size x image_size x 3 images, float32 label vectors).
 
     Args:
@@ -87,9 +172,16 @@ def classification_dataset(images: Sequence[np.ndarray], labels: np.ndarray, pos
         positions: which images, in order (shuffled each epoch when training).
         training: shuffle, random resized crop that keeps the objects, flip and colour jitter.
         boxes: (N, 4) object union boxes (see `object_box`) used by the crop; whole images if None.
+        masks: all masks, which copy-paste needs.
+        copy_paste: probability that a training image gets the objects of another image at `positions` pasted on
+            it (`paste_objects`); its flags become the classes still visible (`visible_labels`).
     """
     labels = np.asarray(labels, dtype=np.float32)
     boxes = np.tile([[0.0, 0.0, 1.0, 1.0]], (len(images), 1)).astype(np.float32) if boxes is None else boxes
+    if training and copy_paste > 0:
+        if masks is None:
+            raise ValueError("copy-paste needs the training masks: the objects it pastes are their labelled pixels")
+        return pasting_classification_dataset(images, labels, masks, positions, image_size, batch_size, seed, copy_paste)
 
     def load(position):
         image, label, box = tf.numpy_function(
@@ -101,16 +193,42 @@ def classification_dataset(images: Sequence[np.ndarray], labels: np.ndarray, pos
 
     def augment(example, seed_pair):
         image, label, box = example
-        seeds = tf.random.experimental.stateless_split(seed_pair, num=3)
-        image = random_resized_crop(image, box, seeds[0], image_size)
-        image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-        image = colour_jitter(image, seeds[2])
-        return to_model_input(image), label
+        return classification_augment(image, label, box, seed_pair, image_size)
 
     def resize_for_evaluation(image, label, box):
         return to_model_input(tf.image.resize(image, (image_size, image_size), antialias=True)), label
 
     return assemble(positions, load, augment if training else resize_for_evaluation, batch_size, training, seed)
+
+
+def classification_augment(image, label, box, seed, image_size: int):
+    """The classifier's training augmentation: a crop keeping the objects, a flip, colour jitter."""
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    image = random_resized_crop(image, box, seeds[0], image_size)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+    return to_model_input(colour_jitter(image, seeds[2])), label
+
+
+def pasting_classification_dataset(images, labels, masks, positions, image_size: int, batch_size: int, seed: int,
+                                   probability: float) -> tf.data.Dataset:
+    """Training batches of the classifier with copy-paste: paste, flag the visible classes, then augment."""
+
+    def load(position):
+        image, label, mask = tf.numpy_function(
+            lambda index: (images[index], labels[index], masks[index]), [position], [tf.uint8, tf.float32, tf.uint8])
+        image.set_shape([None, None, 3])
+        label.set_shape([labels.shape[1]])
+        mask.set_shape([None, None])
+        return tf.cast(image, tf.float32), label, tf.cast(mask[..., None], tf.int32)
+
+    def paste_then_augment(pair, seed_pair):
+        (image, label, mask), (source_image, _, source_mask) = pair
+        seeds = tf.random.experimental.stateless_split(seed_pair, num=2)
+        pasted_image, pasted_mask, placed = paste_objects(image, mask, source_image, source_mask, seeds[0], probability)
+        label = visible_labels(label, mask, placed, pasted_mask)
+        return classification_augment(pasted_image, label, object_box_of(pasted_mask), seeds[1], image_size)
+
+    return assemble(positions, load, paste_then_augment, batch_size, True, seed, with_sources=True)
 
 
 def prediction_dataset(images: Sequence[np.ndarray], image_size: int, batch_size: int, flip: bool = False) -> tf.data.Dataset:
@@ -197,12 +315,13 @@ def random_scale_crop_flip(image, mask, seed, image_size: int, scale_range: tupl
 
 def segmentation_dataset(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], positions: np.ndarray,
                          image_size: int, batch_size: int, training: bool, seed: int = 0,
-                         scale_range: tuple[float, float] = (0.5, 1.5)) -> tf.data.Dataset:
+                         scale_range: tuple[float, float] = (0.5, 1.5), copy_paste: float = 0.0) -> tf.data.Dataset:
     """Batches of (uint8 image_size x image_size x 3 images, int32 image_size x image_size masks).
 
     Evaluation letterboxes (long side to image_size, padded; the same geometry as prediction); training
     adds a random scale, a random crop and a flip applied identically to image and mask, and colour jitter
-    to the image. Padding is labelled VOID_LABEL, which the loss and the metrics skip.
+    to the image. Padding is labelled VOID_LABEL, which the loss and the metrics skip. With `copy_paste` (a
+    probability), a training image first gets the objects of another image at `positions` pasted on it.
     """
 
     def load(position):
@@ -221,8 +340,18 @@ def segmentation_dataset(images: Sequence[np.ndarray], masks: Sequence[np.ndarra
         image, mask, jitter_seed = random_scale_crop_flip(image, mask, seed_pair, image_size, scale_range)
         return square(to_model_input(colour_jitter(image, jitter_seed)), mask[..., 0])
 
+    def paste_then_augment(pair, seed_pair):
+        (image, mask), (source_image, source_mask) = pair
+        seeds = tf.random.experimental.stateless_split(seed_pair, num=2)
+        image, mask, _ = paste_objects(image, mask, source_image, source_mask, seeds[0], copy_paste)
+        return augment((image, mask), seeds[1])
+
     def letterbox_for_evaluation(image, mask):
         image, mask = letterbox(image, mask, image_size)
         return square(to_model_input(image), mask[..., 0])
 
-    return assemble(positions, load, augment if training else letterbox_for_evaluation, batch_size, training, seed)
+    if not training:
+        return assemble(positions, load, letterbox_for_evaluation, batch_size, False, seed)
+    if copy_paste > 0:
+        return assemble(positions, load, paste_then_augment, batch_size, True, seed, with_sources=True)
+    return assemble(positions, load, augment, batch_size, True, seed)

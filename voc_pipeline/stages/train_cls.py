@@ -20,7 +20,7 @@ from voc_pipeline.data.competition import ImageSet
 from voc_pipeline.data.splits import Splits, positions_of
 from voc_pipeline.files import save_npz_atomic, write_json_atomic
 from voc_pipeline.models.classifier import predict_plain_and_flip_tta
-from voc_pipeline.models.heads import CLASSIFIER, train_head, training_setup
+from voc_pipeline.models.heads import CLASSIFIER, draw_training_examples, train_head, training_setup
 from voc_pipeline.models.training import choose_strategy
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ def run_train_cls(config: Config) -> dict:
         validation_images = [train.images[position] for position in part.validation_positions]
         probabilities[part.validation_positions], flipped[part.validation_positions] = predict_plain_and_flip_tta(
             [trained.model], validation_images, settings.batch_size)
+    if settings.copy_paste:
+        draw_training_examples(config, CLASSIFIER, train, parts[0].fit_positions)
 
     evaluated = np.flatnonzero(~np.isnan(probabilities[:, 0]))
     labels = train.labels[evaluated]

@@ -12,7 +12,7 @@ from voc_pipeline.core.classes import CLASS_NAMES
 from voc_pipeline.core.scoring import segmentation_report
 from voc_pipeline.data.splits import positions_of
 from voc_pipeline.files import write_json_atomic
-from voc_pipeline.models.heads import SEGMENTER, train_head, training_setup
+from voc_pipeline.models.heads import SEGMENTER, draw_training_examples, train_head, training_setup
 from voc_pipeline.models.segmenter import label_maps_with_and_without_flip
 from voc_pipeline.models.training import choose_strategy
 from voc_pipeline.plots import plot_mask_overlays, plot_per_class_bars
@@ -29,6 +29,8 @@ def run_train_seg(config: Config) -> dict:
     fit_positions = positions_of(train.ids, splits.train_ids)
     validation_positions = positions_of(train.ids, splits.validation_ids)
     trained = train_head(config, SEGMENTER, train, fit_positions, validation_positions, choose_strategy())
+    if settings.copy_paste:
+        draw_training_examples(config, SEGMENTER, train, fit_positions)
     write_json_atomic(artifacts.SEGMENTER_MANIFEST.path(run_dir), {
         "model": artifacts.SEGMENTER_MODEL.pattern, "backbone": settings.backbone, "image_size": settings.image_size,
         "output_stride": settings.output_stride, "precision_policy": policy, "training": trained.facts,
