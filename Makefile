@@ -18,6 +18,10 @@ DEMO_DATA := data/demo
 # The TensorFlow build: the CUDA one where an NVIDIA driver answers, else the CPU one.
 TF_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 FORCE ?=
+# The test suite runs on this many processes (pytest-xdist), at most 4: each holds its own TensorFlow, and most tests
+# keep one core busy. Whole runs shared by several tests stay on one process (tests/conftest.py).
+TEST_PROCESSES ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+PARALLEL_TESTS = -n $(TEST_PROCESSES) --dist loadgroup
 STAGE_ARGS = --data $(DATA) --profile $(PROFILE) --run $(RUN) $(foreach assignment,$(SET),--set $(assignment)) $(if $(FORCE),--force)
 DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 
@@ -55,13 +59,13 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 test: install
-	$(BIN)/python -m pytest -m "not large"
+	$(BIN)/python -m pytest $(PARALLEL_TESTS) -m "not large"
 
 test-large: install
 	$(BIN)/python -m pytest -m large
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not large"
+	$(BIN)/python -m pytest $(PARALLEL_TESTS) -m "not slow and not large"
 
 lint: install
 	$(BIN)/ruff check voc_pipeline tests kaggle
@@ -130,7 +134,7 @@ kernel-check: install demo-data
 
 test-kaggle-stack: install
 	$(CLI) kernel stack --output $(KAGGLE_VENV)
-	$(KAGGLE_VENV)/bin/python -m pytest -m "not slow"
+	$(KAGGLE_VENV)/bin/python -m pytest $(PARALLEL_TESTS) -m "not slow"
 
 $(BIN)/kaggle: | install
 	$(BIN)/python -m pip install --quiet -e ".[kaggle]"

@@ -13,6 +13,22 @@ from voc_pipeline.data.demo import write_demo_data
 
 VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc-sample"
 
+# `make test` runs the suite on several processes (pytest-xdist, `--dist loadgroup`). A session fixture is built
+# once per process that needs it, so the tests of each whole run share one process: the run is trained once, and
+# the tests that change the tiny run and put it back never meet another process's changes. The fake Kaggle API
+# listens on port 80 (where the client sends it), so its tests share one process too.
+WHOLE_RUN_GROUPS = {"smoke_run": "smoke-run", "tiny_run": "tiny-run"}
+ONE_PROCESS_MODULES = {"test_kaggle_loop.py": "tiny-run"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = ONE_PROCESS_MODULES.get(item.path.name) or next(
+            (name for fixture, name in WHOLE_RUN_GROUPS.items() if fixture in item.fixturenames), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
