@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from voc_pipeline.core.fusion import compare_fusion
+from voc_pipeline.core.fusion import compare_flag_sources
 from voc_pipeline.core.joint import InferencePlan, JointRule, candidate_table, choose_rule, score_rules
 from voc_pipeline.core.scoring import classification_row_scores, competition_score
 from voc_pipeline.core.selection import (
@@ -107,9 +107,10 @@ def test_fusion_that_adds_only_noise_to_a_sure_classifier_is_not_kept():
     sure = np.where(labels == 1, 0.95, 0.05)
     largest, area = segmenter_evidence(labels, informative=False, seed=2)
     chooser = flag_fitter("global", default_grid(0.05), 1)
-    outcome = compare_fusion(sure, largest, area, labels, chooser, seed=0)
-    assert outcome.classifier_cross_validated == pytest.approx(1.0)
-    assert not outcome.use_fusion and outcome.to_dict()["chosen"] == "classifier"
+    outcome = compare_flag_sources(sure, largest, area, largest, labels, chooser, seed=0, sources=("classifier", "fused"))
+    assert outcome.cross_validated("classifier") == pytest.approx(1.0)
+    assert outcome.chosen == "classifier" and outcome.to_dict()["chosen"] == "classifier"
+    assert set(outcome.to_dict()) == {"classifier_cross_validated", "fused_cross_validated", "chosen"}
 
 
 def test_fusion_wins_when_the_segmenter_knows_what_the_classifier_does_not():
@@ -117,9 +118,10 @@ def test_fusion_wins_when_the_segmenter_knows_what_the_classifier_does_not():
     clueless = np.random.default_rng(4).uniform(0.2, 0.8, labels.shape)
     largest, area = segmenter_evidence(labels, informative=True, seed=5)
     chooser = flag_fitter("global", default_grid(0.05), 1)
-    outcome = compare_fusion(clueless, largest, area, labels, chooser, seed=0)
-    assert outcome.fused_cross_validated > 0.95 > 0.5 > outcome.classifier_cross_validated
-    assert outcome.use_fusion and outcome.to_dict()["chosen"] == "fused"
+    outcome = compare_flag_sources(clueless, largest, area, largest, labels, chooser, seed=0,
+                                   sources=("classifier", "fused"))
+    assert outcome.cross_validated("fused") > 0.95 > 0.5 > outcome.cross_validated("classifier")
+    assert outcome.chosen == "fused" and outcome.to_dict()["chosen"] == "fused"
 
 
 def test_more_scales_are_used_only_when_they_score_better():

@@ -261,7 +261,8 @@ def read_inference_plan(run_dir: Path) -> tuple[InferencePlan, dict]:
         plan = InferencePlan(thresholds, fusion, rule, tuple(float(scale) for scale in joint["scales"]),
                              np.array(joint["class_boxes"], dtype=np.float64), float(joint["tiny_mask_fraction"]),
                              strategy, float(payload.get("temperature", 1.0)),
-                             float(joint.get("segmenter_temperature", 1.0)))
+                             float(joint.get("segmenter_temperature", 1.0)),
+                             payload.get("source", "fused" if fusion else "classifier"))
     except (KeyError, TypeError, ValueError) as error:
         raise unreadable(JOINT_RULE.path(run_dir), JOINT_RULE.stage, f"no field {error}") from None
     return plan, payload

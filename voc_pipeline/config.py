@@ -180,6 +180,9 @@ class SegmenterConfig(TrainingSchedule):
     patience: int = default_for("patience", 8)
     # Weight of the soft Dice term added to the cross-entropy (0 = cross-entropy only).
     dice_weight: float = bounded(0.0, 0, 100)
+    # Weight of the class-presence term (0 = none): the binary cross-entropy of each image's classes pooled from
+    # the pixel probabilities (core.presence) against the classes its mask holds.
+    presence_weight: float = bounded(0.0, 0, 100)
     # Random scale range of the training augmentation, relative to the letterboxed size.
     scale_range: tuple[float, ...] = bounded((0.5, 1.5), 0, 8, low_inclusive=False)
     # Validation images drawn as image / truth / prediction panels.
@@ -200,6 +203,9 @@ class JointConfig:
     area_grid: tuple[float, ...] = bounded((0.005, 0.01, 0.02, 0.05, 0.1), **FRACTION)
     # Try fusing the classifier's probability with the segmenter's evidence (kept only if it wins cross-validated).
     fusion: bool = True
+    # Try the segmenter's class presences (its pixel probabilities pooled per class) as the flags' source (kept only
+    # if they win cross-validated).
+    presence: bool = True
     # An accepted class whose mask covers less than this share of the image counts as missing for the fallback.
     tiny_mask_fraction: float = bounded(0.002, **FRACTION)
     # Validation images with the lowest scores, drawn in the report with both heads' outputs.

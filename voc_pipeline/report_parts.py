@@ -16,6 +16,7 @@ from pathlib import Path
 from voc_pipeline import artifacts, markdown
 from voc_pipeline.backbone_table import backbone
 from voc_pipeline.core.classes import CLASS_NAMES
+from voc_pipeline.core.fusion import FLAG_SOURCES, SOURCE_TITLES
 from voc_pipeline.errors import OutputFolderError
 from voc_pipeline.files import byte_size
 
@@ -40,17 +41,32 @@ def score_table(rows: dict[str, dict[str, float]]) -> str:
                           [(name, row["score"], row["classification"], row["segmentation"]) for name, row in rows.items()])
 
 
+def flag_sources_of(tuning: dict) -> tuple[dict[str, float], str]:
+    """(each flag source tune tried -> its cross-validated classification, the chosen source)."""
+    # Runs tuned before the presence source name the comparison "fusion".
+    figures = tuning.get("flag_sources", tuning.get("fusion", {}))
+    scores = {source: figures[f"{source}_cross_validated"] for source in FLAG_SOURCES
+              if figures.get(f"{source}_cross_validated") is not None}
+    return scores, figures.get("chosen", "classifier")
+
+
+def flag_sources_text(tuning: dict) -> str:
+    """One sentence: which sources the flags could come from, how each did, and the chosen one."""
+    scores, chosen = flag_sources_of(tuning)
+    if len(scores) < 2:
+        return f"Flags from the {SOURCE_TITLES[chosen]}: no other source was tried (joint.presence, joint.fusion)."
+    return ("Flag sources, cross-validated classification on validation: "
+            + ", ".join(f"{SOURCE_TITLES[source]} {score:.4f}" for source, score in scores.items())
+            + f"; flags from the **{SOURCE_TITLES[chosen]}** (the simplest within the noise of the best).")
+
+
 def choices_section(tuning: dict, candidates_shown: int = 10) -> list[str]:
     """What tune chose on validation, and what it was chosen against (tune's metrics)."""
     scales = tuning["scales"]
     scale_table = markdown.table(("segmenter scales", "validation Dice of its own masks", "seconds per image"),
                                  [(name, f"{row['segmentation_dice']:.4f}", f"{row['seconds_per_image']:.3f}")
                                   for name, row in scales["options"].items()])
-    fusion = tuning["fusion"]
-    fusion_text = ("Fused evidence was not tried (joint.fusion = false)." if fusion.get("classifier_cross_validated") is None
-                   else f"Fused evidence: cross-validated classification {fusion['fused_cross_validated']:.4f} against "
-                        f"{fusion['classifier_cross_validated']:.4f} for the classifier alone; flags from the "
-                        f"{fusion['chosen']}.")
+    fusion_text = flag_sources_text(tuning)
     candidates = sorted(tuning["joint"]["candidates"], key=lambda row: -row["score"])
     rule_table = markdown.table(("joint rule", "overall", "classification", "segmentation"),
                                 [(row["name"], row["score"], row["classification"], row["segmentation"])
@@ -310,14 +326,12 @@ def findings_rows(run_dir: Path) -> list[tuple]:
                              "classification, cross-validated"))
     rows.append(gain_row("segmenter flip TTA", "configuration", "flip TTA", segmenter["mean_iou"], "no flip",
                          segmenter["mean_iou_without_flip_tta"], "segmenter mIoU"))
-    fusion = tuning["fusion"]
-    if fusion.get("classifier_cross_validated") is not None:
-        fused = fusion["chosen"] != "classifier"
-        rows.append(gain_row("flags from", "cross-validation", "fused evidence" if fused else "the classifier alone",
-                             fusion["fused_cross_validated" if fused else "classifier_cross_validated"],
-                             "the classifier alone" if fused else "fused evidence",
-                             fusion["classifier_cross_validated" if fused else "fused_cross_validated"],
-                             "classification, cross-validated"))
+    sources, chosen_source = flag_sources_of(tuning)
+    if len(sources) > 1 and chosen_source in sources:
+        # The chosen source against the best of the others.
+        other = max((source for source in sources if source != chosen_source), key=sources.get)
+        rows.append(gain_row("flags from", "cross-validation", SOURCE_TITLES[chosen_source], sources[chosen_source],
+                             SOURCE_TITLES[other], sources[other], "classification, cross-validated"))
     options = tuning["scales"]["options"]
     chosen_scales = ", ".join(f"{scale:g}" for scale in tuning["scales"]["chosen"])
     for name, option in options.items():

@@ -4,8 +4,9 @@ combined by one small logistic model fitted on validation (pure NumPy, no I/O).
 Features of (image, class): the classifier's logit, the segmenter's largest pixel probability for the
 class, and the share of the image it paints with it. One model serves every class (20 times more
 examples than a model per class, which a few hundred validation images could not support), so its
-three weights say how much each kind of evidence counts. Whether fusion is used at all is decided by
-cross-validation against the classifier alone, as for the threshold strategies.
+three weights say how much each kind of evidence counts. Which source the flags come from (the classifier
+alone, the segmenter's class presences, or fused evidence) is decided by cross-validation, as for the
+threshold strategies, the simplest within the noise of the best.
 """
 
 from __future__ import annotations
@@ -66,62 +67,74 @@ def fit_fusion(classifier_probabilities: np.ndarray, largest: np.ndarray, area: 
     return FusionModel(tuple(float(value) for value in parameters[:-1]), float(parameters[-1]))
 
 
+# The flags' sources `tune` compares, simplest first: the classifier alone, the segmenter's class presences
+# (core.presence) and fused evidence (both heads).
+FLAG_SOURCES = ("classifier", "presence", "fused")
+SOURCE_TITLES = {"classifier": "classifier alone", "presence": "segmenter presence", "fused": "fused evidence"}
+
+
 @dataclass(frozen=True)
-class FusionComparison:
-    """Fused evidence against the classifier alone, each with its flag strategy fitted on one half of the
-    validation images and scored on the other (core.selection), as per-image rows."""
+class SourceComparison:
+    """The flags' candidate sources, each with its flag strategy fitted on one half of the validation images and
+    scored on the other (core.selection), as per-image rows.
 
-    classifier_rows: np.ndarray
-    fused_rows: np.ndarray
+    Attributes:
+        rows: source name -> (N,) cross-validated classification rows, in FLAG_SOURCES order.
+    """
+
+    rows: dict[str, np.ndarray]
+
+    def cross_validated(self, source: str) -> float:
+        rows = self.rows[source]
+        return float(np.mean(rows)) if len(rows) else float("nan")
 
     @property
-    def classifier_cross_validated(self) -> float:
-        return float(np.mean(self.classifier_rows)) if len(self.classifier_rows) else float("nan")
-
-    @property
-    def fused_cross_validated(self) -> float:
-        return float(np.mean(self.fused_rows)) if len(self.fused_rows) else float("nan")
-
-    @property
-    def use_fusion(self) -> bool:
-        """Fusion is kept only when it wins by more than the noise of the estimate (one standard error of the
-        paired difference); a tie, or a score that cannot be computed, keeps the simpler answer."""
-        if not (np.isfinite(self.classifier_rows).all() and np.isfinite(self.fused_rows).all()) or \
-                not len(self.fused_rows):
-            return False
-        return choose_within_noise(np.stack([self.classifier_rows, self.fused_rows])) == 1
+    def chosen(self) -> str:
+        """The simplest source within the noise of the best (one standard error of the paired difference); a tie,
+        or a score that cannot be computed, keeps the classifier."""
+        names = list(self.rows)
+        stacked = np.stack([self.rows[name] for name in names])
+        if len(names) == 1 or not stacked.shape[1] or not np.isfinite(stacked).all():
+            return names[0]
+        return names[choose_within_noise(stacked)]
 
     def to_dict(self) -> dict:
-        """JSON-ready; a score that could not be computed (fewer than two images) is None."""
-        return {"classifier_cross_validated": finite_or_none(self.classifier_cross_validated),
-                "fused_cross_validated": finite_or_none(self.fused_cross_validated),
-                "chosen": "fused" if self.use_fusion else "classifier"}
+        """JSON-ready: `<source>_cross_validated` for each source tried (None where it could not be computed, with
+        fewer than two images), and the chosen source."""
+        return {**{f"{name}_cross_validated": finite_or_none(self.cross_validated(name)) for name in self.rows},
+                "chosen": self.chosen}
 
 
 def finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def compare_fusion(classifier_probabilities: np.ndarray, largest: np.ndarray, area: np.ndarray, labels: np.ndarray,
-                   fit_flags, seed: int, repeats: int = 3) -> FusionComparison:
-    """Cross-validated classification rows of the classifier alone and of fused evidence, all (N, C) inputs.
+def compare_flag_sources(classifier_probabilities: np.ndarray, largest: np.ndarray, area: np.ndarray,
+                         presence: np.ndarray, labels: np.ndarray, fit_flags, seed: int,
+                         sources: tuple[str, ...] = FLAG_SOURCES, repeats: int = 3) -> SourceComparison:
+    """Cross-validated classification rows of each source, all (N, C) inputs.
 
     Args:
+        presence: the segmenter's class presences (core.presence).
         fit_flags: (probabilities, labels) -> an object whose .flags(probabilities) gives 0/1 flags: the flag
             strategy chosen for the classifier (core.thresholds.flag_fitter).
-        seed: the seed of the first split into halves (the same splits for both candidates).
+        seed: the seed of the first split into halves (the same splits for every source).
+        sources: the sources to compare, the classifier first.
     """
+    unknown = [name for name in sources if name not in FLAG_SOURCES]
+    if unknown or sources[:1] != ("classifier",):
+        raise ValueError(f"flag sources {sources}: expected the classifier first, then some of {FLAG_SOURCES[1:]}")
 
-    def classifier_alone(fit_half: np.ndarray, score_half: np.ndarray) -> np.ndarray:
-        fitted = fit_flags(classifier_probabilities[fit_half], labels[fit_half])
-        return classification_row_scores(fitted.flags(classifier_probabilities[score_half]), labels[score_half])
+    def fixed(probabilities: np.ndarray):
+        def fit_and_score(fit_half: np.ndarray, score_half: np.ndarray) -> np.ndarray:
+            fitted = fit_flags(probabilities[fit_half], labels[fit_half])
+            return classification_row_scores(fitted.flags(probabilities[score_half]), labels[score_half])
+        return fit_and_score
 
     def fused(fit_half: np.ndarray, score_half: np.ndarray) -> np.ndarray:
         model = fit_fusion(classifier_probabilities[fit_half], largest[fit_half], area[fit_half], labels[fit_half])
-        probabilities = model.probabilities(classifier_probabilities, largest, area)
-        fitted = fit_flags(probabilities[fit_half], labels[fit_half])
-        return classification_row_scores(fitted.flags(probabilities[score_half]), labels[score_half])
+        return fixed(model.probabilities(classifier_probabilities, largest, area))(fit_half, score_half)
 
-    count = len(labels)
-    return FusionComparison(cross_validated_rows(classifier_alone, count, seed, repeats),
-                            cross_validated_rows(fused, count, seed, repeats))
+    candidates = {"classifier": fixed(classifier_probabilities), "presence": fixed(presence), "fused": fused}
+    return SourceComparison({name: cross_validated_rows(candidates[name], len(labels), seed, repeats)
+                             for name in FLAG_SOURCES if name in sources})

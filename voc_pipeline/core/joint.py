@@ -24,7 +24,9 @@ from voc_pipeline.core.baseline import centre_box_map
 from voc_pipeline.core.calibration import calibrate_sigmoid
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES
 from voc_pipeline.core.expected import expected_f1_flags
+from voc_pipeline.core.fusion import FLAG_SOURCES
 from voc_pipeline.core.masks import MASK_RULES, class_evidence, fill_missing_classes, label_map
+from voc_pipeline.core.presence import presence_scores
 from voc_pipeline.core.scoring import (
     classification_row_scores,
     competition_score,
@@ -145,7 +147,7 @@ def score_rules(maps: Iterable[np.ndarray], classifier_probabilities: np.ndarray
     confusion = np.zeros((len(rules), NUM_CLASSES + 1, NUM_CLASSES + 1), dtype=np.int64)
     for image, probabilities in enumerate(maps):
         largest, area = class_evidence(probabilities)
-        _, flags = plan.base_flags(classifier_probabilities[image], largest, area)
+        _, flags = plan.base_flags(classifier_probabilities[image], probabilities, largest, area)
         decisions = ImageDecisions(probabilities, flags, area, plan.boxes, plan.tiny_fraction, plan.segmenter_temperature)
         for index, rule in enumerate(rules):
             final, labels = decisions.decide(rule)
@@ -186,7 +188,7 @@ class InferencePlan:
 
     Attributes:
         thresholds: (20,) thresholds on the flags' source probabilities.
-        fusion: the model fusing the classifier with the segmenter's evidence, or None (the classifier alone).
+        fusion: the model fusing the classifier with the segmenter's evidence (source "fused"), else None.
         rule: the joint rule.
         scales: the segmenter's scales.
         boxes: (20, 4) typical boxes of the classes, for the fallback.
@@ -194,6 +196,8 @@ class InferencePlan:
         flag_strategy: "global" or "per-class" (flags = thresholds), or "expected-f1" (each image's expected-F1
             set under its source probabilities calibrated by classifier_temperature).
         classifier_temperature, segmenter_temperature: the heads' calibrations (core.calibration).
+        source: where the flags' probabilities come from (core.fusion.FLAG_SOURCES): the classifier, the
+            segmenter's class presences (core.presence), or fused evidence.
     """
 
     thresholds: np.ndarray
@@ -205,11 +209,23 @@ class InferencePlan:
     flag_strategy: str = "global"
     classifier_temperature: float = 1.0
     segmenter_temperature: float = 1.0
+    source: str = "classifier"
 
-    def base_flags(self, classifier_probabilities: np.ndarray, largest: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the flags' source probabilities, the tuned flags) of one image, all (20,)."""
-        source = (classifier_probabilities if self.fusion is None
-                  else self.fusion.probabilities(classifier_probabilities[None], largest[None], area[None])[0])
+    def __post_init__(self):
+        if self.source not in FLAG_SOURCES or (self.source == "fused") != (self.fusion is not None):
+            raise ValueError(f"flag source {self.source!r} with fusion {self.fusion}: expected one of {FLAG_SOURCES}, "
+                             f"with a fusion model exactly for 'fused'")
+
+    def base_flags(self, classifier_probabilities: np.ndarray, probabilities: np.ndarray, largest: np.ndarray,
+                   area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the flags' source probabilities, the tuned flags) of one image, all (20,), from its classifier
+        probabilities, its (H, W, 21) segmenter probabilities and their class_evidence."""
+        if self.source == "presence":
+            source = presence_scores(probabilities)
+        elif self.source == "fused":
+            source = self.fusion.probabilities(classifier_probabilities[None], largest[None], area[None])[0]
+        else:
+            source = classifier_probabilities
         if self.flag_strategy == "expected-f1":
             return source, expected_f1_flags(calibrate_sigmoid(source[None], self.classifier_temperature))[0]
         return source, apply_thresholds(source[None], self.thresholds)[0]
@@ -217,7 +233,7 @@ class InferencePlan:
     def decide(self, probabilities: np.ndarray, classifier_probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(source probabilities, final flags, uint8 label map) of one image from its (H, W, 21) probabilities."""
         largest, area = class_evidence(probabilities)
-        source, flags = self.base_flags(classifier_probabilities, largest, area)
+        source, flags = self.base_flags(classifier_probabilities, probabilities, largest, area)
         final, labels = ImageDecisions(probabilities, flags, area, self.boxes, self.tiny_fraction,
                                        self.segmenter_temperature).decide(self.rule)
         return source, final, labels

@@ -170,7 +170,7 @@ class SegmenterHead(Head):
                                     copy_paste=settings.copy_paste)
 
     def loss(self, settings):
-        return SegmentationLoss(NUM_LABELS, VOID_LABEL, settings.dice_weight)
+        return SegmentationLoss(NUM_LABELS, VOID_LABEL, settings.dice_weight, settings.presence_weight)
 
     def metrics(self, settings):
         return [keras.metrics.MeanIoU(NUM_LABELS, ignore_class=VOID_LABEL, sparse_y_pred=False, name="mean_iou")]

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from voc_pipeline.choices import CLASSIFIER_LOSSES
+from voc_pipeline.core.presence import PRESENCE_POWER
 from voc_pipeline.errors import ConfigError
 
 
@@ -57,15 +58,19 @@ class SegmentationLoss(keras.losses.Loss):
     The cross-entropy is averaged over the pixels that are not ignored (padding, and VOC's void borders
     when the data keeps them), so ignored pixels change neither the loss nor its gradient. The Dice term
     (weight `dice_weight`) is one minus the soft Dice of the foreground classes over the batch, which
-    pushes directly on the competition's segmentation score.
+    pushes directly on the competition's segmentation score. The presence term (weight `presence_weight`) is
+    the binary cross-entropy of each image's class presences (core.presence: the pixel probabilities of each
+    class pooled by a log-sum-exp) against the classes its mask holds: the masks teach the segmenter which
+    classes an image holds, and `tune` may take its flags from those presences.
     """
 
     def __init__(self, num_classes: int, ignore_label: int = 255, dice_weight: float = 0.0,
-                 name: str = "segmentation_loss", **kwargs):
+                 presence_weight: float = 0.0, name: str = "segmentation_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self.dice_weight = dice_weight
+        self.presence_weight = presence_weight
 
     def call(self, y_true, y_pred):
         labels = ops.cast(y_true, "int32")
@@ -80,9 +85,30 @@ class SegmentationLoss(keras.losses.Loss):
             intersection = ops.sum(probabilities * targets)
             dice = (2.0 * intersection + 1.0) / (ops.sum(probabilities) + ops.sum(targets) + 1.0)
             loss = loss + self.dice_weight * (1.0 - dice)
+        if self.presence_weight:
+            loss = loss + self.presence_weight * presence_cross_entropy(logits, safe_labels, valid, self.num_classes)
         # One value per batch: Keras's reduction then leaves it unchanged.
         return ops.broadcast_to(loss, ops.shape(labels)[:1])
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "ignore_label": self.ignore_label,
-                "dice_weight": self.dice_weight}
+                "dice_weight": self.dice_weight, "presence_weight": self.presence_weight}
+
+
+def presence_log_scores(logits, power: float = PRESENCE_POWER):
+    """(batch, classes - 1) log presence of each foreground class: the log power mean of its pixel probabilities,
+    as core.presence.presence_scores computes it in NumPy."""
+    log_probabilities = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)[..., 1:]
+    pixels = ops.cast(ops.shape(log_probabilities)[1] * ops.shape(log_probabilities)[2], "float32")
+    pooled = ops.logsumexp(power * log_probabilities, axis=(1, 2))
+    return ops.minimum((pooled - ops.log(pixels)) / power, 0.0)
+
+
+def presence_cross_entropy(logits, labels, valid, num_classes: int):
+    """The mean binary cross-entropy of the presences (from `logits`) against the classes each image's `labels`
+    hold among its `valid` pixels."""
+    present = ops.max(ops.one_hot(labels, num_classes)[..., 1:] * valid[..., None], axis=(1, 2))
+    log_presence = presence_log_scores(logits)
+    # log(1 - presence), kept finite where the presence rounds to 1.
+    log_absence = ops.log(ops.maximum(1.0 - ops.exp(log_presence), 1e-7))
+    return -ops.mean(present * log_presence + (1.0 - present) * log_absence)

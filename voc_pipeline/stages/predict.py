@@ -14,6 +14,7 @@ import numpy as np
 
 from voc_pipeline import artifacts
 from voc_pipeline.config import Config
+from voc_pipeline.core.fusion import SOURCE_TITLES
 from voc_pipeline.data.competition import load_split
 from voc_pipeline.files import save_label_maps_atomic
 from voc_pipeline.models.classifier import predict_probabilities
@@ -44,7 +45,7 @@ def run_predict(config: Config) -> dict:
     save_label_maps_atomic(artifacts.TEST_PREDICTIONS.path(run_dir), test.ids, label_maps,
                            probabilities=classifier_probabilities, source_probabilities=np.array(sources), flags=flags)
     summary = {"test_images": len(test), "joint_rule": plan.rule.name, "scales": list(plan.scales),
-               "flags_from": "fused evidence" if plan.fusion else "classifier",
+               "flags_from": SOURCE_TITLES[plan.source],
                "flags_per_image": float(flags.sum(1).mean()),
                "models": {head: final_models[head]["models"] for head in ("classifier", "segmenter")}}
     logger.info("predicted %d test images (%.2f classes per image) into %s", len(test), summary["flags_per_image"],

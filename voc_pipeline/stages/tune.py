@@ -6,8 +6,10 @@
    the simplest within one standard error of the best is kept (threshold_comparison.md shows 0.5 beside them);
 2. the segmenter's scales: the configured scales against 1.0 alone, by the validation Dice of the
    segmenter's own masks, with the time each costs;
-3. the flag source: the classifier alone, or fused evidence (its probability combined with the segmenter's
-   evidence for each class by a small logistic model), cross-validated; fusion is kept only when it wins;
+3. the flag source: the classifier alone, the segmenter's class presences (its pixel probabilities pooled per
+   class, core.presence), or fused evidence (the classifier's probability combined with the segmenter's
+   evidence for each class by a small logistic model), cross-validated; the simplest within the noise of the
+   best is kept;
 4. the segmenter's temperature, fitted on sampled validation pixels (reliability.png shows both heads);
 5. the joint rule (adding classes the segmenter paints, the mask rule, the box fallback), by the competition
    score over both heads, the simplest within the noise of the best, with an estimate of the score off
@@ -36,7 +38,7 @@ from voc_pipeline.core.calibration import (
     sample_pixels,
 )
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
-from voc_pipeline.core.fusion import FusionModel, compare_fusion, fit_fusion
+from voc_pipeline.core.fusion import SOURCE_TITLES, FusionModel, compare_flag_sources, fit_fusion
 from voc_pipeline.core.joint import (
     InferencePlan,
     JointRule,
@@ -48,6 +50,7 @@ from voc_pipeline.core.joint import (
     trivial_wins,
 )
 from voc_pipeline.core.masks import class_evidence, typical_boxes
+from voc_pipeline.core.presence import presence_scores
 from voc_pipeline.core.scoring import (
     average_precisions,
     segmentation_row_score,
@@ -173,6 +176,7 @@ class ScaleChoice:
     figures: dict
     largest: np.ndarray
     area: np.ndarray
+    presence: np.ndarray  # (N, 20) class presences (core.presence)
     pixel_probabilities: np.ndarray  # (P, 21) a sample of validation pixels' probabilities
     pixel_labels: np.ndarray  # (P,) their true labels
 
@@ -190,19 +194,21 @@ def compare_scales(config: Config, validation: Validation) -> ScaleChoice:
     for scales in options:
         list(validation.maps(scales, [0]))  # traces the model for these sizes, so the timing below is of predicting
         rng = np.random.default_rng(config.seed)
-        started, dice, largest, area, pixels, labels = time.perf_counter(), [], [], [], [], []
+        started, dice, largest, area, presence, pixels, labels = time.perf_counter(), [], [], [], [], [], []
         for probabilities, truth in zip(validation.maps(scales), validation.masks):
             dice.append(segmentation_row_score(probabilities.argmax(-1), truth))
             image_largest, image_area = class_evidence(probabilities)
             largest.append(image_largest)
             area.append(image_area)
+            presence.append(presence_scores(probabilities))
             sampled, sampled_labels = sample_pixels(probabilities, truth, CALIBRATION_PIXELS, rng, VOID_LABEL)
             pixels.append(sampled)
             labels.append(sampled_labels)
         figures[scale_name(scales)] = {"segmentation_dice": float(np.mean(dice)),
                                        "seconds_per_image": (time.perf_counter() - started) / len(validation.ids)}
         rows.append(dice)
-        seen.append((np.array(largest), np.array(area), np.concatenate(pixels), np.concatenate(labels)))
+        seen.append((np.array(largest), np.array(area), np.array(presence), np.concatenate(pixels),
+                     np.concatenate(labels)))
     chosen = choose_scales(options, np.array(rows))
     for name, row in figures.items():
         logger.info("segmenter at scales %s: validation Dice %.4f, %.3f s per image", name, row["segmentation_dice"],
@@ -214,7 +220,7 @@ def scale_name(scales: tuple[float, ...]) -> str:
     return ", ".join(f"{scale:g}" for scale in scales)
 
 
-# ---------------------------------------------------------------- 3. the flags' source: the classifier or fused evidence
+# ---------------------------------------------------------------- 3. the flags' source: classifier, presence or fused
 
 
 @dataclass(frozen=True)
@@ -222,11 +228,12 @@ class FlagSource:
     """What the flags are made from, chosen in step 3.
 
     Attributes:
-        title: for the per-class figure ("flip tta", "plain" or "fused evidence").
+        title: for the per-class figure ("flip tta", "plain", "segmenter presence" or "fused evidence").
         probabilities, labels: the source's probabilities and the truth of the images they were tuned on.
         comparison: compare_strategies' result on them (strategy, thresholds, temperature, scores).
-        fusion: the fitted fusion model, or None for the classifier alone.
-        figures: the fusion comparison's figures.
+        fusion: the fitted fusion model (source "fused"), else None.
+        figures: the sources' comparison's figures.
+        source: "classifier", "presence" or "fused" (core.fusion.FLAG_SOURCES).
     """
 
     title: str
@@ -235,6 +242,7 @@ class FlagSource:
     comparison: dict
     fusion: FusionModel | None
     figures: dict
+    source: str = "classifier"
 
     @property
     def strategy(self) -> str:
@@ -257,33 +265,37 @@ class FlagSource:
 
 
 def choose_flag_source(config: Config, validation: Validation, classifier: tuple[str, np.ndarray, np.ndarray],
-                       comparison: dict, largest: np.ndarray, area: np.ndarray) -> FlagSource:
-    """The classifier's probabilities (with the strategy step 1 chose on all its validation images), or fused
-    evidence (its strategy chosen again on the images both heads saw) when it wins cross-validated by more
-    than the noise.
+                       comparison: dict, choice: ScaleChoice) -> FlagSource:
+    """The classifier's probabilities (with the strategy step 1 chose on all its validation images), or the
+    segmenter's class presences, or fused evidence (each with its strategy chosen again on the images both heads
+    saw) when one wins cross-validated by more than the noise; the simplest within the noise of the best.
 
     Args:
         classifier: (source name, probabilities, labels) of every classifier validation image.
         comparison: step 1's strategy comparison of those probabilities.
-        largest, area: the segmenter's evidence on the validation images, at the chosen scales.
+        choice: the segmenter's evidence on the validation images, at the chosen scales.
     """
     name, probabilities, labels = classifier
     classifier_alone = FlagSource(name.replace("_", " "), probabilities, labels, comparison, None, {"chosen": "classifier"})
-    if not config.joint.fusion:
+    sources = ("classifier", *(("presence",) if config.joint.presence else ()), *(("fused",) if config.joint.fusion else ()))
+    if len(sources) == 1:
         return classifier_alone
     grid = default_grid(config.thresholds.grid_step)
     fitter = flag_fitter(comparison["chosen_strategy"], grid, config.thresholds.rounds)
-    outcome = compare_fusion(validation.classifier_probabilities, largest, area, validation.labels, fitter, config.seed)
-    logger.info("fused evidence: cross-validated classification %.4f against %.4f for the classifier alone: %s",
-                outcome.fused_cross_validated, outcome.classifier_cross_validated,
-                "kept" if outcome.use_fusion else "not kept")
-    if not outcome.use_fusion:
+    outcome = compare_flag_sources(validation.classifier_probabilities, choice.largest, choice.area, choice.presence,
+                                   validation.labels, fitter, config.seed, sources)
+    logger.info("flag source, cross-validated classification: %s: the %s",
+                ", ".join(f"{SOURCE_TITLES[source]} {outcome.cross_validated(source):.4f}" for source in sources),
+                SOURCE_TITLES[outcome.chosen])
+    if outcome.chosen == "classifier":
         return FlagSource(**{**classifier_alone.__dict__, "figures": outcome.to_dict()})
-    fusion = fit_fusion(validation.classifier_probabilities, largest, area, validation.labels)
-    fused = fusion.probabilities(validation.classifier_probabilities, largest, area)
-    return FlagSource("fused evidence", fused, validation.labels,
-                      compare_strategies(fused, validation.labels, grid, config.thresholds.rounds, config.seed), fusion,
-                      outcome.to_dict())
+    fusion = (fit_fusion(validation.classifier_probabilities, choice.largest, choice.area, validation.labels)
+              if outcome.chosen == "fused" else None)
+    chosen = (fusion.probabilities(validation.classifier_probabilities, choice.largest, choice.area) if fusion
+              else choice.presence)
+    return FlagSource(SOURCE_TITLES[outcome.chosen], chosen, validation.labels,
+                      compare_strategies(chosen, validation.labels, grid, config.thresholds.rounds, config.seed), fusion,
+                      outcome.to_dict(), outcome.chosen)
 
 
 # ---------------------------------------------------------------- 4. the joint rule
@@ -308,26 +320,28 @@ def save_validation_predictions(config: Config, validation: Validation, plan: In
                            flags=np.array(flags, dtype=np.int8).reshape(-1, NUM_CLASSES))
 
 
-def plan_for(config: Config, validation: Validation, fitted: FittedFlags, fusion: FusionModel | None, rule: JointRule,
-             scales: tuple[float, ...], segmenter_temperature: float) -> InferencePlan:
+def plan_for(config: Config, validation: Validation, fitted: FittedFlags, source: str, fusion: FusionModel | None,
+             rule: JointRule, scales: tuple[float, ...], segmenter_temperature: float) -> InferencePlan:
     return InferencePlan(fitted.thresholds, fusion, rule, scales, validation.boxes, config.joint.tiny_mask_fraction,
-                         fitted.strategy, fitted.temperature, segmenter_temperature)
+                         fitted.strategy, fitted.temperature, segmenter_temperature, source)
 
 
 def cross_fitted_rows(config: Config, validation: Validation, flags: FlagSource, choice: ScaleChoice,
                       segmenter_temperature: float, rules: list[JointRule]) -> np.ndarray:
     """(R, N) every rule's per-image competition rows with the flag source (fusion, thresholds or temperature)
     fitted on the other half of the validation images: rows no image's own truth has tuned."""
+    sources = {"classifier": validation.classifier_probabilities, "presence": choice.presence}
     grid = default_grid(config.thresholds.grid_step)
     probabilities, labels = validation.classifier_probabilities, validation.labels
     rows = np.zeros((len(rules), len(labels)))
     first, second = halves(len(labels), config.seed)
     for fit, score in ((first, second), (second, first)):
         fusion = (fit_fusion(probabilities[fit], choice.largest[fit], choice.area[fit], labels[fit])
-                  if flags.fusion is not None else None)
-        source = fusion.probabilities(probabilities, choice.largest, choice.area) if fusion else probabilities
+                  if flags.source == "fused" else None)
+        source = fusion.probabilities(probabilities, choice.largest, choice.area) if fusion else sources[flags.source]
         fitted = fit_flags(flags.strategy, source[fit], labels[fit], grid, config.thresholds.rounds)
-        plan = plan_for(config, validation, fitted, fusion, JointRule(), choice.scales, segmenter_temperature)
+        plan = plan_for(config, validation, fitted, flags.source, fusion, JointRule(), choice.scales,
+                        segmenter_temperature)
         scores = score_rules(validation.maps(choice.scales, score), probabilities[score], labels[score],
                              [validation.masks[position] for position in score], plan, rules)
         rows[:, score] = scores.rows
@@ -346,7 +360,8 @@ def choose_joint_rule(config: Config, validation: Validation, flags: FlagSource,
     without them, scored on the other half, repeated; with a bootstrap interval over images."""
     rules = candidate_rules(config.joint.area_grid)
     trivial = JointRule(trivial_class=validation.most_frequent_class)
-    plan = plan_for(config, validation, flags.fitted(), flags.fusion, JointRule(), choice.scales, segmenter_temperature)
+    plan = plan_for(config, validation, flags.fitted(), flags.source, flags.fusion, JointRule(), choice.scales,
+                    segmenter_temperature)
     # The trivial answer is scored beside the candidates, never chosen among them: only when it beats the chosen
     # rule's honest estimate (below).
     scores = score_rules(validation.maps(plan.scales), validation.classifier_probabilities, validation.labels,
@@ -370,8 +385,8 @@ def choose_joint_rule(config: Config, validation: Validation, flags: FlagSource,
                        "tells; train longer, on more images, or from pretrained weights", trivial.name,
                        estimate["trivial"], estimate["score"])
         chosen = len(rules)
-    plan = plan_for(config, validation, flags.fitted(), flags.fusion, [*rules, trivial][chosen], choice.scales,
-                    segmenter_temperature)
+    plan = plan_for(config, validation, flags.fitted(), flags.source, flags.fusion, [*rules, trivial][chosen],
+                    choice.scales, segmenter_temperature)
     save_validation_predictions(config, validation, plan, scores, chosen)
     return plan, table, estimate
 
@@ -389,7 +404,7 @@ def calibrate_segmenter(config: Config, choice: ScaleChoice, flags: FlagSource) 
             ("segmenter (most probable label)", choice.pixel_probabilities.max(-1),
              choice.pixel_probabilities.argmax(-1) == choice.pixel_labels)):
         curves[f"{name}, as trained"] = reliability(probabilities, outcomes)
-    classifier_t = flags.temperature if flags.fusion is None else 1.0
+    classifier_t = flags.temperature if flags.source == "classifier" else 1.0
     curves[f"classifier, T = {classifier_t:.2f}"] = reliability(calibrate_sigmoid(flags.probabilities, classifier_t),
                                                                 flags.labels)
     calibrated = calibrate_softmax(choice.pixel_probabilities, temperature)
@@ -411,7 +426,7 @@ def write_choices(config: Config, flags: FlagSource, classifier_comparison: dict
     rule = ("flags = each image's expected-F1 set of the source probabilities calibrated by the temperature"
             if plan.flag_strategy == "expected-f1" else "flag = source probability >= threshold")
     write_json_atomic(artifacts.THRESHOLDS.path(config.run_dir), {
-        "source": "fused" if flags.fusion else "classifier",
+        "source": flags.source,
         "fusion": flags.fusion.to_dict() if flags.fusion else None,
         "strategy": plan.flag_strategy,
         "temperature": plan.classifier_temperature,
@@ -439,7 +454,7 @@ def run_tune(config: Config) -> dict:
     validation = Validation(config, classifier.ids, source_probabilities, load_split(config.data.root, "train"))
     choice = compare_scales(config, validation)
     flags = choose_flag_source(config, validation, (source_name, source_probabilities, classifier.labels),
-                               comparison[source_name], choice.largest, choice.area)
+                               comparison[source_name], choice)
     if flags.untuned:
         logger.warning("no validation positive for %s: their thresholds stay at the default %.2f",
                        ", ".join(flags.untuned), DEFAULT_THRESHOLD)
@@ -454,6 +469,6 @@ def run_tune(config: Config) -> dict:
                            "strategy": plan.flag_strategy,
                            "mean_average_precision": float(np.nanmean(average_precisions(flags.labels, flags.probabilities))),
                            "per_class": per_class},
-            "scales": choice.figures, "fusion": flags.figures, "calibration": calibration,
+            "scales": choice.figures, "flag_sources": flags.figures, "calibration": calibration,
             "joint": {"chosen": plan.rule.name, "validation_images": int(len(validation.ids)), "estimate": estimate,
                       "candidates": table}}
