@@ -30,6 +30,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+def pytest_configure(config):
+    """pytest 9.2 stores node ids where pytest-xdist (3.8) tags a test with its group: with it, `--dist loadgroup`
+    would rebuild every whole run in each process and bind port 80 twice, so the run stops here instead."""
+    if config.getoption("dist", "no") == "loadgroup" and tuple(pytest.version_tuple[:2]) >= (9, 2):
+        raise pytest.UsageError(f"pytest {pytest.__version__} cannot group tests for pytest-xdist's --dist loadgroup "
+                                f"(`make test`): install the pytest that pyproject.toml's dev extra asks for (<9.2)")
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A small demo data set in the competition layout (read-only for tests: copy before breaking it)."""

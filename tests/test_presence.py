@@ -191,3 +191,16 @@ def test_the_chosen_source_travels_from_tune_to_predict(tiny_run):
         assert artifacts.read_inference_plan(config.run_dir)[0].source == "classifier", "a run tuned before presence"
     finally:
         path.write_bytes(original)
+
+
+def test_the_report_states_every_source_tried_and_the_one_the_flags_come_from(smoke_run):
+    tuning = artifacts.read_metrics(smoke_run.run_dir, "tune")
+    sources = tuning["flag_sources"]
+    assert set(sources) == {"classifier_cross_validated", "presence_cross_validated", "fused_cross_validated", "chosen"}
+    titles = {"classifier": "classifier alone", "presence": "segmenter presence", "fused": "fused evidence"}
+    sentence = ("Flag sources, cross-validated classification on validation: "
+                + ", ".join(f"{titles[name]} {sources[f'{name}_cross_validated']:.4f}" for name in titles)
+                + f"; flags from the **{titles[sources['chosen']]}**")
+    assert sentence in (smoke_run.run_dir / "report.md").read_text()
+    assert json.loads(artifacts.THRESHOLDS.path(smoke_run.run_dir).read_text())["source"] == sources["chosen"]
+    assert artifacts.read_metrics(smoke_run.run_dir, "predict")["flags_from"] == titles[sources["chosen"]]
