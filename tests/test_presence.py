@@ -204,3 +204,6 @@ def test_the_report_states_every_source_tried_and_the_one_the_flags_come_from(sm
     assert sentence in (smoke_run.run_dir / "report.md").read_text()
     assert json.loads(artifacts.THRESHOLDS.path(smoke_run.run_dir).read_text())["source"] == sources["chosen"]
     assert artifacts.read_metrics(smoke_run.run_dir, "predict")["flags_from"] == titles[sources["chosen"]]
+    # The reliability figure names the probabilities it draws: the classifier's, or the source chosen instead.
+    drawn = "classifier" if sources["chosen"] == "classifier" else titles[sources["chosen"]]
+    assert f"{drawn}, as trained" in tuning["calibration"]["expected_calibration_error"]

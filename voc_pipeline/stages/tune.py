@@ -399,13 +399,15 @@ def calibrate_segmenter(config: Config, choice: ScaleChoice, flags: FlagSource) 
     heads (before and after calibration); returns (temperature, figures)."""
     temperature = round(fit_softmax_temperature(choice.pixel_probabilities, choice.pixel_labels), 4)
     curves = {}
+    # The flags' probabilities: the classifier's, or the source tune chose instead.
+    source = "classifier" if flags.source == "classifier" else SOURCE_TITLES[flags.source]
     for name, probabilities, outcomes in (
-            ("classifier", flags.probabilities, flags.labels),
+            (source, flags.probabilities, flags.labels),
             ("segmenter (most probable label)", choice.pixel_probabilities.max(-1),
              choice.pixel_probabilities.argmax(-1) == choice.pixel_labels)):
         curves[f"{name}, as trained"] = reliability(probabilities, outcomes)
     classifier_t = flags.temperature if flags.source == "classifier" else 1.0
-    curves[f"classifier, T = {classifier_t:.2f}"] = reliability(calibrate_sigmoid(flags.probabilities, classifier_t),
+    curves[f"{source}, T = {classifier_t:.2f}"] = reliability(calibrate_sigmoid(flags.probabilities, classifier_t),
                                                                 flags.labels)
     calibrated = calibrate_softmax(choice.pixel_probabilities, temperature)
     curves[f"segmenter, T = {temperature:.2f}"] = reliability(calibrated.max(-1),
