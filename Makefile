@@ -22,6 +22,9 @@ FORCE ?=
 # keep one core busy. Whole runs shared by several tests stay on one process (tests/conftest.py).
 TEST_PROCESSES ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 PARALLEL_TESTS = -n $(TEST_PROCESSES) --dist loadgroup
+# With several test processes, each TensorFlow computes an op on one thread: more would wait for the cores
+# the other processes hold.
+TEST_THREADS = $(if $(filter-out 1,$(TEST_PROCESSES)),TF_NUM_INTRAOP_THREADS=1)
 STAGE_ARGS = --data $(DATA) --profile $(PROFILE) --run $(RUN) $(foreach assignment,$(SET),--set $(assignment)) $(if $(FORCE),--force)
 DEMO_ARGS = --data $(DEMO_DATA) --profile smoke --run demo
 
@@ -59,13 +62,13 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 test: install
-	$(BIN)/python -m pytest $(PARALLEL_TESTS) -m "not large"
+	$(TEST_THREADS) $(BIN)/python -m pytest $(PARALLEL_TESTS) -m "not large"
 
 test-large: install
 	$(BIN)/python -m pytest -m large
 
 test-fast: install
-	$(BIN)/python -m pytest $(PARALLEL_TESTS) -m "not slow and not large"
+	$(TEST_THREADS) $(BIN)/python -m pytest $(PARALLEL_TESTS) -m "not slow and not large"
 
 lint: install
 	$(BIN)/ruff check voc_pipeline tests kaggle
@@ -134,7 +137,7 @@ kernel-check: install demo-data
 
 test-kaggle-stack: install
 	$(CLI) kernel stack --output $(KAGGLE_VENV)
-	$(KAGGLE_VENV)/bin/python -m pytest $(PARALLEL_TESTS) -m "not slow"
+	$(TEST_THREADS) $(KAGGLE_VENV)/bin/python -m pytest $(PARALLEL_TESTS) -m "not slow"
 
 $(BIN)/kaggle: | install
 	$(BIN)/python -m pip install --quiet -e ".[kaggle]"
