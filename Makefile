@@ -137,7 +137,7 @@ kernel-check: install demo-data
 
 test-kaggle-stack: install
 	$(CLI) kernel stack --output $(KAGGLE_VENV)
-	$(TEST_THREADS) $(KAGGLE_VENV)/bin/python -m pytest $(PARALLEL_TESTS) -m "not slow"
+	$(KAGGLE_VENV)/bin/python -m pytest $(PARALLEL_TESTS) -m "not slow"
 
 $(BIN)/kaggle: | install
 	$(BIN)/python -m pip install --quiet -e ".[kaggle]"
