@@ -54,16 +54,18 @@ def test_predict_reads_only_the_models_the_tuned_choices_and_the_test_images():
     predict = stage_named("predict")
     assert {artifact.stage for artifact in predict.reads} == {"train-cls", "train-seg", "tune", "refit"}
     assert artifacts.FINAL_MODELS in predict.reads and predict.data == ("test",)
-    assert [stage.name for stage in upstream(predict)] == ["data", "train-cls", "train-seg", "tune", "refit"]
+    assert [stage.name for stage in upstream(predict)] == ["data", "train-cls", "train-seg", "tune", "self-train", "refit"]
     # evaluate compares the classes per image predicted on the test set with validation's.
     assert [stage.name for stage in downstream(stage_named("predict"))] == ["submit", "evaluate"]
 
 
 def test_the_refit_follows_training_and_its_switch_retrains_nothing_else():
     refit = stage_named("refit")
-    assert [stage.name for stage in upstream(refit)] == ["data", "train-cls", "train-seg"]
+    # Through self-train (which pseudo-labels with tune's plan); with self-training off its file stays byte for byte
+    # the same whatever tune chose, so a new tune never retrains a refit.
+    assert [stage.name for stage in upstream(refit)] == ["data", "train-cls", "train-seg", "tune", "self-train"]
     assert [stage.name for stage in downstream(refit)] == ["predict", "submit", "evaluate"]
-    assert STAGE_NAMES.index("refit") == STAGE_NAMES.index("tune") + 1
+    assert STAGE_NAMES.index("refit") == STAGE_NAMES.index("self-train") + 1
     assert refit.config_keys == ("seed", "mixed_precision", "deterministic", "classifier", "segmenter")
     plain, switched = (resolve_inputs(assignments) for assignments in ([], ["classifier.refit_all=true",
                                                                             "segmenter.refit_all=true"]))
@@ -93,7 +95,9 @@ def test_each_run_folder_file_belongs_to_one_artifact(tiny_run):
              "thresholds.json", "joint_rule.json", "validation_predictions.npz", "test_predictions.npz", "submission.csv",
              "report.md", "worst_validation_images.png", "pixel_confusion.png",
              "attack/attack.md", "metrics/tune.json", "final_models.json", "refit_classifier.keras",
-             "refit_segmenter.keras", "refit_classifier_history.csv", "refit_segmenter_curves.png", "metrics/refit.json"]
+             "refit_segmenter.keras", "refit_classifier_history.csv", "refit_segmenter_curves.png", "metrics/refit.json",
+             "self_training.json", "self_trained_classifier.keras", "self_trained_segmenter_history.csv",
+             "self_trained_classifier_curves.png", "pseudo_labels.png", "metrics/self-train.json"]
     every = [*artifacts.ARTIFACTS, *(artifacts.metrics(name) for name in STAGE_NAMES)]
     for name in names:
         owners = [artifact.pattern for artifact in every if Path(name).match(artifact.pattern)]

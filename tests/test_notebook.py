@@ -167,7 +167,7 @@ def test_the_notebook_from_a_trained_run_predicts_reports_and_never_trains(tiny_
     assert result["python"].startswith(read_image().python) or shutil.which("pyenv") is None
     assert "installing from" in result["output"] and "stray" not in result["output"]
     assert result["html"].is_file() and "ADVERSARIAL-NOTE" in result["html"].read_text()
-    carried = "current already: data, train-cls, train-seg, tune, refit"
+    carried = "current already: data, train-cls, train-seg, tune, self-train, refit"
     assert f"ran: predict, submit, evaluate; {carried}" in result["output"]
     assert f"ran: attack; {carried}, predict, submit, evaluate" in result["output"]
     assert "Epoch 1/" not in result["output"]  # nothing trained

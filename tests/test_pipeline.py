@@ -101,7 +101,7 @@ def test_stage_without_its_inputs_names_the_stage_to_run(tmp_path, smoke_run, ca
 
 
 def test_metrics_and_records_describe_every_stage_that_ran(smoke_run):
-    for stage in ("data", "train-cls", "train-seg", "tune", "refit", "predict", "submit", "evaluate"):
+    for stage in ("data", "train-cls", "train-seg", "tune", "self-train", "refit", "predict", "submit", "evaluate"):
         assert artifacts.read_metrics(smoke_run.run_dir, stage), stage
     info = json.loads((smoke_run.run_dir / "run_info.json").read_text())["stages"]["predict"]
     assert set(info["inputs"]["artifacts"]) == {"classifier.json", "classifier.keras", "segmenter.json", "segmenter.keras",

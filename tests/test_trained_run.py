@@ -40,7 +40,7 @@ def edit_run_info(run_dir, change) -> None:
 
 
 def test_the_stages_carried_are_those_the_test_predictions_depend_on():
-    assert TRAINED_STAGES == ("data", "train-cls", "train-seg", "tune", "refit")
+    assert TRAINED_STAGES == ("data", "train-cls", "train-seg", "tune", "self-train", "refit")
 
 
 def test_a_run_that_has_not_reached_refit_is_refused_naming_the_stage(trained, tmp_path, capsys):

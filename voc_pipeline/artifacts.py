@@ -97,6 +97,15 @@ RELIABILITY = Artifact("reliability.png", "tune", "predicted probability against
 JOINT_RULE = Artifact("joint_rule.json", "tune", "the rule reconciling the two heads, with every candidate's score")
 VALIDATION_PREDICTIONS = Artifact("validation_predictions.npz", "tune",
                                   "the chosen rule on validation: row scores, pixel confusion, the worst images")
+SELF_TRAINING = Artifact("self_training.json", "self-train",
+                         "self-training: each round's pseudo-labels and thresholds, both models' validation score, "
+                         "whether the self-trained models were kept")
+SELF_TRAINED_MODELS = Artifact("self_trained_*.keras", "self-train", "classifier and segmenter trained on "
+                               "fit + pseudo-labelled test images")
+SELF_TRAINED_HISTORY = Artifact("self_trained_*_history.csv", "self-train", "per-epoch history of the last round")
+SELF_TRAINED_CURVES = Artifact("self_trained_*_curves.png", "self-train", "learning curves of the last round")
+PSEUDO_LABELS = Artifact("pseudo_labels.png", "self-train", "test images with the last round's pseudo-labels "
+                         "(unsure pixels left untinted: ignored by the loss)")
 FINAL_MODELS = Artifact("final_models.json", "refit",
                         "the models that make the test predictions, what each was trained on, their hashes")
 # Beside, not under, the first models' names: "classifier*.keras" must not match a refit model.
@@ -129,7 +138,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
     CLASSIFIER_CURVES, CLASSIFIER_AUGMENTED, SEGMENTER_MANIFEST, SEGMENTER_MODEL, SEGMENTER_HISTORY, SEGMENTER_CURVES,
     SEGMENTER_AUGMENTED,
     SEGMENTER_PER_CLASS, SEGMENTER_OVERLAYS, THRESHOLDS, THRESHOLD_COMPARISON, CLASSIFIER_PER_CLASS, RELIABILITY, JOINT_RULE,
-    VALIDATION_PREDICTIONS, FINAL_MODELS, REFIT_MODELS, REFIT_HISTORY, REFIT_CURVES, TEST_PREDICTIONS, SUBMISSION,
+    VALIDATION_PREDICTIONS, SELF_TRAINING, SELF_TRAINED_MODELS, SELF_TRAINED_HISTORY, SELF_TRAINED_CURVES,
+    PSEUDO_LABELS, FINAL_MODELS, REFIT_MODELS, REFIT_HISTORY, REFIT_CURVES, TEST_PREDICTIONS, SUBMISSION,
     REPORT, SCORE_COMPARISON, WORST_IMAGES, PIXEL_CONFUSION,
     ATTACK_FILES,
 )
@@ -166,6 +176,11 @@ CHECKPOINTS_DIR = "checkpoints"
 def refit_model_file(head: str) -> str:
     """The refit model of `head` ("classifier" or "segmenter")."""
     return f"refit_{head}.keras"
+
+
+def self_trained_model_file(head: str) -> str:
+    """The self-trained model of `head` ("classifier" or "segmenter")."""
+    return f"self_trained_{head}.keras"
 
 
 def refit_history_file(head: str) -> str:

@@ -226,6 +226,24 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class SelfTrainingConfig:
+    # Rounds of self-training on the test images (0: off). Each round pseudo-labels the test images where both
+    # heads agree confidently and trains both heads on, from where they are, on the fit + pseudo-labelled images;
+    # the result is kept only if it beats the first models on validation (whose images never take part).
+    rounds: int = bounded(0, 0, 10)
+    # Epochs of each round, for each head; validation picks the kept epoch as in the first training.
+    epochs: int = bounded(5, 1, MANY)
+    # Each round's peak learning rate, as a share of the head's first-training rate (its last phase's).
+    learning_rate_scale: float = bounded(0.3, 0, 10, low_inclusive=False)
+    # A test image is pseudo-labelled when the heads agree on its main class and both are at least as confident as
+    # the threshold at which this share of such validation images had that class right.
+    image_precision: float = bounded(0.8, **FRACTION)
+    # Within a pseudo-labelled image, a pixel keeps the segmenter's label when its probability is at least the
+    # threshold at which this share of validation pixels were right; the others are ignored by the loss.
+    pixel_precision: float = bounded(0.9, **FRACTION)
+
+
+@dataclass(frozen=True)
 class SubmitConfig:
     # Where the final submission.csv is copied (Kaggle: /kaggle/working).
     output_dir: str = "submissions"
@@ -270,6 +288,7 @@ class Config:
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
     joint: JointConfig = field(default_factory=JointConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
 
@@ -431,6 +450,27 @@ def check_encoder(name: str, section) -> None:
                           f"{section.finetune_epochs} would fine-tune it: set one of them off (finetune_epochs=0)")
 
 
+def check_self_training(config: Config) -> None:
+    """Self-training continues the first models on the fit part and validation chooses; refit_all (no validation
+    left), a K-fold classifier (no single model to continue) and heads on cached features (the test images have
+    none) do not fit that."""
+    if not config.self_training.rounds:
+        return
+    for name in ("classifier", "segmenter"):
+        section = getattr(config, name)
+        if section.refit_all:
+            raise ConfigError(f"self_training.rounds = {config.self_training.rounds} keeps validation out to choose "
+                              f"the self-trained models, and {name}.refit_all trains on it: set one of them off")
+        row = backbone(section.backbone)
+        if section.freeze_backbone and (row.classifier_head if name == "classifier" else row.segmenter_head) == "tokens":
+            raise ConfigError(f"self_training.rounds = {config.self_training.rounds} trains on augmented test images, and "
+                              f"{name}.freeze_backbone trains {row.name}'s head on features cached from the train images "
+                              f"only: set one of them off")
+    if config.classifier.kfold:
+        raise ConfigError(f"self_training.rounds = {config.self_training.rounds} continues one classifier, and "
+                          f"classifier.kfold trains one per fold: set one of them off")
+
+
 def validate_config(config: Config) -> None:
     """Each field against its range or choices, then the checks that involve several fields."""
     check_declared_values(config)
@@ -453,6 +493,7 @@ def validate_config(config: Config) -> None:
     if 1.0 not in config.inference.segmenter_scales:
         raise ConfigError(f"inference.segmenter_scales must include 1.0 (the scale the others are compared with), "
                           f"got {list(config.inference.segmenter_scales)}")
+    check_self_training(config)
     if not config.attack.epsilons:
         raise ConfigError("attack.epsilons must list at least one budget")
     if not re.fullmatch(RUN_NAME_PATTERN, config.run_name):

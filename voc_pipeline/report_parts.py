@@ -261,7 +261,36 @@ def joint_part(run_dir: Path) -> list[Block]:
                   f"{estimate['trivial']:.4f} on validation, above the chosen rule's honest estimate {estimate['score']:.4f}, "
                   f"so the submission falls back to it.")
     return [intro, *choices_section(tuning), "Competition score on validation:", score_table(evaluation["scores"]),
-            *figures(run_dir, JOINT_FIGURES)]
+            *figures(run_dir, JOINT_FIGURES), *self_training_part(run_dir)]
+
+
+def self_training_part(run_dir: Path) -> list[Block]:
+    """With self_training.rounds: that the test images were pseudo-labelled and trained on, how many, how right such
+    labels were on validation, and whether the self-trained models won there; nothing when it was off."""
+    path = artifacts.SELF_TRAINING.path(Path(run_dir))
+    manifest = artifacts.read_json(artifacts.SELF_TRAINING, run_dir) if path.is_file() else {}
+    if not manifest.get("rounds"):
+        return []
+    last = manifest["per_round"][-1]
+    quality = last["on_validation"]
+    scores = manifest["validation_score"]
+    text = (f"**Self-training on the test images** (`self_training.rounds = {manifest['rounds']}`, "
+            f"{count(manifest['rounds_run'], 'round')} run): the test images where both heads agreed confidently were pseudo-labelled from the models' own "
+            f"predictions and trained on, beside the {manifest['fit_images']} fit images, with no test label involved. "
+            f"The last round pseudo-labelled {last['pseudo_labelled']} of {last['test_images']} test images")
+    if last["pseudo_labelled"]:
+        text += (f" ({last['classes_per_image']} classes per image, {last['labelled_pixel_share']:.0%} of their pixels "
+                 f"labelled, the rest ignored); on validation images the same rule gives flags of F1 "
+                 f"{quality['flags_f1']} and pixel labels {quality['pixel_accuracy']} right")
+    text += ". "
+    if "self_trained" in scores:
+        verdict = ("kept: the test predictions are the self-trained models'" if manifest["kept"] else
+                   "not kept (no win beyond the noise): the first models predict the test set")
+        text += (f"Validation score of the self-trained models {scores['self_trained']:.4f}, of the first models "
+                 f"{scores['first']:.4f}: self-training {verdict}.")
+    else:
+        text += "No test image passed the thresholds chosen on validation, so nothing was trained."
+    return [text, *figures(run_dir, ((artifacts.PSEUDO_LABELS, "Pseudo-labelled test images (void pixels ignored)"),))]
 
 
 def attack_part(run_dir: Path) -> list[Block]:

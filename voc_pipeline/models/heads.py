@@ -26,7 +26,7 @@ from voc_pipeline.backbone_table import backbone, describe_initial_weights, is_p
 from voc_pipeline.config import training_settings
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
 from voc_pipeline.data.competition import fingerprint, load_split
-from voc_pipeline.files import reporting_full_disk
+from voc_pipeline.files import hash_file, reporting_full_disk
 from voc_pipeline.models.classifier import classifier_from_config
 from voc_pipeline.models.features import cached_features, feature_dataset, split_at_head
 from voc_pipeline.models.input_pipeline import classification_dataset, object_box, segmentation_dataset
@@ -120,6 +120,11 @@ class Head:
         """The files of the refit on every labelled image."""
         return ModelFiles.in_run(run_dir, artifacts.refit_model_file(self.name), artifacts.refit_history_file(self.name),
                                  artifacts.refit_curves_file(self.name))
+
+    def self_trained_files(self, run_dir: Path) -> ModelFiles:
+        """The files of self-training on fit + pseudo-labelled test images."""
+        stem = Path(artifacts.self_trained_model_file(self.name)).stem
+        return ModelFiles.in_run(run_dir, f"{stem}.keras", f"{stem}_history.csv", f"{stem}_curves.png")
 
 
 class ClassifierHead(Head):
@@ -230,13 +235,25 @@ def refit_head(config, head: Head, data, positions: np.ndarray, phases: list[Pha
                     f"{head.name} refit on {len(positions)} images ({head.describe(settings)})")
 
 
+def continue_head(config, head: Head, data, fit_positions: np.ndarray, validation_positions: np.ndarray,
+                  phase: Phase, strategy, start_from: Path) -> TrainedHead:
+    """Train `head` on from the model in `start_from` (self-training: fit + pseudo-labelled images at `fit_positions`)
+    through `phase`, keeping the epoch with the best validation `head.monitor`; saves `head.self_trained_files`."""
+    settings = head.settings(config)
+    return fit_head(config, head, data, fit_positions, validation_positions, [phase], strategy,
+                    head.self_trained_files(config.run_dir), "self-trained",
+                    f"{head.name} self-trained on {len(fit_positions)} images ({head.describe(settings)})", start_from)
+
+
 def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_positions: np.ndarray | None,
-             phases: list[Phase], strategy, files: ModelFiles, tag: str, title: str) -> TrainedHead:
-    """The steps `train_head` and `refit_head` share. Without validation positions every epoch runs and the last
-    is kept (nothing to choose an epoch by), and no metric but the loss is computed."""
+             phases: list[Phase], strategy, files: ModelFiles, tag: str, title: str,
+             start_from: Path | None = None) -> TrainedHead:
+    """The steps `train_head`, `refit_head` and `continue_head` share. Without validation positions every epoch
+    runs and the last is kept (nothing to choose an epoch by), and no metric but the loss is computed. With
+    `start_from` the model is that saved model, trained on, instead of a new one."""
     settings = head.settings(config)
     with strategy.scope():
-        model = head.build(settings)
+        model = head.build(settings) if start_from is None else keras.saving.load_model(start_from, compile=False)
     validated = validation_positions is not None
     on_features = head.trains_on_cached_features(settings)
     if on_features:
@@ -253,7 +270,8 @@ def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_pos
     # What an interrupted training must share with this one to be resumed.
     identity = {"seed": config.seed, head.name: training_settings(settings), "tag": tag, "cached_features": on_features,
                 "phases": [asdict(phase) for phase in phases], "data": fingerprint(config.data.root, "train"),
-                "fit_ids": np.asarray(data.ids)[fit_positions].tolist()}
+                "fit_ids": np.asarray(data.ids)[fit_positions].tolist(),
+                **({} if start_from is None else {"start_from": hash_file(start_from)})}
 
     def compile_model(model, learning_rate, phase):
         with strategy.scope():

@@ -23,6 +23,7 @@ from voc_pipeline.report_parts import (
     final_models_text,
     score_table,
     segmenter_design,
+    self_training_part,
     training_text,
 )
 
@@ -157,6 +158,9 @@ def run_evaluate(config: Config) -> dict:
     sections += [f"### {figure.title}\n![{figure.title}]({figure.path.relative_to(run_dir).as_posix()})"
                  for figure in figures(run_dir, REPORT_FIGURES)]
     sections += ["## Test predictions", final_models_text(artifacts.read_json(artifacts.FINAL_MODELS, run_dir))]
+    self_training = [block if isinstance(block, str) else f"![{block.title}]({block.path.relative_to(run_dir).as_posix()})"
+                     for block in self_training_part(run_dir)]
+    sections += ["## Self-training", *self_training] if self_training else []
     sections += ["## Adversarial attacks",
                  "`voc-pipeline attack` (stage attack) attacks this run's models and writes [attack/attack.md](attack/attack.md)."]
     write_text_atomic(artifacts.REPORT.path(run_dir), "\n\n".join(sections) + "\n")

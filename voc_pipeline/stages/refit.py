@@ -5,7 +5,8 @@ the fit and validation images together, for the epochs of each phase that its fi
 validation chose its kept epoch (nothing is held out, so every epoch runs and the last is kept). Tune has
 already chosen the thresholds and rules on validation with the first models; the refit models inherit them.
 A K-fold classifier already learnt from every image and stays as it is. Without refit_all a head's first
-model is named as it is, and nothing trains.
+model is named as it is, and nothing trains, unless stage `self-train` kept its self-trained models: those are
+named instead (self-training and refit_all exclude each other, config.check_self_training).
 
 final_models.json records, for each head, the model files, their hashes and what they were trained on;
 `predict` loads exactly those and the report says which they were.
@@ -28,6 +29,18 @@ def first_models(run_dir, names: list[str], images: int, trained_on: str) -> dic
     """The final-model entry of a head whose first model(s) make the test predictions."""
     return {"models": names, "sha256": [hash_file(run_dir / name) for name in names], "trained_on": trained_on,
             "images": images, "refit": False}
+
+
+def self_trained(run_dir, self_training: dict, head: str, fit_images: int) -> dict:
+    """The final-model entry of a head whose self-trained model won on validation (stage self-train)."""
+    try:
+        name, pseudo = self_training["models"][head], int(self_training["pseudo_labelled_images"])
+        rounds = int(self_training["rounds_run"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise artifacts.unreadable(artifacts.SELF_TRAINING.path(run_dir), "self-train", f"no valid field {error}") from None
+    return {"models": [name], "sha256": [hash_file(run_dir / name)], "images": fit_images + pseudo, "refit": False,
+            "trained_on": f"fit part + {pseudo} pseudo-labelled test images ({rounds} round(s) of self-training)",
+            "self_trained": True}
 
 
 def every_labelled_position(train, splits) -> np.ndarray:
@@ -54,6 +67,9 @@ def run_refit(config: Config) -> dict:
     else:
         classifier = first_models(run_dir, classifier_manifest["models"], fit_images, "fit part")
     segmenter = first_models(run_dir, [segmenter_manifest["model"]], fit_images, "fit part")
+    self_training = artifacts.read_json(artifacts.SELF_TRAINING, run_dir)
+    if self_training.get("kept"):
+        classifier, segmenter = (self_trained(run_dir, self_training, head, fit_images) for head in ("classifier", "segmenter"))
     refit_classifier_now = config.classifier.refit_all and not kfold
     if refit_classifier_now or config.segmenter.refit_all:
         from voc_pipeline.models.heads import CLASSIFIER, SEGMENTER, training_setup
