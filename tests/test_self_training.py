@@ -183,3 +183,39 @@ def test_self_training_trains_on_fit_and_pseudo_labelled_test_images_only(smoke_
     run_until(off, "predict")
     assert json.loads((off.run_dir / "self_training.json").read_text()) == {"rounds": 0, "kept": False}
     assert json.loads((off.run_dir / "final_models.json").read_text())["segmenter"]["models"] == ["segmenter.keras"]
+
+
+def manifest_with(rounds: list[dict], scores: dict, kept: bool) -> dict:
+    return {"rounds": len(rounds), "rounds_run": len(rounds), "kept": kept, "fit_images": 278,
+            "pseudo_labelled_images": max((r["pseudo_labelled"] for r in rounds), default=0),
+            "validation_score": scores, "per_round": rounds}
+
+
+def a_round(number: int, pseudo_labelled: int) -> dict:
+    return {"round": number, "test_images": 88, "pseudo_labelled": pseudo_labelled, "classes_per_image": 1.0,
+            "labelled_pixel_share": 0.5, "on_validation": {"images": 5, "flags_f1": 0.67, "pixel_accuracy": 0.77}}
+
+
+@pytest.mark.parametrize("rounds, scores, kept, expected", [
+    ([a_round(1, 7)], {"first": 0.3082, "self_trained": 0.2786}, False, ["7 of 88", "0.2786", "not kept"]),
+    ([a_round(1, 7)], {"first": 0.30, "self_trained": 0.35}, True, ["kept: the test predictions are the self-trained"]),
+    ([a_round(1, 0)], {"first": 0.30}, False, ["No test image passed"]),
+    # A second round that found nothing: the text names the round that trained.
+    ([a_round(1, 9), a_round(2, 0)], {"first": 0.30, "self_trained": 0.31}, False, ["Round 1 pseudo-labelled 9"]),
+])
+def test_the_report_says_what_self_training_did(tmp_path, rounds, scores, kept, expected):
+    from voc_pipeline.report_parts import self_training_part
+
+    (tmp_path / "self_training.json").write_text(json.dumps(manifest_with(rounds, scores, kept)))
+    text = self_training_part(tmp_path)[0]
+    assert "Self-training on the test images" in text
+    for phrase in expected:
+        assert phrase in text
+
+
+def test_the_report_says_nothing_of_self_training_when_it_was_off(tmp_path):
+    from voc_pipeline.report_parts import self_training_part
+
+    assert self_training_part(tmp_path) == []  # a run from before the stage
+    (tmp_path / "self_training.json").write_text(json.dumps({"rounds": 0, "kept": False}))
+    assert self_training_part(tmp_path) == []

@@ -271,13 +271,14 @@ def self_training_part(run_dir: Path) -> list[Block]:
     manifest = artifacts.read_json(artifacts.SELF_TRAINING, run_dir) if path.is_file() else {}
     if not manifest.get("rounds"):
         return []
-    last = manifest["per_round"][-1]
+    # The last round that trained (a later one may have found no image to pseudo-label, and stopped).
+    last = next((round_ for round_ in reversed(manifest["per_round"]) if round_["pseudo_labelled"]), manifest["per_round"][-1])
     quality = last["on_validation"]
     scores = manifest["validation_score"]
     text = (f"**Self-training on the test images** (`self_training.rounds = {manifest['rounds']}`, "
             f"{count(manifest['rounds_run'], 'round')} run): the test images where both heads agreed confidently were pseudo-labelled from the models' own "
             f"predictions and trained on, beside the {manifest['fit_images']} fit images, with no test label involved. "
-            f"The last round pseudo-labelled {last['pseudo_labelled']} of {last['test_images']} test images")
+            f"Round {last['round']} pseudo-labelled {last['pseudo_labelled']} of {last['test_images']} test images")
     if last["pseudo_labelled"]:
         text += (f" ({last['classes_per_image']} classes per image, {last['labelled_pixel_share']:.0%} of their pixels "
                  f"labelled, the rest ignored); on validation images the same rule gives flags of F1 "

@@ -207,7 +207,8 @@ def run_self_train(config: Config) -> dict:
     validation_labels, validation_masks = train.labels[validation], [train.masks[p] for p in validation]
     strategy = choose_strategy()
 
-    current, rounds, first_rows, chosen = dict(first), [], None, {}
+    # `trained_on`: the pseudo-labels of the last round that trained.
+    current, rounds, first_rows, trained_on = dict(first), [], None, {}
     for number in range(1, settings.rounds + 1):
         models = load_models(current)
         outputs = list(predict_images(models, validation_images, plan, geometry, config.inference))
@@ -239,11 +240,12 @@ def run_self_train(config: Config) -> dict:
             continue_head(config, head, combined, np.concatenate([fit, pseudo_positions]), validation,
                           self_training_phase(head.settings(config), settings), strategy, current[head.name])
             current[head.name] = head.self_trained_files(run_dir).model
+        trained_on = chosen
         del models
 
     trained = current != first
     if trained:
-        draw_pseudo_labels(test, chosen, artifacts.PSEUDO_LABELS.path(run_dir))
+        draw_pseudo_labels(test, trained_on, artifacts.PSEUDO_LABELS.path(run_dir))
         outputs = list(predict_images(load_models(current), validation_images, plan, geometry, config.inference))
         rows = np.stack([first_rows, competition_rows(outputs, validation_labels, validation_masks)])
         kept = choose_within_noise(rows) == 1
@@ -255,13 +257,13 @@ def run_self_train(config: Config) -> dict:
                    "self-training: validation score %.4f against the first models' %.4f: the %s models predict the "
                    "test set", validation_scores["self_trained"], validation_scores["first"],
                    "self-trained" if kept else "first (self-training did not win by more than the noise)")
-    pseudo_images = len(chosen) if trained else 0
+    pseudo_images = len(trained_on)
     manifest = {"rounds": settings.rounds, "rounds_run": len(rounds), "kept": bool(kept),
                 "models": {head: current[head].name for head in HEADS} if kept else None,
                 "pseudo_labelled_images": pseudo_images, "fit_images": len(fit),
                 # What the last round trained on, by id: the fit part and test images, never a validation image.
                 "trained_on_ids": {"train": train.ids[fit].tolist(),
-                                   "test": test.ids[sorted(chosen)].tolist() if trained else []},
+                                   "test": test.ids[sorted(trained_on)].tolist()},
                 "validation_score": validation_scores, "per_round": rounds,
                 "epochs": settings.epochs, "learning_rate_scale": settings.learning_rate_scale,
                 "image_precision": settings.image_precision, "pixel_precision": settings.pixel_precision}
