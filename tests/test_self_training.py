@@ -138,10 +138,28 @@ def test_self_training_refuses_what_it_cannot_continue(setting, message):
     build_config("smoke", [setting])  # fine without self-training
 
 
+def test_self_training_refuses_heads_trained_on_cached_features():
+    with pytest.raises(ConfigError, match="freeze_backbone"):
+        build_config("cpu-foundation", ["self_training.rounds=1"])
+    build_config("cpu-foundation", [])
+
+
 @pytest.mark.slow
-def test_self_training_trains_on_fit_and_pseudo_labelled_test_images_only(smoke_run, tmp_path):
+def test_self_training_trains_on_fit_and_pseudo_labelled_test_images_only(smoke_run, tmp_path, monkeypatch):
     from voc_pipeline import artifacts
     from voc_pipeline.graph import run_until
+    from voc_pipeline.models import heads
+
+    # What each head really trains and validates on, seen on the way into the real training.
+    seen = []
+    real_continue_head = heads.continue_head
+
+    def recording_continue_head(config, head, data, fit_positions, validation_positions, *rest):
+        seen.append((head.name, data.ids[fit_positions].tolist(), data.ids[validation_positions].tolist(),
+                     [data.masks[p] for p in fit_positions if data.ids[p] < 0]))
+        return real_continue_head(config, head, data, fit_positions, validation_positions, *rest)
+
+    monkeypatch.setattr(heads, "continue_head", recording_continue_head)
 
     runs = tmp_path / "runs"
     shutil.copytree(smoke_run.run_dir, runs / smoke_run.run_name)
@@ -164,6 +182,14 @@ def test_self_training_trains_on_fit_and_pseudo_labelled_test_images_only(smoke_
     test_ids = set(np.load(config.run_dir / "test_predictions.npz")["ids"].tolist())
     assert set(manifest["trained_on_ids"]["test"]) <= test_ids
     assert len(manifest["trained_on_ids"]["test"]) == manifest["pseudo_labelled_images"]
+    assert [name for name, *_ in seen] == ["classifier", "segmenter"]
+    for _, fit_ids, validation_ids, pseudo_masks in seen:
+        train_ids = [i for i in fit_ids if i >= 0]
+        pseudo_ids = sorted(-i - 1 for i in fit_ids if i < 0)  # test ids, negated minus one
+        assert sorted(train_ids) == sorted(splits.train_ids.tolist()), "the fit part, and no validation image"
+        assert pseudo_ids == sorted(manifest["trained_on_ids"]["test"])
+        assert sorted(validation_ids) == sorted(splits.validation_ids.tolist()), "validation still chooses the epoch"
+        assert all(set(np.unique(mask)) <= set(range(21)) | {VOID_LABEL} for mask in pseudo_masks)
     for head in ("classifier", "segmenter"):
         assert (config.run_dir / f"self_trained_{head}.keras").is_file()
     assert (config.run_dir / "pseudo_labels.png").is_file()

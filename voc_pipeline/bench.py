@@ -380,17 +380,18 @@ def bench_estimate(config, predict_only: bool = False) -> dict[str, float]:
     if segmenter_settings.refit_all:
         flops["segmenter refit (every image)"] = (figures["segmenter_forward_gflops"] * 1e9 * segmenter_epochs
                                                   * 3 * COMPETITION_TRAIN_IMAGES)
-    # Each self-training round predicts validation and test twice (before, and to compare) and trains both heads
-    # for its epochs on at most every fit and test image (every test image pseudo-labelled: the upper bound).
+    # Each self-training round predicts the validation and test images once and trains both heads for its epochs on
+    # at most every fit and test image (every test image pseudo-labelled: the upper bound); the self-trained models
+    # then predict validation once more, to be compared with the first ones.
     rounds = config.self_training.rounds
     if rounds:
         images = fit_images + COMPETITION_TEST_IMAGES
         validation = COMPETITION_TRAIN_IMAGES - fit_images
-        flops["self-training (every test image pseudo-labelled)"] = rounds * 1e9 * (
-            (figures["classifier_forward_gflops"] + figures["segmenter_forward_gflops"]) * config.self_training.epochs
-            * (3 * images + validation)
-            + (figures["classifier_forward_gflops"] * views + figures["segmenter_forward_gflops"] * segmenter_views * 2)
-            * (COMPETITION_TEST_IMAGES + 2 * validation))
+        per_image = figures["classifier_forward_gflops"] * views + figures["segmenter_forward_gflops"] * segmenter_views
+        flops["self-training (every test image pseudo-labelled)"] = 1e9 * (
+            rounds * (figures["classifier_forward_gflops"] + figures["segmenter_forward_gflops"])
+            * config.self_training.epochs * (3 * images + validation)
+            + per_image * (rounds * (COMPETITION_TEST_IMAGES + validation) + validation))
     print(f"profile at {classifier_settings.backbone} {classifier_settings.image_size} px and a segmenter on "
           f"{segmenter_settings.backbone} {segmenter_settings.image_size} px:")
     print(f"  measured here: one training step {figures['classifier_step_seconds_here']:.2f} s (classifier, batch "

@@ -281,8 +281,10 @@ def self_training_part(run_dir: Path) -> list[Block]:
             f"Round {last['round']} pseudo-labelled {last['pseudo_labelled']} of {last['test_images']} test images")
     if last["pseudo_labelled"]:
         text += (f" ({last['classes_per_image']} classes per image, {last['labelled_pixel_share']:.0%} of their pixels "
-                 f"labelled, the rest ignored); on validation images the same rule gives flags of F1 "
-                 f"{quality['flags_f1']} and pixel labels {quality['pixel_accuracy']} right")
+                 f"labelled, the rest ignored)")
+        text += (f"; on validation images the same rule picks {quality['images']}, with flags of F1 {quality['flags_f1']} "
+                 f"and pixel labels {quality['pixel_accuracy']} right" if quality["images"] else
+                 "; on validation images the same rule picks none")
     text += ". "
     if "self_trained" in scores:
         verdict = ("kept: the test predictions are the self-trained models'" if manifest["kept"] else
@@ -411,6 +413,8 @@ def final_models_text(final_models: dict) -> str:
         entry = final_models[head]
         epochs = ", ".join(f"{name} {count}" for name, count in entry.get("epochs", {}).items())
         refit = f" (refit after tune, epochs {epochs}: the validation figures above are the first model's)" if entry["refit"] else ""
+        if entry.get("self_trained"):
+            refit = " (self-trained after tune: the validation figures above are the first model's)"
         lines.append(f"- {head}: {', '.join(f'`{name}`' for name in entry['models'])}, trained on {entry['trained_on']} "
                      f"({entry['images']} images){refit}.")
     return "The test predictions were made by:\n\n" + "\n".join(lines)

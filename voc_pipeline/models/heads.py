@@ -12,6 +12,7 @@ change in this file.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -271,7 +272,8 @@ def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_pos
     identity = {"seed": config.seed, head.name: training_settings(settings), "tag": tag, "cached_features": on_features,
                 "phases": [asdict(phase) for phase in phases], "data": fingerprint(config.data.root, "train"),
                 "fit_ids": np.asarray(data.ids)[fit_positions].tolist(),
-                **({} if start_from is None else {"start_from": hash_file(start_from)})}
+                **({} if start_from is None else {"start_from": hash_file(start_from),
+                                                  "targets": targets_digest(data, fit_positions)})}
 
     def compile_model(model, learning_rate, phase):
         with strategy.scope():
@@ -300,6 +302,15 @@ def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_pos
     plot_learning_curves(history, files.curves, title)
     return TrainedHead(keras.saving.load_model(files.model, compile=False),
                        training_facts(settings, facts, settings.patience if validated else None, on_features))
+
+
+def targets_digest(data, positions: np.ndarray) -> str:
+    """One hash of the flags and masks at `positions`: pseudo-labels change with the thresholds and the plan while
+    the images stay, and a resumed self-training must have trained on the same ones."""
+    digest = hashlib.sha256(np.ascontiguousarray(data.labels[positions]).tobytes())
+    for position in positions:
+        digest.update(np.ascontiguousarray(data.masks[position]).tobytes())
+    return digest.hexdigest()
 
 
 def draw_training_examples(config, head: Head, data, fit_positions: np.ndarray, count: int = 8) -> Path:

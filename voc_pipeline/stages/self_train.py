@@ -43,7 +43,7 @@ from voc_pipeline.core.pseudo_labels import (
 )
 from voc_pipeline.core.scoring import classification_row_scores, segmentation_row_score
 from voc_pipeline.core.selection import choose_within_noise
-from voc_pipeline.files import write_json_atomic
+from voc_pipeline.files import hash_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def run_self_train(config: Config) -> dict:
     strategy = choose_strategy()
 
     # `trained_on`: the pseudo-labels of the last round that trained.
-    current, rounds, first_rows, trained_on = dict(first), [], None, {}
+    current, rounds, first_rows, trained_on, rounds_trained = dict(first), [], None, {}, 0
     for number in range(1, settings.rounds + 1):
         models = load_models(current)
         outputs = list(predict_images(models, validation_images, plan, geometry, config.inference))
@@ -240,7 +240,7 @@ def run_self_train(config: Config) -> dict:
             continue_head(config, head, combined, np.concatenate([fit, pseudo_positions]), validation,
                           self_training_phase(head.settings(config), settings), strategy, current[head.name])
             current[head.name] = head.self_trained_files(run_dir).model
-        trained_on = chosen
+        trained_on, rounds_trained = chosen, number
         del models
 
     trained = current != first
@@ -258,8 +258,11 @@ def run_self_train(config: Config) -> dict:
                    "test set", validation_scores["self_trained"], validation_scores["first"],
                    "self-trained" if kept else "first (self-training did not win by more than the noise)")
     pseudo_images = len(trained_on)
-    manifest = {"rounds": settings.rounds, "rounds_run": len(rounds), "kept": bool(kept),
+    manifest = {"rounds": settings.rounds, "rounds_run": len(rounds), "rounds_trained": rounds_trained,
+                "kept": bool(kept),
                 "models": {head: current[head].name for head in HEADS} if kept else None,
+                # The kept models' bytes, so that stage refit (which reads this file) reruns whenever they change.
+                "sha256": {head: hash_file(current[head]) for head in HEADS} if kept else None,
                 "pseudo_labelled_images": pseudo_images, "fit_images": len(fit),
                 # What the last round trained on, by id: the fit part and test images, never a validation image.
                 "trained_on_ids": {"train": train.ids[fit].tolist(),
