@@ -65,7 +65,24 @@ def test_compare_lists_exactly_the_differing_keys_and_every_runs_scores(tmp_path
     assert "stopped before evaluate (last stage: train-seg)" in rows["stopped"]
     assert "two-step masks" in rows["longer"] and "2 min 0 s" in rows["longer"]
     assert "Not evaluated: `stopped`" in text
+    assert " | off | " in rows["baseline"], "no self-train stage: self-training was off"
     assert (tmp_path / "out" / "comparison.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_compare_says_what_self_training_did(tmp_path):
+    from voc_pipeline.comparison import summarise_run
+
+    run = write_run(tmp_path / "runs" / "selftrained")
+    info = json.loads((run / "run_info.json").read_text())
+    info["stages"]["self-train"] = {"finished": "2026-12-01T00:00:00+00:00", "seconds": 300.0}
+    (run / "run_info.json").write_text(json.dumps(info))
+    (run / "self_training.json").write_text(json.dumps({"rounds": 1, "kept": False, "pseudo_labelled_images": 7,
+                                                        "validation_score": {"first": 0.3082, "self_trained": 0.2786}}))
+    summary = summarise_run(run)
+    assert summary.self_training == "not kept: 0.2786 against 0.3082 (7 test images)"
+    assert summary.training_seconds == 2 * 60 + 300, "self-training counts as training time (beside both heads)"
+    (run / "self_training.json").write_text(json.dumps({"rounds": 1, "kept": False, "validation_score": {"first": 0.3}}))
+    assert summarise_run(run).self_training == "nothing pseudo-labelled"
 
 
 def test_compare_needs_two_runs_and_writes_nothing_otherwise(tmp_path, capsys):

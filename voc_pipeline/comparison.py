@@ -1,10 +1,10 @@
 """`voc-pipeline compare RUN [RUN ...]`: runs made elsewhere side by side, as comparison.md and comparison.png.
 
 For each run: its name, what differs in its configuration from the first run's, the validation score
-(overall, classification rows, segmentation rows), classifier mAP, segmenter mIoU, the chosen joint rule
-and the training time. A run that did not reach `evaluate`, or is running now, is named as such in the
+(overall, classification rows, segmentation rows), classifier mAP, segmenter mIoU, the chosen joint rule,
+what self-training did and the training time. A run that did not reach `evaluate`, or is running now, is named as such in the
 table, never left out. Everything comes from the run folders' own files (config.toml, run_info.json,
-metrics/*.json); no model is loaded.
+metrics/*.json, self_training.json); no model is loaded.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from voc_pipeline.graph import STAGE_NAMES, flatten
 
 # Where a run's files went, not what it did: never reported as a difference.
 BOOKKEEPING_KEYS = ("run_name", "runs_dir", "submit.output_dir")
-TRAINING_STAGES = ("train-cls", "train-seg")
+TRAINING_STAGES = ("train-cls", "train-seg", "self-train")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class RunSummary:
     segmenter_miou: float | None
     joint_rule: str | None
     training_seconds: float
+    self_training: str = "off"
 
 
 def check_run_folder(path: str | Path, allow_running: bool = True) -> Path:
@@ -85,7 +86,22 @@ def summarise_run(path: Path) -> RunSummary:
                       classifier["mean_average_precision"] if classifier else None,
                       segmenter["mean_iou"] if segmenter else None,
                       evaluation["joint_rule"] if evaluation else None,
-                      sum(float(records[name].get("seconds", 0)) for name in TRAINING_STAGES if name in finished))
+                      sum(float(records[name].get("seconds", 0)) for name in TRAINING_STAGES if name in finished),
+                      self_training_outcome(path) if "self-train" in finished else "off")
+
+
+def self_training_outcome(run_dir: Path) -> str:
+    """What stage self-train did, in a few words: off, nothing pseudo-labelled, or kept / not kept with both
+    validation scores."""
+    path = artifacts.SELF_TRAINING.path(run_dir)
+    manifest = artifacts.read_json(artifacts.SELF_TRAINING, run_dir) if path.is_file() else {}
+    if not manifest.get("rounds"):
+        return "off"
+    scores = manifest.get("validation_score", {})
+    if "self_trained" not in scores:
+        return "nothing pseudo-labelled"
+    return (f"{'kept' if manifest['kept'] else 'not kept'}: {scores['self_trained']:.4f} against {scores['first']:.4f} "
+            f"({manifest['pseudo_labelled_images']} test images)")
 
 
 def differences(config: dict, reference: dict) -> list[str]:
@@ -109,9 +125,10 @@ def comparison_table(summaries: list[RunSummary]) -> str:
         scores = summary.scores or {}
         rows.append((f"`{summary.name}`", changed, summary.state, fmt(scores.get("score")), fmt(scores.get("classification")),
                      fmt(scores.get("segmentation")), fmt(summary.classifier_map), fmt(summary.segmenter_miou),
-                     summary.joint_rule or "-", duration(summary.training_seconds)))
+                     summary.joint_rule or "-", summary.self_training, duration(summary.training_seconds)))
     return markdown.table(("run", f"differs from `{summaries[0].name}`", "state", "validation score", "classification rows",
-                           "segmentation rows", "classifier mAP", "segmenter mIoU", "joint rule", "training time"), rows)
+                           "segmentation rows", "classifier mAP", "segmenter mIoU", "joint rule", "self-training",
+                           "training time"), rows)
 
 
 def compare_runs(run_dirs: list[str | Path], output: str | Path) -> Path:
@@ -144,7 +161,7 @@ def write_comparison(summaries: list[RunSummary], output: str | Path) -> Path:
     not_evaluated = [summary for summary in summaries if not summary.scores]
     lines = [f"# {len(summaries)} run{'s' if len(summaries) > 1 else ''} compared",
              f"Validation figures of each run's own validation split; the first run, `{summaries[0].name}`, is the "
-             f"reference its configuration differences are measured from. Training time: both heads' training stages.",
+             f"reference its configuration differences are measured from. Training time: both heads' training stages and self-training.",
              comparison_table(summaries)]
     if not_evaluated:
         lines.append("Not evaluated: " + "; ".join(f"`{summary.name}` {summary.state}" for summary in not_evaluated) + ".")
