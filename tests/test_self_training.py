@@ -194,6 +194,13 @@ def test_self_training_trains_on_fit_and_pseudo_labelled_test_images_only(smoke_
         assert (config.run_dir / f"self_trained_{head}.keras").is_file()
     assert (config.run_dir / "pseudo_labels.png").is_file()
     assert set(manifest["validation_score"]) == {"first", "self_trained"}
+    # Training, the stage reads every configuration entry its cache key declares (test_graph checks it off).
+    from voc_pipeline.graph import stage_named
+    from voc_pipeline.run_folder import read_record
+
+    read = read_record(config.run_dir, "self-train")["config_read"]
+    assert [entry for entry in stage_named("self-train").config_keys
+            if not any(key == entry or key.startswith(entry + ".") for key in read)] == []
 
     final = json.loads((config.run_dir / "final_models.json").read_text())
     if manifest["kept"]:
