@@ -293,6 +293,11 @@ class ClassifierValidation:
     probabilities_flip_tta: np.ndarray
 
 
+def read_self_training(run_dir: Path) -> dict:
+    """Stage self-train's manifest; {} for a run made before the stage existed (self-training was off)."""
+    return read_json(SELF_TRAINING, run_dir) if SELF_TRAINING.path(run_dir).is_file() else {}
+
+
 def read_classifier_validation(run_dir: Path) -> ClassifierValidation:
     arrays = read_npz(CLASSIFIER_VALIDATION, run_dir, ("ids", "labels", "probabilities", "probabilities_flip_tta"))
     return ClassifierValidation(arrays["ids"], arrays["labels"], arrays["probabilities"], arrays["probabilities_flip_tta"])

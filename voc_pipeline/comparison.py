@@ -93,8 +93,7 @@ def summarise_run(path: Path) -> RunSummary:
 def self_training_outcome(run_dir: Path) -> str:
     """What stage self-train did, in a few words: off, nothing pseudo-labelled, or kept / not kept with both
     validation scores."""
-    path = artifacts.SELF_TRAINING.path(run_dir)
-    manifest = artifacts.read_json(artifacts.SELF_TRAINING, run_dir) if path.is_file() else {}
+    manifest = artifacts.read_self_training(Path(run_dir))
     if not manifest.get("rounds"):
         return "off"
     scores = manifest.get("validation_score", {})

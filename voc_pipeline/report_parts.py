@@ -267,8 +267,7 @@ def joint_part(run_dir: Path) -> list[Block]:
 def self_training_part(run_dir: Path) -> list[Block]:
     """With self_training.rounds: that the test images were pseudo-labelled and trained on, how many, how right such
     labels were on validation, and whether the self-trained models won there; nothing when it was off."""
-    path = artifacts.SELF_TRAINING.path(Path(run_dir))
-    manifest = artifacts.read_json(artifacts.SELF_TRAINING, run_dir) if path.is_file() else {}
+    manifest = artifacts.read_self_training(Path(run_dir))
     if not manifest.get("rounds"):
         return []
     # The last round that trained (a later one may have found no image to pseudo-label, and stopped).

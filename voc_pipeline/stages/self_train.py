@@ -243,16 +243,14 @@ def run_self_train(config: Config) -> dict:
         trained_on, rounds_trained = chosen, number
         del models
 
-    trained = current != first
-    if trained:
+    rows, kept = first_rows[None], False
+    if rounds_trained:
         draw_pseudo_labels(test, trained_on, artifacts.PSEUDO_LABELS.path(run_dir))
         outputs = list(predict_images(load_models(current), validation_images, plan, geometry, config.inference))
         rows = np.stack([first_rows, competition_rows(outputs, validation_labels, validation_masks)])
         kept = choose_within_noise(rows) == 1
-    else:
-        rows, kept = first_rows[None], False
     validation_scores = dict(zip(("first", "self_trained"), (round(float(row.mean()), 4) for row in rows)))
-    if trained:
+    if rounds_trained:
         logger.log(logging.INFO if kept else logging.WARNING,
                    "self-training: validation score %.4f against the first models' %.4f: the %s models predict the "
                    "test set", validation_scores["self_trained"], validation_scores["first"],
