@@ -144,6 +144,21 @@ def test_self_training_refuses_heads_trained_on_cached_features():
     build_config("cpu-foundation", [])
 
 
+def test_self_training_rounds_paste_nothing():
+    """A pseudo mask's void is every unsure pixel; copy-paste would paste what lies under it onto fit images, unflagged."""
+    from voc_pipeline.config_view import ConfigView
+    from voc_pipeline.graph import stage_named
+    from voc_pipeline.models.heads import without_copy_paste
+
+    config = build_config("smoke", ["classifier.copy_paste=0.5", "segmenter.copy_paste=0.3", "self_training.rounds=1"])
+    stage = stage_named("self-train")
+    view = ConfigView(config, stage.name, stage.config_keys, left_out=stage.leaves_out)  # as the stage sees it
+    for section in (view.classifier, view.segmenter):
+        settings = without_copy_paste(section)
+        assert settings.copy_paste == 0.0 and settings.backbone == section.backbone
+    assert (config.classifier.copy_paste, config.segmenter.copy_paste) == (0.5, 0.3), "the run's own is left as it is"
+
+
 @pytest.mark.slow
 def test_self_training_trains_on_fit_and_pseudo_labelled_test_images_only(smoke_run, tmp_path, monkeypatch):
     from voc_pipeline import artifacts
@@ -209,7 +224,7 @@ def test_self_training_trains_on_fit_and_pseudo_labelled_test_images_only(smoke_
     else:
         assert final["segmenter"]["models"] == ["segmenter.keras"], "a self-training that did not win is not used"
     report = (config.run_dir / "report.md").read_text()
-    assert "Self-training" in report and str(manifest["pseudo_labelled_images"]) in report
+    assert "Self-training" in report and f"pseudo-labelled {manifest['pseudo_labelled_images']} of" in report
 
     # Off again: the first models make the predictions, and self-train reruns without training.
     off = build_config("smoke", [*assignments[:-3], "self_training.rounds=0"])
@@ -219,7 +234,9 @@ def test_self_training_trains_on_fit_and_pseudo_labelled_test_images_only(smoke_
 
 
 def manifest_with(rounds: list[dict], scores: dict, kept: bool) -> dict:
+    trained = [r["round"] for r in rounds if r["pseudo_labelled"]]
     return {"rounds": len(rounds), "rounds_run": len(rounds), "kept": kept, "fit_images": 278,
+            "rounds_trained": max(trained, default=0),
             "pseudo_labelled_images": max((r["pseudo_labelled"] for r in rounds), default=0),
             "validation_score": scores, "per_round": rounds}
 
@@ -229,14 +246,20 @@ def a_round(number: int, pseudo_labelled: int) -> dict:
             "labelled_pixel_share": 0.5, "on_validation": {"images": 5, "flags_f1": 0.67, "pixel_accuracy": 0.77}}
 
 
-@pytest.mark.parametrize("rounds, scores, kept, expected", [
-    ([a_round(1, 7)], {"first": 0.3082, "self_trained": 0.2786}, False, ["7 of 88", "0.2786", "not kept"]),
-    ([a_round(1, 7)], {"first": 0.30, "self_trained": 0.35}, True, ["kept: the test predictions are the self-trained"]),
-    ([a_round(1, 0)], {"first": 0.30}, False, ["No test image passed"]),
+TRAINED_ON = "trained on, beside the 278 fit images"
+
+
+@pytest.mark.parametrize("rounds, scores, kept, expected, absent", [
+    ([a_round(1, 7)], {"first": 0.3082, "self_trained": 0.2786}, False, ["7 of 88", "0.2786", "not kept", TRAINED_ON],
+     ["kept: the"]),
+    ([a_round(1, 7)], {"first": 0.30, "self_trained": 0.35}, True, ["kept: the test predictions are the self-trained"],
+     ["not kept"]),
+    ([a_round(1, 0)], {"first": 0.30}, False, ["No test image passed"], [TRAINED_ON, "Validation score"]),
     # A second round that found nothing: the text names the round that trained.
-    ([a_round(1, 9), a_round(2, 0)], {"first": 0.30, "self_trained": 0.31}, False, ["Round 1 pseudo-labelled 9"]),
+    ([a_round(1, 9), a_round(2, 0)], {"first": 0.30, "self_trained": 0.31}, False, ["Round 1 pseudo-labelled 9", TRAINED_ON],
+     []),
 ])
-def test_the_report_says_what_self_training_did(tmp_path, rounds, scores, kept, expected):
+def test_the_report_says_what_self_training_did(tmp_path, rounds, scores, kept, expected, absent):
     from voc_pipeline.report_parts import self_training_part
 
     (tmp_path / "self_training.json").write_text(json.dumps(manifest_with(rounds, scores, kept)))
@@ -244,6 +267,8 @@ def test_the_report_says_what_self_training_did(tmp_path, rounds, scores, kept, 
     assert "Self-training on the test images" in text
     for phrase in expected:
         assert phrase in text
+    for phrase in absent:
+        assert phrase not in text
 
 
 def test_the_report_says_nothing_of_self_training_when_it_was_off(tmp_path):
@@ -252,3 +277,20 @@ def test_the_report_says_nothing_of_self_training_when_it_was_off(tmp_path):
     assert self_training_part(tmp_path) == []  # a run from before the stage
     (tmp_path / "self_training.json").write_text(json.dumps({"rounds": 0, "kept": False}))
     assert self_training_part(tmp_path) == []
+
+
+def test_refit_refuses_a_self_trained_model_that_is_not_the_one_recorded(tmp_path):
+    from voc_pipeline.artifacts import ArtifactError
+    from voc_pipeline.files import hash_file
+    from voc_pipeline.stages.refit import self_trained
+
+    model = tmp_path / "self_trained_segmenter.keras"
+    model.write_bytes(b"the self-trained model")
+    manifest = {"models": {"segmenter": model.name}, "sha256": {"segmenter": hash_file(model)},
+                "pseudo_labelled_images": 7, "rounds_trained": 1}
+    entry = self_trained(tmp_path, manifest, "segmenter", 278)
+    assert entry["images"] == 285 and entry["sha256"] == [hash_file(model)]
+    assert "7 pseudo-labelled test images (1 round of self-training)" in entry["trained_on"]
+    model.write_bytes(b"another model, copied over it")
+    with pytest.raises(ArtifactError, match="self_trained_segmenter.keras.*not those self_training.json recorded"):
+        self_trained(tmp_path, manifest, "segmenter", 278)

@@ -105,7 +105,7 @@ SELF_TRAINED_MODELS = Artifact("self_trained_*.keras", "self-train", "classifier
 SELF_TRAINED_HISTORY = Artifact("self_trained_*_history.csv", "self-train", "per-epoch history of the last round")
 SELF_TRAINED_CURVES = Artifact("self_trained_*_curves.png", "self-train", "learning curves of the last round")
 PSEUDO_LABELS = Artifact("pseudo_labels.png", "self-train", "test images with the last round's pseudo-labels "
-                         "(unsure pixels left untinted: ignored by the loss)")
+                         "(unsure pixels in VOC's cream void colour, ignored by the loss; confident background untinted)")
 FINAL_MODELS = Artifact("final_models.json", "refit",
                         "the models that make the test predictions, what each was trained on, their hashes")
 # Beside, not under, the first models' names: "classifier*.keras" must not match a refit model.

@@ -276,13 +276,15 @@ def self_training_part(run_dir: Path) -> list[Block]:
     scores = manifest["validation_score"]
     text = (f"**Self-training on the test images** (`self_training.rounds = {manifest['rounds']}`, "
             f"{count(manifest['rounds_run'], 'round')} run): the test images where both heads agreed confidently were pseudo-labelled from the models' own "
-            f"predictions and trained on, beside the {manifest['fit_images']} fit images, with no test label involved. "
+            f"predictions" + (f" and trained on, beside the {manifest['fit_images']} fit images" if manifest.get("rounds_trained") else "")
+            + ", with no test label involved. "
             f"Round {last['round']} pseudo-labelled {last['pseudo_labelled']} of {last['test_images']} test images")
     if last["pseudo_labelled"]:
         text += (f" ({last['classes_per_image']} classes per image, {last['labelled_pixel_share']:.0%} of their pixels "
                  f"labelled, the rest ignored)")
         text += (f"; on validation images the same rule picks {quality['images']}, with flags of F1 {quality['flags_f1']} "
-                 f"and pixel labels {quality['pixel_accuracy']} right" if quality["images"] else
+                 f"and pixel labels {quality['pixel_accuracy']} right (optimistic: these images also chose the "
+                 f"thresholds)" if quality["images"] else
                  "; on validation images the same rule picks none")
     text += ". "
     if "self_trained" in scores:
@@ -292,7 +294,7 @@ def self_training_part(run_dir: Path) -> list[Block]:
                  f"{scores['first']:.4f}: self-training {verdict}.")
     else:
         text += "No test image passed the thresholds chosen on validation, so nothing was trained."
-    return [text, *figures(run_dir, ((artifacts.PSEUDO_LABELS, "Pseudo-labelled test images (void pixels ignored)"),))]
+    return [text, *figures(run_dir, ((artifacts.PSEUDO_LABELS, "Pseudo-labelled test images (unsure pixels in cream, ignored by the loss)"),))]
 
 
 def attack_part(run_dir: Path) -> list[Block]:

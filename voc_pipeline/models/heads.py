@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import keras
@@ -25,6 +25,7 @@ import tensorflow as tf
 from voc_pipeline import artifacts
 from voc_pipeline.backbone_table import backbone, describe_initial_weights, is_pretrained
 from voc_pipeline.config import training_settings
+from voc_pipeline.config_view import unwrapped
 from voc_pipeline.core.classes import CLASS_NAMES, NUM_CLASSES, VOID_LABEL
 from voc_pipeline.data.competition import fingerprint, load_split
 from voc_pipeline.files import hash_file, reporting_full_disk
@@ -239,20 +240,30 @@ def refit_head(config, head: Head, data, positions: np.ndarray, phases: list[Pha
 def continue_head(config, head: Head, data, fit_positions: np.ndarray, validation_positions: np.ndarray,
                   phase: Phase, strategy, start_from: Path) -> TrainedHead:
     """Train `head` on from the model in `start_from` (self-training: fit + pseudo-labelled images at `fit_positions`)
-    through `phase`, keeping the epoch with the best validation `head.monitor`; saves `head.self_trained_files`."""
-    settings = head.settings(config)
+    through `phase`, keeping the epoch with the best validation `head.monitor`; saves `head.self_trained_files`.
+    Copy-paste stays off (`without_copy_paste`)."""
+    settings = without_copy_paste(head.settings(config))
     return fit_head(config, head, data, fit_positions, validation_positions, [phase], strategy,
                     head.self_trained_files(config.run_dir), "self-trained",
-                    f"{head.name} self-trained on {len(fit_positions)} images ({head.describe(settings)})", start_from)
+                    f"{head.name} self-trained on {len(fit_positions)} images ({head.describe(settings)})", start_from,
+                    settings)
+
+
+def without_copy_paste(settings):
+    """A head's settings with copy-paste off, for self-training. Copy-paste pastes a source's labelled pixels, void
+    included: in a real mask void is a thin border, but in a pseudo mask it is every unsure pixel, objects the
+    heads were unsure of among them, which would land unflagged on the fit images."""
+    return replace(unwrapped(settings), copy_paste=0.0)
 
 
 def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_positions: np.ndarray | None,
              phases: list[Phase], strategy, files: ModelFiles, tag: str, title: str,
-             start_from: Path | None = None) -> TrainedHead:
+             start_from: Path | None = None, settings=None) -> TrainedHead:
     """The steps `train_head`, `refit_head` and `continue_head` share. Without validation positions every epoch
     runs and the last is kept (nothing to choose an epoch by), and no metric but the loss is computed. With
-    `start_from` the model is that saved model, trained on, instead of a new one."""
-    settings = head.settings(config)
+    `start_from` the model is that saved model, trained on, instead of a new one; `settings` replaces the head's
+    section of `config`."""
+    settings = head.settings(config) if settings is None else settings
     with strategy.scope():
         model = head.build(settings) if start_from is None else keras.saving.load_model(start_from, compile=False)
     validated = validation_positions is not None
@@ -273,7 +284,8 @@ def fit_head(config, head: Head, data, fit_positions: np.ndarray, validation_pos
                 "phases": [asdict(phase) for phase in phases], "data": fingerprint(config.data.root, "train"),
                 "fit_ids": np.asarray(data.ids)[fit_positions].tolist(),
                 **({} if start_from is None else {"start_from": hash_file(start_from),
-                                                  "targets": targets_digest(data, fit_positions)})}
+                                                  "targets": targets_digest(data, fit_positions),
+                                                  "test_data": fingerprint(config.data.root, "test")})}
 
     def compile_model(model, learning_rate, phase):
         with strategy.scope():

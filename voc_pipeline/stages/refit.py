@@ -35,10 +35,13 @@ def self_trained(run_dir, self_training: dict, head: str, fit_images: int) -> di
     """The final-model entry of a head whose self-trained model won on validation (stage self-train)."""
     try:
         name, pseudo = self_training["models"][head], int(self_training["pseudo_labelled_images"])
-        rounds = int(self_training["rounds_trained"])
+        rounds, recorded = int(self_training["rounds_trained"]), self_training["sha256"][head]
     except (KeyError, TypeError, ValueError) as error:
         raise artifacts.unreadable(artifacts.SELF_TRAINING.path(run_dir), "self-train", f"no valid field {error}") from None
-    return {"models": [name], "sha256": [hash_file(run_dir / name)], "images": fit_images + pseudo, "refit": False,
+    digest = hash_file(run_dir / name)
+    if digest != recorded:
+        raise artifacts.unreadable(run_dir / name, "self-train", "its bytes are not those self_training.json recorded")
+    return {"models": [name], "sha256": [digest], "images": fit_images + pseudo, "refit": False,
             "trained_on": f"fit part + {pseudo} pseudo-labelled test images ({rounds} round{'' if rounds == 1 else 's'} "
                           f"of self-training)",
             "self_trained": True}

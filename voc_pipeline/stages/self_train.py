@@ -219,6 +219,7 @@ def run_self_train(config: Config) -> dict:
                                        validation_masks)
         chosen = pseudo_labels_of(predict_images(models, test.images, plan, geometry, config.inference), thresholds,
                                   plan.tiny_fraction)
+        del models  # the inference copies; training loads its own
         figures = {"round": number, "image_threshold": finite_or_none(thresholds.image),
                    "pixel_threshold": finite_or_none(thresholds.pixel),
                    "test_images": len(test), "pseudo_labelled": len(chosen),
@@ -241,7 +242,6 @@ def run_self_train(config: Config) -> dict:
                           self_training_phase(head.settings(config), settings), strategy, current[head.name])
             current[head.name] = head.self_trained_files(run_dir).model
         trained_on, rounds_trained = chosen, number
-        del models
 
     rows, kept = first_rows[None], False
     if rounds_trained:
