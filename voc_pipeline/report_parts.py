@@ -274,10 +274,10 @@ def self_training_part(run_dir: Path) -> list[Block]:
     last = next((round_ for round_ in reversed(manifest["per_round"]) if round_["pseudo_labelled"]), manifest["per_round"][-1])
     quality = last["on_validation"]
     scores = manifest["validation_score"]
+    trained_on = f" and trained on, beside the {manifest['fit_images']} fit images" if manifest.get("rounds_trained") else ""
     text = (f"**Self-training on the test images** (`self_training.rounds = {manifest['rounds']}`, "
             f"{count(manifest['rounds_run'], 'round')} run): the test images where both heads agreed confidently were pseudo-labelled from the models' own "
-            f"predictions" + (f" and trained on, beside the {manifest['fit_images']} fit images" if manifest.get("rounds_trained") else "")
-            + ", with no test label involved. "
+            f"predictions{trained_on}, with no test label involved. "
             f"Round {last['round']} pseudo-labelled {last['pseudo_labelled']} of {last['test_images']} test images")
     if last["pseudo_labelled"]:
         text += (f" ({last['classes_per_image']} classes per image, {last['labelled_pixel_share']:.0%} of their pixels "
