@@ -159,6 +159,24 @@ def test_self_training_rounds_paste_nothing():
     assert (config.classifier.copy_paste, config.segmenter.copy_paste) == (0.5, 0.3), "the run's own is left as it is"
 
 
+@pytest.mark.parametrize("head_name", ["classifier", "segmenter"])
+def test_a_self_training_round_hands_its_training_settings_without_copy_paste(monkeypatch, head_name):
+    from voc_pipeline.config_view import ConfigView
+    from voc_pipeline.graph import stage_named
+    from voc_pipeline.models import heads
+
+    config = build_config("smoke", ["classifier.copy_paste=0.5", "segmenter.copy_paste=0.3", "self_training.rounds=1"])
+    stage = stage_named("self-train")
+    view = ConfigView(config, stage.name, stage.config_keys, left_out=stage.leaves_out)
+    handed = []
+    # Stops at the shared training step, recording the settings continue_head hands it.
+    monkeypatch.setattr(heads, "fit_head", lambda *arguments: handed.append(arguments[-1]))
+    head = {"classifier": heads.CLASSIFIER, "segmenter": heads.SEGMENTER}[head_name]
+    heads.continue_head(view, head, None, np.arange(4), np.arange(4, 6), None, None, config.run_dir / "model.keras")
+    assert len(handed) == 1 and handed[0].copy_paste == 0.0
+    assert handed[0].backbone == getattr(config, head_name).backbone
+
+
 @pytest.mark.slow
 def test_self_training_trains_on_fit_and_pseudo_labelled_test_images_only(smoke_run, tmp_path, monkeypatch):
     from voc_pipeline import artifacts
